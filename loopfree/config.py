@@ -1,0 +1,98 @@
+"""Typed, validated configuration of the distillation method, with SPEC.md section 3 defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from loopfree.losses import KL_REDUCTIONS
+from loopfree.schedule import SPACINGS, check_timesteps
+from loopfree.tiue import MODES
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    # student (SPEC.md sections 1-2)
+    mode: str = "tiue"  # "tiue" or "one_step" (SwiftBrush baseline)
+    num_steps: int = 4  # K decoder timesteps
+    spacing: str = "leading"  # "leading" (paper parity), "trailing", or "custom" with `timesteps`
+    timesteps: tuple[int, ...] | None = None
+    # VSD (3.2) and KL (3.3)
+    guidance_scale: float = 4.5
+    vsd_t_min: int = 20
+    vsd_t_max: int = 980
+    lambda_kl: float = 0.1
+    kl_reduction: str = "sum"  # paper parity; "mean" keeps the weight independent of K*B
+    # LoRA teacher (3.5)
+    lora_rank: int = 64
+    lora_alpha: float = 108.0
+    lora_target_modules: tuple[str, ...] = ("to_q", "to_v")
+    lora_t_min: int = 0
+    lora_t_max: int = 999
+    lora_prompt_dropout: float = 0.1
+    # optimisation (3.4, 3.5): Adam, constant learning rates, grad-norm clipping
+    student_lr: float = 1e-6
+    lora_lr: float = 1e-3
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    # EMA of the student (3.6): decay min((1 + s) / (10 + s), ema_decay)
+    ema_decay: float = 0.9999
+    extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self):
+        errors = list(self._errors())
+        if errors:
+            raise ValueError("invalid DistillConfig: " + "; ".join(errors))
+
+    def _errors(self):
+        if self.extra:
+            yield f"unknown keys {sorted(self.extra)}"
+        if self.mode not in MODES:
+            yield f"mode must be one of {MODES}, got {self.mode!r}"
+        if self.spacing not in (*SPACINGS, "custom"):
+            yield f"spacing must be one of {(*SPACINGS, 'custom')}, got {self.spacing!r}"
+        if not _is_int(self.num_steps) or self.num_steps < 1:
+            yield f"num_steps must be an integer >= 1, got {self.num_steps!r}"
+        if self.spacing == "custom":
+            try:
+                check_timesteps(list(self.timesteps or []))
+            except ValueError as err:
+                yield f"timesteps: {err}"
+        for lo, hi in (("vsd_t_min", "vsd_t_max"), ("lora_t_min", "lora_t_max")):
+            a, b = getattr(self, lo), getattr(self, hi)
+            if not (_is_int(a) and _is_int(b) and 0 <= a <= b <= 999):
+                yield f"{lo}/{hi} must be integers with 0 <= {lo} <= {hi} <= 999, got {a!r}/{b!r}"
+        if self.kl_reduction not in KL_REDUCTIONS:
+            yield f"kl_reduction must be one of {KL_REDUCTIONS}, got {self.kl_reduction!r}"
+        if not 0 <= self.lora_prompt_dropout <= 1:
+            yield f"lora_prompt_dropout must be in [0, 1], got {self.lora_prompt_dropout!r}"
+        if not 0 <= self.ema_decay < 1:
+            yield f"ema_decay must be in [0, 1), got {self.ema_decay!r}"
+        if not _is_int(self.lora_rank) or self.lora_rank < 1:
+            yield f"lora_rank must be an integer >= 1, got {self.lora_rank!r}"
+        if not self.lora_target_modules:
+            yield "lora_target_modules must name at least one module"
+        for name in ("student_lr", "lora_lr", "adam_eps", "grad_clip", "lora_alpha"):
+            if not isinstance(getattr(self, name), (int, float)) or getattr(self, name) <= 0:
+                yield f"{name} must be a positive number, got {getattr(self, name)!r}"
+        if self.lambda_kl < 0 or self.weight_decay < 0 or self.guidance_scale < 0:
+            yield "lambda_kl, weight_decay and guidance_scale must be >= 0"
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            yield f"adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}"
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "DistillConfig":
+        """Build from plain data (a YAML section); unknown keys are errors, sequences become tuples."""
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known}
+        return cls(**kwargs, extra={k: v for k, v in values.items() if k not in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "extra"}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -1,0 +1,184 @@
+"""The Distiller: student, teacher and LoRA teacher with two named turns (SPEC.md section 3).
+
+Three roles, two networks: the student G (a TiUEGenerator over its own UNet, all parameters train)
+and ONE base UNet carrying a PEFT LoRA adapter. Adapter off = the frozen teacher
+(`teacher_mode()`), adapter on = the LoRA teacher ("fake score"); only the LoRA weights train.
+Plain single-device PyTorch: optimizers, engines and distribution live with the caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import NamedTuple
+
+import torch
+from diffusers import UNet2DConditionModel
+from peft import LoraConfig
+from torch import nn
+
+from loopfree.config import DistillConfig
+from loopfree.losses import add_noise, cfg, kl_loss, lora_teacher_loss, vsd_loss
+from loopfree.presets import Components
+from loopfree.schedule import ddim_plan, one_step_plan
+from loopfree.tiue import TiUEGenerator
+
+ADAPTER = "lora_teacher"
+
+
+class StudentTurn(NamedTuple):
+    loss: torch.Tensor
+    logs: dict[str, torch.Tensor]
+    x0: torch.Tensor  # (B, C, H, W) with grad; the LoRA turn of the same iteration trains on it detached
+
+
+class EMA(nn.Module):
+    """fp32 shadow of the student's parameters; decay_s = min((1 + s) / (10 + s), cap) (SPEC.md 3.6)."""
+
+    def __init__(self, module: nn.Module, decay_cap: float):
+        super().__init__()
+        self.shadow = nn.ParameterList(nn.Parameter(p.detach().float().clone(), requires_grad=False) for p in module.parameters())
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        self.decay_cap = decay_cap
+
+    def decay(self) -> float:
+        s = int(self.num_updates)
+        return min((1 + s) / (10 + s), self.decay_cap)
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        weight = 1 - self.decay()
+        for shadow, p in zip(self.shadow, module.parameters(), strict=True):
+            shadow.lerp_(p.detach().float(), weight)  # shadow = decay * shadow + (1 - decay) * p
+        self.num_updates += 1
+
+    @torch.no_grad()
+    def copy_to(self, module: nn.Module) -> nn.Module:
+        for shadow, p in zip(self.shadow, module.parameters(), strict=True):
+            p.copy_(shadow)
+        return module
+
+
+class Distiller(nn.Module):
+    """Takes ownership of ``components.unet`` (it becomes the shared teacher base with the LoRA adapter).
+
+    The student starts as a copy of the teacher's weights unless ``student_unet`` is given.
+    """
+
+    def __init__(self, components: Components, config: DistillConfig, student_unet: UNet2DConditionModel | None = None):
+        super().__init__()
+        self.config = config
+        alphas = components.scheduler.alphas_cumprod.float()
+        student_unet = student_unet if student_unet is not None else copy.deepcopy(components.unet)
+        student_unet.requires_grad_(True).train()
+        plan = one_step_plan(alphas) if config.mode == "one_step" else ddim_plan(
+            alphas, config.num_steps, list(config.timesteps) if config.spacing == "custom" else config.spacing,
+            steps_offset=components.scheduler.config.steps_offset)
+        self.student = TiUEGenerator(student_unet, plan, config.mode)
+
+        self.unet = components.unet  # shared base of teacher and LoRA teacher
+        self.unet.requires_grad_(False).eval()
+        self.unet.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, init_lora_weights=True,
+                                         target_modules=list(config.lora_target_modules)), adapter_name=ADAPTER)
+        for name, p in self.unet.named_parameters():
+            p.requires_grad_(f"lora_A.{ADAPTER}" in name or f"lora_B.{ADAPTER}" in name)
+        self.text_encoder = components.text_encoder.requires_grad_(False).eval()
+        self.tokenizer = components.tokenizer
+        self.register_buffer("alphas_cumprod", alphas, persistent=False)
+        # The empty-prompt states are used by every CFG call and by prompt dropout: compute once.
+        self.register_buffer("uncond_text", self.encode_text(self.tokenize([""])), persistent=False)  # (1, 77, D)
+        self.ema = EMA(student_unet, config.ema_decay)
+
+    # -- roles ---------------------------------------------------------------------------------
+    def lora_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.unet.parameters() if p.requires_grad]
+
+    def student_parameters(self) -> list[nn.Parameter]:
+        return list(self.student.parameters())
+
+    @contextlib.contextmanager
+    def teacher_mode(self):
+        """The frozen teacher: the shared base UNet with the LoRA adapter disabled."""
+        self.unet.disable_adapters()
+        try:
+            yield self.unet
+        finally:
+            self.unet.enable_adapters()
+
+    # -- text ----------------------------------------------------------------------------------
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        return self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                              truncation=True, return_tensors="pt").input_ids
+
+    @torch.no_grad()
+    def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, 77) token ids -> (B, 77, D) states of the frozen text encoder."""
+        return self.text_encoder(input_ids.to(self.text_encoder.device))[0]
+
+    def text_states(self, batch: dict) -> torch.Tensor:
+        """Batches carry token ids; callers may add precomputed "text_states" to share them between turns."""
+        if "text_states" in batch:
+            return batch["text_states"]
+        return self.encode_text(batch["input_ids"])
+
+    # -- turns ---------------------------------------------------------------------------------
+    def _randn(self, shape, generator: torch.Generator | None) -> torch.Tensor:
+        # Drawn on the CPU so a seed gives the same noise on any device.
+        return torch.randn(shape, generator=generator).to(self.alphas_cumprod.device)
+
+    def _randint(self, lo: int, hi: int, n: int, generator: torch.Generator | None) -> torch.Tensor:
+        return torch.randint(lo, hi + 1, (n,), generator=generator).to(self.alphas_cumprod.device)
+
+    @torch.no_grad()
+    def _guided_eps(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """CFG noise prediction of the UNet in its current adapter state, one call on [uncond; cond]."""
+        B = x_t.shape[0]
+        uncond = self.uncond_text.expand(B, -1, -1).to(text.dtype)
+        e_u, e_c = self.unet(x_t.repeat(2, 1, 1, 1), t.repeat(2), encoder_hidden_states=torch.cat([uncond, text])).sample.chunk(2)
+        return cfg(e_u, e_c, self.config.guidance_scale)
+
+    def student_turn(self, batch: dict, generator: torch.Generator | None = None) -> StudentTurn:
+        """Steps 1-3 of SPEC.md 3: x0 from the student, VSD against teacher vs LoRA teacher, KL on eps_all."""
+        cfg_ = self.config
+        text = self.text_states(batch)  # (B, 77, D)
+        dtype = next(self.student.parameters()).dtype
+        z = self._randn((text.shape[0], *self._latent_shape()), generator)  # (B, C, H, W)
+        x0, eps_all = self.student(z.to(dtype), text.to(dtype))  # (B, C, H, W) fp32, (K, B, C, H, W)
+
+        t = self._randint(cfg_.vsd_t_min, cfg_.vsd_t_max, z.shape[0], generator)
+        alpha_bar_t = self.alphas_cumprod[t]  # (B,) fp32
+        x_t = add_noise(x0.detach(), self._randn(x0.shape, generator), alpha_bar_t).to(self.unet.dtype)
+        with self.teacher_mode():
+            eps_teacher = self._guided_eps(x_t, t, text)
+        eps_lora = self._guided_eps(x_t, t, text)
+
+        loss_vsd, logs = vsd_loss(x0, eps_teacher, eps_lora, alpha_bar_t)
+        loss_kl, kl_logs = kl_loss(eps_all, cfg_.lambda_kl, cfg_.kl_reduction)
+        return StudentTurn(loss_vsd + loss_kl, {**logs, **kl_logs}, x0)
+
+    def lora_teacher_turn(self, x0_detached: torch.Tensor, batch: dict, generator: torch.Generator | None = None):
+        """Step 5: denoising loss of the LoRA teacher on stopgrad(x0); the whole batch drops to the
+        empty prompt with probability lora_prompt_dropout. Gradients reach only the LoRA weights."""
+        cfg_ = self.config
+        text = self.text_states(batch)
+        if float(torch.rand((), generator=generator)) < cfg_.lora_prompt_dropout:
+            text = self.uncond_text.expand_as(text)
+        t = self._randint(cfg_.lora_t_min, cfg_.lora_t_max, x0_detached.shape[0], generator)
+        alpha_bar_t = self.alphas_cumprod[t]
+        eps = self._randn(x0_detached.shape, generator)
+        x_t = add_noise(x0_detached.detach(), eps, alpha_bar_t).to(self.unet.dtype)
+        eps_lora = self.unet(x_t, t, encoder_hidden_states=text.to(self.unet.dtype)).sample
+        return lora_teacher_loss(eps_lora, eps, alpha_bar_t)
+
+    # -- EMA and export ------------------------------------------------------------------------
+    def update_ema(self) -> None:
+        self.ema.update(self.student.unet)
+
+    def export_unet(self) -> UNet2DConditionModel:
+        """A fresh UNet carrying the EMA weights: the model that ships (SPEC.md 3.6)."""
+        unet = UNet2DConditionModel.from_config(self.student.unet.config).to(self.ema.shadow[0].device)
+        return self.ema.copy_to(unet).eval().requires_grad_(False)
+
+    def _latent_shape(self) -> tuple[int, int, int]:
+        c = self.student.unet.config
+        return (c.in_channels, c.sample_size, c.sample_size)

@@ -1,0 +1,76 @@
+"""The distillation losses of SPEC.md section 3, as small pure functions returning (loss, logs).
+
+Shapes: x0 / eps maps are (B, C, H, W); eps_all is (K, B, C, H, W); alpha_bar_t is (B,).
+Every coefficient and reduction runs in fp32 with autocast off, whatever the caller's precision
+(the reference computed them in fp16: SPEC.md section 6).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+KL_REDUCTIONS = ("sum", "mean")
+
+
+def fp32(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast off on this device type, so explicit .float() math stays fp32."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def _per_sample(coef: torch.Tensor) -> torch.Tensor:
+    return coef.float().view(-1, 1, 1, 1)  # (B,) -> (B, 1, 1, 1)
+
+
+def cfg(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    """Classifier-free guidance (SPEC.md 3.2): e = e_u + s (e_c - e_u)."""
+    return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+
+
+def add_noise(x0: torch.Tensor, eps: torch.Tensor, alpha_bar_t: torch.Tensor) -> torch.Tensor:
+    """Forward diffusion in fp32: x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps."""
+    with fp32(x0.device):
+        a = _per_sample(alpha_bar_t)
+        return a.sqrt() * x0.float() + (1 - a).sqrt() * eps.float()
+
+
+def vsd_loss(x0: torch.Tensor, eps_teacher: torch.Tensor, eps_lora: torch.Tensor, alpha_bar_t: torch.Tensor):
+    """Variational score distillation (SPEC.md 3.2).
+
+    g = w(t) (e_teacher - e_lora), w(t) = 1 - a_t, NaN/Inf -> 0;
+    L_vsd = 0.5 * mean((x0 - stopgrad(x0 - g))^2), so dL/dx0 = g / N (N = number of elements).
+    """
+    with fp32(x0.device):
+        g = _per_sample(1 - alpha_bar_t) * (eps_teacher.float() - eps_lora.float())
+        nonfinite = (~torch.isfinite(g)).sum()
+        g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
+        target = (x0.float() - g).detach()
+        loss = 0.5 * F.mse_loss(x0.float(), target, reduction="mean")
+    return loss, {"loss_vsd": loss.detach(), "vsd_g_norm": g.norm().detach(), "vsd_nonfinite": nonfinite}
+
+
+def kl_loss(eps_all: torch.Tensor, lambda_kl: float = 0.1, reduction: str = "sum"):
+    """KL of each predicted noise map to N(0, 1) (SPEC.md 3.3).
+
+    Per map n (statistics over its C*H*W elements, unbiased variance):
+    KL_n = -0.5 (1 + log var_n - mu_n^2 - var_n); L_kl = lambda_kl * sum_n KL_n ("sum", paper parity:
+    grows with K*B) or lambda_kl * mean_n KL_n ("mean").
+    """
+    if reduction not in KL_REDUCTIONS:
+        raise ValueError(f"reduction must be one of {KL_REDUCTIONS}, got {reduction!r}")
+    with fp32(eps_all.device):
+        maps = eps_all.float().reshape(-1, eps_all[0, 0].numel())  # (K*B, C*H*W)
+        mu, var = maps.mean(dim=1), maps.var(dim=1, unbiased=True)
+        kl = -0.5 * (1 + var.log() - mu.square() - var)  # (K*B,)
+        loss = lambda_kl * (kl.sum() if reduction == "sum" else kl.mean())
+    return loss, {"loss_kl": loss.detach(), "kl_mean_per_map": kl.mean().detach()}
+
+
+def lora_teacher_loss(eps_lora: torch.Tensor, eps: torch.Tensor, alpha_bar_t: torch.Tensor):
+    """Denoising loss of the LoRA teacher on the student's samples (SPEC.md 3.5):
+    L_lora = mean(a_t * (eps_lora(x_t, t, c) - eps)^2)."""
+    with fp32(eps.device):
+        loss = (_per_sample(alpha_bar_t) * (eps_lora.float() - eps.float()).square()).mean()
+    return loss, {"loss_lora": loss.detach()}
