@@ -7,9 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 out="${OUT:-benchmarks/results}/inference_gpu.md"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD:$PWD/platform${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 for dtype in fp16 fp32; do
-  timeout 200 python3 benchmarks/inference.py --device cuda --dtype "$dtype" --sizes 64 \
+  timeout 200 python3 -m benchmarks.inference --device cuda --dtype "$dtype" --sizes 64 \
     --repeats 20 --teacher-repeats 3 --out "${out%.md}_$dtype.md"
   cat "${out%.md}_$dtype.md"
 done

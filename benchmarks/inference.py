@@ -10,24 +10,22 @@ ratios compare like with like on a shared, noisy machine. Rows:
 Memory: CUDA peak allocated, or on CPU the process's peak resident set during the row (VmHWM after
 clearing it, with freed memory trimmed first), weights included.
 
-    python benchmarks/inference.py                       # CPU, 32x32 and 64x64 latents
-    python benchmarks/inference.py --device cuda --dtype fp16 --repeats 10
+    python -m benchmarks.inference                       # CPU, 32x32 and 64x64 latents
+    python -m benchmarks.inference --device cuda --dtype fp16 --repeats 10
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import diffusers
 import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
 
+from benchmarks.common import machine, peak_gb, reset_peak
 from loopfree.presets import SD_SCHEDULER, sd21_base
 from loopfree.schedule import ddim_plan, one_step_plan
 from loopfree.tiue import TiUEGenerator, decode, encode
@@ -62,23 +60,6 @@ def student_rows(unet, alphas):
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def reset_peak(device):
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    else:  # give freed heap back to the OS, then reset the kernel's peak-RSS counter (VmHWM)
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        Path("/proc/self/clear_refs").write_text("5")
-
-
-def peak_gb(device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**30
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM"):
-            return int(line.split()[1]) / 2**20
-    return float("nan")
 
 
 def measure(fn, warmup, args, repeats, device):
@@ -124,10 +105,9 @@ def main() -> int:
     uncond = torch.randn(1, 77, 1024, device=device, dtype=dtype)
 
     lines = [f"# Inference: UNet work per image, SD2.1-base architecture ({args.device}, {args.dtype}, batch 1)", "",
-             f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, {_device_name(device)}; "
-             f"torch {torch.__version__}, diffusers {diffusers.__version__}, Python {platform.python_version()}.",
+             f"Machine: {machine(device)}.",
              f"Median of {args.repeats} runs after a warm-up ({args.teacher_repeats} for the 50-step row). "
-             "Command: `python " + " ".join(sys.argv) + "`", ""]
+             "Command: `python -m benchmarks.inference " + " ".join(sys.argv[1:]) + "`", ""]
     for size in args.sizes:
         z = torch.randn(1, 4, size, size, device=device, dtype=dtype)
         ms, table = [], []
@@ -146,12 +126,6 @@ def main() -> int:
     Path(args.out).write_text("\n".join(lines))
     print(f"wrote {args.out}")
     return 0
-
-
-def _device_name(device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or "CPU"
 
 
 if __name__ == "__main__":

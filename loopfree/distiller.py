@@ -20,6 +20,7 @@ from torch import nn
 from loopfree.config import DistillConfig
 from loopfree.losses import add_noise, cfg, kl_loss, lora_teacher_loss, vsd_loss
 from loopfree.presets import Components
+from loopfree.rng import IterationRNG
 from loopfree.schedule import ddim_plan, one_step_plan
 from loopfree.tiue import TiUEGenerator
 
@@ -122,13 +123,6 @@ class Distiller(nn.Module):
         return self.encode_text(batch["input_ids"])
 
     # -- turns ---------------------------------------------------------------------------------
-    def _randn(self, shape, generator: torch.Generator | None) -> torch.Tensor:
-        # Drawn on the CPU so a seed gives the same noise on any device.
-        return torch.randn(shape, generator=generator).to(self.alphas_cumprod.device)
-
-    def _randint(self, lo: int, hi: int, n: int, generator: torch.Generator | None) -> torch.Tensor:
-        return torch.randint(lo, hi + 1, (n,), generator=generator).to(self.alphas_cumprod.device)
-
     @torch.no_grad()
     def _guided_eps(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """CFG noise prediction of the UNet in its current adapter state, one call on [uncond; cond]."""
@@ -137,17 +131,18 @@ class Distiller(nn.Module):
         e_u, e_c = self.unet(x_t.repeat(2, 1, 1, 1), t.repeat(2), encoder_hidden_states=torch.cat([uncond, text])).sample.chunk(2)
         return cfg(e_u, e_c, self.config.guidance_scale)
 
-    def student_turn(self, batch: dict, generator: torch.Generator | None = None) -> StudentTurn:
+    def student_turn(self, batch: dict, rng: IterationRNG) -> StudentTurn:
         """Steps 1-3 of SPEC.md 3: x0 from the student, VSD against teacher vs LoRA teacher, KL on eps_all."""
         cfg_ = self.config
         text = self.text_states(batch)  # (B, 77, D)
         dtype = next(self.student.parameters()).dtype
-        z = self._randn((text.shape[0], *self._latent_shape()), generator)  # (B, C, H, W)
+        device = self.alphas_cumprod.device
+        z = rng.randn(self._latent_shape(), device)  # (B, C, H, W)
         x0, eps_all = self.student(z.to(dtype), text.to(dtype))  # (B, C, H, W) fp32, (K, B, C, H, W)
 
-        t = self._randint(cfg_.vsd_t_min, cfg_.vsd_t_max, z.shape[0], generator)
+        t = rng.randint(cfg_.vsd_t_min, cfg_.vsd_t_max, device)  # (B,)
         alpha_bar_t = self.alphas_cumprod[t]  # (B,) fp32
-        x_t = add_noise(x0.detach(), self._randn(x0.shape, generator), alpha_bar_t).to(self.unet.dtype)
+        x_t = add_noise(x0.detach(), rng.randn(x0.shape[1:], device), alpha_bar_t).to(self.unet.dtype)
         with self.teacher_mode():
             eps_teacher = self._guided_eps(x_t, t, text)
         eps_lora = self._guided_eps(x_t, t, text)
@@ -156,16 +151,17 @@ class Distiller(nn.Module):
         loss_kl, kl_logs = kl_loss(eps_all, cfg_.lambda_kl, cfg_.kl_reduction)
         return StudentTurn(loss_vsd + loss_kl, {**logs, **kl_logs}, x0)
 
-    def lora_teacher_turn(self, x0_detached: torch.Tensor, batch: dict, generator: torch.Generator | None = None):
+    def lora_teacher_turn(self, x0_detached: torch.Tensor, batch: dict, rng: IterationRNG):
         """Step 5: denoising loss of the LoRA teacher on stopgrad(x0); the whole batch drops to the
         empty prompt with probability lora_prompt_dropout. Gradients reach only the LoRA weights."""
         cfg_ = self.config
         text = self.text_states(batch)
-        if float(torch.rand((), generator=generator)) < cfg_.lora_prompt_dropout:
+        if rng.shared_uniform() < cfg_.lora_prompt_dropout:
             text = self.uncond_text.expand_as(text)
-        t = self._randint(cfg_.lora_t_min, cfg_.lora_t_max, x0_detached.shape[0], generator)
+        device = self.alphas_cumprod.device
+        t = rng.randint(cfg_.lora_t_min, cfg_.lora_t_max, device)
         alpha_bar_t = self.alphas_cumprod[t]
-        eps = self._randn(x0_detached.shape, generator)
+        eps = rng.randn(x0_detached.shape[1:], device)
         x_t = add_noise(x0_detached.detach(), eps, alpha_bar_t).to(self.unet.dtype)
         eps_lora = self.unet(x_t, t, encoder_hidden_states=text.to(self.unet.dtype)).sample
         return lora_teacher_loss(eps_lora, eps, alpha_bar_t)

@@ -31,6 +31,29 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _distill(args: argparse.Namespace) -> int:
+    import yaml
+
+    from loopfree_platform.job import JobError, load_job, redact
+
+    try:
+        job = load_job(args.job)  # every check that needs no cluster happens here, before Ray starts
+    except JobError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(yaml.safe_dump(redact(job.resolved()), sort_keys=False), end="")
+        return 0
+    from loopfree_platform.distill import run_distill
+
+    result = run_distill(job, address=args.address)
+    print(f"distilled {result.steps} steps; corpus {result.corpus}")
+    print(f"exported TiUE pipeline: {result.export_dir}")
+    for path in result.samples[-1:]:
+        print(f"latest sample grid (EMA student): {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loopfree", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -40,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--num-steps", type=int, default=4, help="K decoder timesteps (default 4)")
     demo.add_argument("--seed", type=int, default=0, help="first seed; image i uses seed+i")
     demo.set_defaults(func=_demo)
+    distill = sub.add_parser("distill", help="run a distillation job file (local Ray instance unless --address)")
+    distill.add_argument("job", help="job file, e.g. jobs/smoke.yaml")
+    distill.add_argument("--dry-run", action="store_true", help="validate and print the resolved job, run nothing")
+    distill.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
+    distill.set_defaults(func=_distill)
     return parser
 
 

@@ -5,7 +5,8 @@ import torch
 
 from loopfree.config import DistillConfig
 from loopfree.distiller import Distiller
-from loopfree.training import LocalEngine, distill_local, iteration_generator, local_engines, train_iteration
+from loopfree.rng import IterationRNG
+from loopfree.training import LocalEngine, distill_local, local_engines, train_iteration
 
 PROMPTS = ["a photo of a cat", "a red sneaker", "a bowl of fruit", "a lighthouse at dusk"]
 SMALL_LORA = dict(lora_rank=4, lora_alpha=8.0)
@@ -58,7 +59,7 @@ def test_teacher_mode_equals_untouched_base_and_lora_teacher_starts_equal(distil
     torch.testing.assert_close(teacher_out, reference, rtol=0, atol=0)
     torch.testing.assert_close(lora_out, reference, rtol=0, atol=0)  # LoRA B = 0 at start
 
-    train_iteration(d, *local_engines(d), batch(d), iteration_generator(0, 0))
+    train_iteration(d, *local_engines(d), batch(d), IterationRNG(0, 0, 0, 2))
     with torch.no_grad():
         with d.teacher_mode() as teacher:
             torch.testing.assert_close(teacher(x, t, encoder_hidden_states=text).sample, reference, rtol=0, atol=0)
@@ -68,7 +69,7 @@ def test_teacher_mode_equals_untouched_base_and_lora_teacher_starts_equal(distil
 def test_teacher_base_never_changes_and_turns_touch_only_their_network(distiller):
     d, _ = distiller
     student_engine, lora_engine = local_engines(d)
-    b, g = batch(d), iteration_generator(0, 0)
+    b, g = batch(d), IterationRNG(0, 0, 0, 2)
     base0, lora0, student0 = snapshot(base_params(d)), snapshot(d.lora_parameters()), snapshot(d.student_parameters())
 
     turn = d.student_turn(b, g)  # student step alone: LoRA and base unchanged
@@ -124,10 +125,10 @@ def test_guidance_on_both_branches(distiller):
 def test_prompt_dropout_uses_the_empty_prompt(tiny_components):
     d, _ = make(tiny_components, lora_prompt_dropout=1.0)
     x0 = torch.randn(2, 4, 8, 8)
-    dropped, _ = d.lora_teacher_turn(x0, batch(d), iteration_generator(0, 5))
+    dropped, _ = d.lora_teacher_turn(x0, batch(d), IterationRNG(0, 5, 0, 2))
     d.config = DistillConfig(**SMALL_LORA, lora_prompt_dropout=0.0)
-    explicit, _ = d.lora_teacher_turn(x0, {"text_states": d.uncond_text.expand(2, -1, -1)}, iteration_generator(0, 5))
-    kept, _ = d.lora_teacher_turn(x0, batch(d), iteration_generator(0, 5))
+    explicit, _ = d.lora_teacher_turn(x0, {"text_states": d.uncond_text.expand(2, -1, -1)}, IterationRNG(0, 5, 0, 2))
+    kept, _ = d.lora_teacher_turn(x0, batch(d), IterationRNG(0, 5, 0, 2))
     dropped, explicit, kept = (float(x.detach()) for x in (dropped, explicit, kept))
     assert dropped == pytest.approx(explicit, rel=1e-6)
     assert kept != pytest.approx(explicit, rel=1e-6)
@@ -183,3 +184,19 @@ def test_config_from_dict_rejects_unknown_keys_and_round_trips():
     assert cfg.lora_target_modules == ("to_q", "to_k", "to_v")
     assert DistillConfig.from_dict(cfg.to_dict()) == cfg
     assert DistillConfig().student_lr == 1e-6 and DistillConfig().lora_lr == 1e-3 and DistillConfig().guidance_scale == 4.5
+
+
+def test_nonfinite_gradient_with_finite_loss_is_skipped():
+    p = torch.nn.Parameter(torch.zeros(2))
+    engine = LocalEngine([p], 0.1, DistillConfig())
+    engine.backward(p.sqrt().sum())  # loss 0, gradient inf at 0
+    assert engine.step()["skipped"] == 1.0 and torch.equal(p.detach(), torch.zeros(2))
+
+
+def test_randomness_does_not_depend_on_the_batch_split():
+    whole = IterationRNG(7, 3, first_index=0, batch_size=2)
+    parts = [IterationRNG(7, 3, first_index=i, batch_size=1) for i in range(2)]
+    torch.testing.assert_close(whole.randn((4, 2, 2)), torch.cat([r.randn((4, 2, 2)) for r in parts]))
+    torch.testing.assert_close(whole.randint(0, 999), torch.cat([r.randint(0, 999) for r in parts]))
+    assert whole.shared_uniform() == parts[0].shared_uniform() == parts[1].shared_uniform()
+    assert not torch.equal(IterationRNG(7, 4, 0, 1).randn((3,)), IterationRNG(7, 3, 0, 1).randn((3,)))

@@ -1,0 +1,53 @@
+"""Checkpoint layout of a distillation run (one Ray Train checkpoint directory, merged from all ranks):
+
+    student/state/...   DeepSpeed shards of the student and its optimizer (every rank writes its own)
+    lora/state/...      the same for the shared UNet (LoRA weights) and the LoRA optimizer
+    ema.safetensors     EMA of the student (rank 0)
+    state.json          step, data position (rows consumed) and counters (rank 0)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from loopfree.distiller import Distiller
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # next step to run
+    rows_consumed: int = 0  # data position in the ordered corpus stream
+    nonfinite_total: int = 0
+
+    def save(self, directory: Path) -> None:
+        (directory / "state.json").write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, directory: Path) -> "TrainState":
+        return cls(**json.loads((directory / "state.json").read_text()))
+
+
+def save(directory: Path, distiller: Distiller, student_engine, lora_engine, state: TrainState, rank: int) -> None:
+    student_engine.save(str(directory / "student"))
+    lora_engine.save(str(directory / "lora"))
+    if rank == 0:
+        save_file({f"{i}": t.detach().contiguous().cpu() for i, t in enumerate(distiller.ema.shadow)},
+                  str(directory / "ema.safetensors"))
+        state.save(directory)
+
+
+def restore(directory: Path, distiller: Distiller, student_engine, lora_engine) -> TrainState:
+    student_engine.load(str(directory / "student"))
+    lora_engine.load(str(directory / "lora"))
+    ema = load_file(str(directory / "ema.safetensors"))
+    with torch.no_grad():
+        for i, shadow in enumerate(distiller.ema.shadow):
+            shadow.copy_(ema[str(i)])
+    state = TrainState.load(directory)
+    distiller.ema.num_updates.fill_(state.step)  # one EMA update per completed step
+    return state

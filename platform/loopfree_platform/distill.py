@@ -1,0 +1,110 @@
+"""Driver of a distillation job: validate, prepare the corpus, run the TorchTrainer, report where things are.
+
+Everything that can fail without a cluster has failed before this runs (`job.load_job`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import yaml
+
+from loopfree_platform import storage
+from loopfree_platform.job import DistillJob, redact
+
+
+@dataclass
+class DistillResult:
+    run_dir: str
+    export_dir: str
+    steps: int
+    corpus: dict[str, int]
+    metrics: dict
+    samples: list[str]
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect to a cluster (address or RAY_ADDRESS), or start a local instance bound to 127.0.0.1."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only (DESIGN.md)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local instance needs no token
+    # Train workers plus Ray Data tasks: more logical CPUs than cores, or the data tasks starve (DESIGN.md).
+    ray.init(num_cpus=num_cpus or max(8, 2 * (os.cpu_count() or 2)), include_dashboard=False,
+             _node_ip_address="127.0.0.1")
+
+
+def total_steps(job: DistillJob, rows: int) -> int:
+    steps = min(job.training.max_steps, rows // job.scaling.global_batch_size)
+    if steps < 1:
+        raise ValueError(f"the corpus yields {rows} (prompt, epoch) rows, fewer than one global batch "
+                         f"(scaling.global_batch_size = {job.scaling.global_batch_size})")
+    return steps
+
+
+def _tokenizer(job: DistillJob):
+    from transformers import CLIPTokenizer
+
+    from loopfree.presets import preset
+    from loopfree.tokenizer import clip_tokenizer
+    from loopfree_platform.train import _local_model_dir
+
+    if job.model.preset:
+        return clip_tokenizer(preset(job.model.preset).pad_token)
+    return CLIPTokenizer.from_pretrained(_local_model_dir(job.model.teacher_dir, job.storage.endpoint_url) / "tokenizer")
+
+
+def run_distill(job: DistillJob, address: str | None = None) -> DistillResult:
+    from ray.data import ExecutionOptions
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from loopfree_platform.callbacks import MetricsLog
+    from loopfree_platform.corpus import prepare_corpus, tokenized
+    from loopfree_platform.train import train_loop_per_worker
+
+    ensure_ray(address)
+    endpoint = job.storage.endpoint_url
+    storage.write_bytes(storage.join(job.run_dir(), "job.resolved.yaml"),
+                        yaml.safe_dump(redact(job.resolved()), sort_keys=False).encode(), endpoint)
+    d = job.data
+    ordered, stats = prepare_corpus(d.paths, d.format, d.column, d.on_bad_record, d.epochs, d.seed, endpoint)
+    print(f"corpus: {stats.as_dict()}", flush=True)
+    steps = total_steps(job, ordered.count())
+    fs, storage_path = storage.filesystem(job.storage.path, endpoint)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": job.model_dump(mode="json"), "total_steps": steps},
+        scaling_config=ScalingConfig(num_workers=job.scaling.num_workers, use_gpu=job.scaling.use_gpu,
+                                     resources_per_worker={"CPU": job.scaling.cpus_per_worker}),
+        run_config=RunConfig(name=job.name, storage_path=storage_path,
+                             storage_filesystem=fs if storage.is_s3(job.storage.path) else None,
+                             failure_config=FailureConfig(max_failures=job.checkpoint.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=job.checkpoint.num_to_keep),
+                             callbacks=[MetricsLog(job.run_dir(), endpoint)]),
+        datasets={"train": tokenized(ordered, _tokenizer(job))},
+        # Every worker streams the whole ordered token stream and keeps its slice of each global batch:
+        # a deterministic assignment (streaming_split hands out blocks dynamically), so runs resume exactly.
+        dataset_config=DataConfig(datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True)),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    samples = _list(storage.join(job.run_dir(), "samples"), endpoint)
+    return DistillResult(run_dir=job.run_dir(), export_dir=storage.join(job.run_dir(), "export"), steps=steps,
+                         corpus=stats.as_dict(), metrics=dict(result.metrics or {}), samples=samples)
+
+
+def _list(uri: str, endpoint: str | None) -> list[str]:
+    try:
+        return storage.list_files(uri, endpoint)
+    except FileNotFoundError:
+        return []
+

@@ -1,0 +1,75 @@
+"""DeepSpeed engines for the two trainable networks. The only module that imports deepspeed (DESIGN.md).
+
+`DeepSpeedEngine` gives a DeepSpeed engine the interface of `loopfree.training.Engine`, so the loop body
+(`loopfree.training.train_iteration`) is the same on one CPU and on a GPU cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import deepspeed
+import torch
+import torch.distributed as dist
+
+from loopfree.config import DistillConfig
+from loopfree.distiller import Distiller
+
+
+class DeepSpeedEngine:
+    """backward/step over a DeepSpeed engine; a non-finite loss on ANY rank skips the step on every rank
+    (ranks must agree, or ZeRO's collectives would deadlock)."""
+
+    def __init__(self, module: torch.nn.Module, params: list[torch.nn.Parameter], lr: float, config: DistillConfig,
+                 ds_config: dict):
+        optimizer = torch.optim.Adam(params, lr=lr, betas=config.adam_betas, eps=config.adam_eps,
+                                     weight_decay=config.weight_decay)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config)
+        self.zero_stage = int(ds_config["zero_optimization"]["stage"])
+        self._skip = False
+
+    def backward(self, loss: torch.Tensor) -> None:
+        finite = torch.tensor([1.0 if bool(torch.isfinite(loss.detach())) else 0.0])
+        if dist.is_initialized():
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        self._skip = finite.item() < 1
+        if not self._skip:
+            self.engine.backward(loss)
+
+    def step(self) -> dict[str, float]:
+        if self._skip:
+            self.engine.zero_grad()
+            return {"grad_norm": math.nan, "skipped": 1.0}
+        overflows_before = self.engine.skipped_steps  # fp16 loss-scale overflows skip inside DeepSpeed
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        norm = float(norm) if norm is not None else math.nan
+        return {"grad_norm": norm, "skipped": float(self.engine.skipped_steps > overflows_before)}
+
+    def gathered_parameters(self) -> contextlib.AbstractContextManager:
+        """Full parameters on every rank for reading (EMA, export): a no-op unless ZeRO-3 shards them."""
+        if self.zero_stage < 3:
+            return contextlib.nullcontext()
+        return deepspeed.zero.GatheredParameters(list(self.engine.module.parameters()), modifier_rank=None)
+
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def save(self, directory: str) -> None:
+        self.engine.save_checkpoint(directory, tag="state")  # collective: every rank writes its shard
+
+    def load(self, directory: str) -> None:
+        path, _ = self.engine.load_checkpoint(directory, tag="state", load_optimizer_states=True,
+                                              load_lr_scheduler_states=False)
+        if path is None:
+            raise RuntimeError(f"DeepSpeed found no checkpoint in {directory}")
+
+
+def build_engines(distiller: Distiller, ds_config: dict) -> tuple[DeepSpeedEngine, DeepSpeedEngine]:
+    """Two engines, two optimizers (DESIGN.md principle 6): the student generator, and the shared UNet
+    whose only trainable parameters are the LoRA weights."""
+    cfg = distiller.config
+    student = DeepSpeedEngine(distiller.student, distiller.student_parameters(), cfg.student_lr, cfg, ds_config)
+    lora = DeepSpeedEngine(distiller.unet, distiller.lora_parameters(), cfg.lora_lr, cfg, ds_config)
+    return student, lora

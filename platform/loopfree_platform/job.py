@@ -1,0 +1,236 @@
+"""The distillation job file: a typed, validated schema loaded from YAML.
+
+Everything that can be checked without a cluster is checked here, in the driver, before Ray starts:
+unknown keys, wrong types, impossible combinations, missing model directories, bad storage URIs.
+Errors name the key (``data.format: ...``). The DeepSpeed JSON is generated from the job, never written
+by hand (`deepspeed_config`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from loopfree.config import DistillConfig
+
+SECRET_WORDS = ("key", "token", "secret", "password", "credential")
+
+
+class JobError(ValueError):
+    """A job file that cannot run; the message names the file and the key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class ModelSection(Section):
+    preset: Literal["tiny"] | None = Field(None, description="random-initialised preset (tests, smoke runs)")
+    teacher_dir: str | None = Field(None, description="teacher in diffusers layout: local directory or s3:// prefix")
+    student_dir: str | None = Field(None, description="student UNet initialisation (default: the teacher's UNet)")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.preset is None) == (self.teacher_dir is None):
+            raise ValueError("set exactly one of model.preset and model.teacher_dir")
+        return self
+
+
+class DataSection(Section):
+    paths: list[str] = Field(min_length=1, description="files or folders, local or s3://")
+    format: Literal["journeydb", "parquet", "text", "tsv"] = "journeydb"
+    column: str | None = Field(None, description="prompt column for parquet / tsv")
+    on_bad_record: Literal["skip", "error"] = "skip"
+    epochs: int = Field(1, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _column(self):
+        if self.format in ("parquet", "tsv") and not self.column:
+            raise ValueError(f"data.column is required for format {self.format!r}")
+        return self
+
+
+class ScalingSection(Section):
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    global_batch_size: int = Field(1, ge=1)
+
+    @property
+    def batch_per_worker(self) -> int:
+        return self.global_batch_size // self.num_workers
+
+
+class DeepSpeedSection(Section):
+    zero_stage: int = Field(2, ge=0, le=3)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    gradient_checkpointing: bool = False
+
+
+class StorageSection(Section):
+    path: str = "runs"
+    endpoint_url: str | None = Field(None, description="S3 endpoint; default: AWS_ENDPOINT_URL or AWS itself")
+
+    @field_validator("path")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        if "://" in v and not v.startswith("s3://"):
+            raise ValueError(f"must be a local folder or an s3://bucket/prefix URI, got {v!r}")
+        if v.startswith("s3://") and not v[5:].split("/")[0]:
+            raise ValueError(f"s3 URI needs a bucket: {v!r}")
+        return v
+
+
+class TrackingSection(Section):
+    mlflow_uri: str | None = None
+    experiment: str = "loopfree"
+
+
+class CheckpointSection(Section):
+    every_steps: int = Field(50, ge=1)
+    num_to_keep: int = Field(2, ge=1)
+    max_failures: int = Field(2, ge=0)
+
+
+class TrainingSection(Section):
+    max_steps: int = Field(ge=1)
+    log_every: int = Field(1, ge=1)
+    max_nonfinite_in_a_row: int = Field(5, ge=1)
+    fail_at_step: int | None = Field(None, description="test only: the last rank dies once at this step")
+    inject_nonfinite_at: list[int] = Field(default_factory=list, description="test only: rank 0's loss is NaN at these steps")
+
+
+class SamplingSection(Section):
+    every_steps: int = Field(100, ge=1)
+    prompts: list[str] = Field(default_factory=lambda: ["a photo of a cat", "a red sneaker", "a lighthouse at dusk",
+                                                        "a bowl of fruit"], min_length=1)
+    seeds: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _seeds(self):
+        if self.seeds is not None and len(self.seeds) != len(self.prompts):
+            raise ValueError("sampling.seeds must hold one seed per sampling prompt")
+        return self
+
+
+class DistillJob(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="run name; re-running it resumes")
+    model: ModelSection
+    data: DataSection
+    method: dict[str, Any] = Field(default_factory=dict, description="loopfree.DistillConfig fields")
+    scaling: ScalingSection = ScalingSection()
+    deepspeed: DeepSpeedSection = DeepSpeedSection()
+    storage: StorageSection = StorageSection()
+    tracking: TrackingSection = TrackingSection()
+    checkpoint: CheckpointSection = CheckpointSection()
+    training: TrainingSection
+    sampling: SamplingSection = SamplingSection()
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: dict[str, Any]) -> dict[str, Any]:
+        DistillConfig.from_dict(v)  # raises with the field names
+        return v
+
+    @model_validator(mode="after")
+    def _combinations(self):
+        if self.scaling.global_batch_size % self.scaling.num_workers:
+            raise ValueError(f"scaling.global_batch_size ({self.scaling.global_batch_size}) must be divisible by "
+                             f"scaling.num_workers ({self.scaling.num_workers})")
+        if self.deepspeed.precision == "fp16" and not self.scaling.use_gpu:
+            raise ValueError("deepspeed.precision fp16 needs scaling.use_gpu: true (use fp32 or bf16 on CPU)")
+        return self
+
+    @property
+    def distill_config(self) -> DistillConfig:
+        return DistillConfig.from_dict(self.method)
+
+    def run_dir(self) -> str:
+        return f"{self.storage.path.rstrip('/')}/{self.name}"
+
+    def resolved(self) -> dict[str, Any]:
+        """The job with every default filled in and the method section completed from DistillConfig."""
+        data = self.model_dump(mode="json")
+        data["method"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.distill_config.to_dict().items()}
+        return data
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{key}: {msg}")
+    return "\n  ".join(lines)
+
+
+def load_job(path: str | Path) -> DistillJob:
+    """Read and validate a job file; every problem is reported with its key, before any cluster work."""
+    path = Path(path)
+    if not path.is_file():
+        raise JobError(f"job file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())  # safe_load: no arbitrary object construction
+    except yaml.YAMLError as err:
+        raise JobError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise JobError(f"{path}: the top level must be a mapping of sections")
+    try:
+        job = DistillJob.model_validate(raw)
+    except ValidationError as err:
+        raise JobError(f"{path}: invalid job file:\n  {_format_errors(err)}") from None
+    check_paths(job)
+    return job
+
+
+def check_paths(job: DistillJob) -> None:
+    """Local model and data paths (relative to the working directory) must exist; s3:// ones are checked
+    when the corpus and models are read, still in the driver before the trainer starts."""
+    for key, value in (("model.teacher_dir", job.model.teacher_dir), ("model.student_dir", job.model.student_dir)):
+        if value and not value.startswith("s3://") and not Path(value).is_dir():
+            raise JobError(f"{key}: model directory {value!r} does not exist")
+    for i, p in enumerate(job.data.paths):
+        if not p.startswith("s3://") and not Path(p).exists():
+            raise JobError(f"data.paths[{i}]: {p!r} does not exist")
+
+
+def deepspeed_config(job: DistillJob, grad_clip: float) -> dict[str, Any]:
+    """The DeepSpeed JSON for one engine, derived from the job (micro batch = per-worker batch)."""
+    ds = job.deepspeed
+    return {
+        "train_micro_batch_size_per_gpu": job.scaling.batch_per_worker,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": job.scaling.global_batch_size,
+        "gradient_clipping": grad_clip,
+        "zero_optimization": {"stage": ds.zero_stage},
+        "bf16": {"enabled": ds.precision == "bf16"},
+        "fp16": {"enabled": ds.precision == "fp16", "initial_scale_power": 16, "loss_scale_window": 1000},
+        "zero_allow_untested_optimizer": True,  # torch.optim.Adam as the client optimizer (DESIGN.md)
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def _secret_key(key: Any) -> bool:
+    words = str(key).lower().replace("-", "_").split("_")  # "api_key" is secret, "tokenizer" is not
+    return any(w in words for w in SECRET_WORDS)
+
+
+def redact(data: Any) -> Any:
+    """Replace values whose key looks secret (keys, tokens, passwords) and AWS credentials in strings."""
+    if isinstance(data, dict):
+        return {k: "***" if _secret_key(k) and v else redact(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [redact(v) for v in data]
+    if isinstance(data, str):
+        for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID"):
+            secret = os.environ.get(name)
+            if secret and secret in data:
+                data = data.replace(secret, "***")
+    return data

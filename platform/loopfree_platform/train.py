@@ -1,0 +1,176 @@
+"""Distributed distillation with Ray Train: the worker loop and the driver.
+
+`train_loop_per_worker` is the one training loop of the platform; the maths of an iteration is
+`loopfree.training.train_iteration` (SPEC.md section 3), here driven by two DeepSpeed engines.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import ray.train
+import torch
+import torch.distributed as dist
+from diffusers import UNet2DConditionModel
+
+from loopfree.distiller import Distiller
+from loopfree.images import image_grid
+from loopfree.pipeline import TiUEPipeline
+from loopfree.presets import Components, load_components, preset
+from loopfree.rng import IterationRNG
+from loopfree.training import train_iteration
+from loopfree_platform import checkpoint, storage
+from loopfree_platform.engines import build_engines
+from loopfree_platform.job import DistillJob, deepspeed_config
+
+LOGGED = ("loss_vsd", "loss_kl", "loss_lora", "loss_student", "grad_norm_student", "grad_norm_lora", "vsd_g_norm")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def _local_model_dir(uri: str, endpoint: str | None) -> Path:
+    if not storage.is_s3(uri):
+        return Path(uri)
+    target = Path(tempfile.gettempdir()) / "loopfree-models" / uri.replace("s3://", "").replace("/", "_")
+    if not (target / ".complete").exists():
+        storage.download_dir(uri, target, endpoint)
+        (target / ".complete").touch()
+    return target
+
+
+def build_components(job: DistillJob) -> tuple[Components, UNet2DConditionModel | None]:
+    endpoint = job.storage.endpoint_url
+    if job.model.preset:
+        components = preset(job.model.preset).build(seed=job.model.seed)  # same seed: same weights on every rank
+    else:
+        components = load_components(_local_model_dir(job.model.teacher_dir, endpoint))
+    student = None
+    if job.model.student_dir:
+        d = _local_model_dir(job.model.student_dir, endpoint)
+        student = UNet2DConditionModel.from_pretrained(d / "unet" if (d / "unet").is_dir() else d)
+    if job.deepspeed.gradient_checkpointing:
+        (student or components.unet).enable_gradient_checkpointing()
+    return components, student
+
+
+def _peak_memory_gb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    return math.nan
+
+
+def _mean_over_ranks(logs: dict[str, float]) -> dict[str, float]:
+    values = torch.tensor([logs[k] for k in LOGGED], dtype=torch.float64)
+    if dist.is_initialized():
+        dist.all_reduce(values)
+        values /= dist.get_world_size()
+    return dict(zip(LOGGED, values.tolist()))
+
+
+def _rank_batches(shard, job: DistillJob, rank: int, skip_steps: int):
+    """The rank's slice of each global batch of the ordered stream, after skipping consumed steps."""
+    b, G = job.scaling.batch_per_worker, job.scaling.global_batch_size
+    for i, batch in enumerate(shard.iter_batches(batch_size=G, batch_format="numpy", drop_last=True, prefetch_batches=2)):
+        if i >= skip_steps:
+            yield {"input_ids": torch.from_numpy(batch["input_ids"][rank * b:(rank + 1) * b]).long()}
+
+
+def _write_samples(job: DistillJob, distiller: Distiller, components: Components, step: int) -> None:
+    pipe = _export_pipeline(distiller, components)
+    seeds = job.sampling.seeds or list(range(len(job.sampling.prompts)))
+    grid = image_grid(pipe(job.sampling.prompts, seeds=seeds, batch_size=len(seeds)).images)
+    with tempfile.NamedTemporaryFile(suffix=".png") as f:
+        grid.save(f.name)
+        storage.write_bytes(storage.join(job.run_dir(), "samples", f"step_{step:08d}.png"), Path(f.name).read_bytes(),
+                            job.storage.endpoint_url)
+
+
+def _export_pipeline(distiller: Distiller, components: Components) -> TiUEPipeline:
+    cfg = distiller.config
+    return TiUEPipeline(distiller.export_unet(), components.vae, distiller.text_encoder, distiller.tokenizer,
+                        components.scheduler, num_steps=distiller.student.plan.num_steps, mode=cfg.mode,
+                        spacing=cfg.spacing if cfg.mode == "tiue" else "leading",
+                        timesteps=list(distiller.student.plan.timesteps) if cfg.spacing == "custom" else None)
+
+
+def _maybe_inject_fault(job: DistillJob, step: int, rank: int, world: int) -> None:
+    """Test-only (training.fail_at_step): the last rank dies once, hard, as a crashed worker would."""
+    if job.training.fail_at_step != step or rank != world - 1:
+        return
+    marker = storage.join(job.run_dir(), "fault_injected")
+    if not storage.exists(marker, job.storage.endpoint_url):
+        storage.write_bytes(marker, b"1", job.storage.endpoint_url)
+        os._exit(13)
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    job = DistillJob.model_validate(loop_config["job"])
+    total_steps = int(loop_config["total_steps"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    b = job.scaling.batch_per_worker
+
+    # 1. models: student, shared teacher/LoRA teacher, frozen text encoder; 2. two DeepSpeed engines
+    components, student_unet = build_components(job)
+    device = torch.device("cuda", ctx.get_local_rank()) if job.scaling.use_gpu else torch.device("cpu")
+    distiller = Distiller(components, job.distill_config, student_unet=student_unet).to(device)
+    student_engine, lora_engine = build_engines(distiller, deepspeed_config(job, distiller.config.grad_clip))
+
+    # 3. resume: student, LoRA, both optimizers, EMA, step and data position
+    state = checkpoint.TrainState()
+    resume_from = ray.train.get_checkpoint()
+    if resume_from:
+        with resume_from.as_directory() as d:
+            state = checkpoint.restore(Path(d), distiller, student_engine, lora_engine)
+    batches = _rank_batches(ray.train.get_dataset_shard("train"), job, rank, skip_steps=state.step)
+
+    nonfinite_in_a_row, t_start, first_step = 0, time.perf_counter(), state.step
+    for step in range(state.step, total_steps):
+        t0 = time.perf_counter()
+        batch = {k: v.to(device) for k, v in next(batches).items()}
+        if rank == 0 and step in job.training.inject_nonfinite_at:  # test only: poison this rank's text states
+            batch["text_states"] = torch.full_like(distiller.text_states(batch), math.nan)
+        # 4. one iteration: student turn + update, LoRA turn + update, EMA (SPEC.md 3, steps 1-6)
+        logs = train_iteration(distiller, student_engine, lora_engine, batch, IterationRNG(job.data.seed, step, rank * b, b))
+        state.step, state.rows_consumed = step + 1, (step + 1) * job.scaling.global_batch_size
+        nonfinite_in_a_row = nonfinite_in_a_row + 1 if logs["skipped"] else 0
+        state.nonfinite_total += int(logs["skipped"] > 0)
+        if nonfinite_in_a_row >= job.training.max_nonfinite_in_a_row:
+            raise NonFiniteLossError(f"{nonfinite_in_a_row} non-finite steps in a row at step {step} "
+                                     f"(training.max_nonfinite_in_a_row = {job.training.max_nonfinite_in_a_row})")
+        _maybe_inject_fault(job, step, rank, world)
+
+        # 5. side effects: sample grids (rank 0), metrics, checkpoints (every rank writes its shard)
+        done = step + 1 == total_steps
+        if rank == 0 and (done or (step + 1) % job.sampling.every_steps == 0):
+            _write_samples(job, distiller, components, step + 1)
+        save = done or (step + 1) % job.checkpoint.every_steps == 0
+        if save or (step + 1) % job.training.log_every == 0:
+            step_time = time.perf_counter() - t0
+            rate = (step + 1 - first_step) / (time.perf_counter() - t_start)
+            metrics = {**_mean_over_ranks(logs), "step": step + 1, "step_time_s": step_time,
+                       "samples_per_s": rate * job.scaling.global_batch_size, "eta_s": (total_steps - step - 1) / rate,
+                       "lr_student": student_engine.lr(), "lr_lora": lora_engine.lr(),
+                       "peak_memory_gb": _peak_memory_gb(), "skipped_total": state.nonfinite_total}
+            if save:
+                with tempfile.TemporaryDirectory() as d:
+                    checkpoint.save(Path(d), distiller, student_engine, lora_engine, state, rank)
+                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
+                                     checkpoint_dir_name=f"checkpoint_{step + 1:08d}")
+            else:
+                ray.train.report(metrics)
+
+    # 6. export the EMA student as a TiUEPipeline under the run's storage
+    if rank == 0:
+        with tempfile.TemporaryDirectory() as d:
+            _export_pipeline(distiller, components).save_pretrained(d, safe_serialization=True)
+            storage.upload_dir(d, storage.join(job.run_dir(), "export"), job.storage.endpoint_url)

@@ -1,0 +1,130 @@
+"""The distillation job end to end on real components: local Ray, DeepSpeed on CPU (gloo), S3 (moto).
+
+Runs are shared through module-scoped fixtures so the whole file costs a handful of TorchTrainer runs.
+"""
+
+import copy
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+from loopfree_platform import storage
+from loopfree_platform.callbacks import read_metrics
+from loopfree_platform.distill import run_distill
+from loopfree_platform.job import DistillJob
+from loopfree_platform.train import NonFiniteLossError
+
+from loopfree.pipeline import TiUEPipeline
+
+ROOT = Path(__file__).resolve().parents[2]
+LOSSES = ("loss_vsd", "loss_kl", "loss_lora", "grad_norm_student")
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def job(tmp_path, name, **sections) -> DistillJob:
+    """jobs/smoke.yaml with local storage under tmp_path and the given sections merged in."""
+    data = yaml.safe_load((ROOT / "jobs" / "smoke.yaml").read_text())
+    data["data"]["paths"] = [str(ROOT / "data" / "PartiPrompts.tsv")]
+    data["storage"] = {"path": str(tmp_path / "runs")}
+    data["method"]["kl_reduction"] = "mean"  # "sum" is per-rank (paper parity), so only "mean" is layout-free
+    data["sampling"]["every_steps"] = 100
+    data["name"] = name
+    for section, values in sections.items():
+        data[section] = {**data.get(section, {}), **values} if isinstance(values, dict) else values
+    return DistillJob.model_validate(data)
+
+
+def losses(j: DistillJob) -> dict[int, tuple]:
+    return {r["step"]: tuple(r[k] for k in LOSSES) for r in read_metrics(storage.join(j.run_dir(), "metrics.jsonl"))}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(runs):
+    j = job(runs, "uninterrupted", training={"max_steps": 6, "log_every": 1}, checkpoint={"every_steps": 2})
+    return j, run_distill(j)
+
+
+def test_uninterrupted_run_checkpoints_and_exports(uninterrupted):
+    j, result = uninterrupted
+    assert result.steps == 6 and sorted(losses(j)) == [1, 2, 3, 4, 5, 6]
+    checkpoints = sorted(p.name for p in Path(j.run_dir()).glob("checkpoint_*"))
+    assert checkpoints == ["checkpoint_00000004", "checkpoint_00000006"]  # num_to_keep = 2
+    ckpt = Path(j.run_dir()) / checkpoints[-1]
+    assert (ckpt / "state.json").exists() and (ckpt / "ema.safetensors").exists()
+    assert len(list((ckpt / "student" / "state").glob("*optim_states.pt"))) == 2  # one ZeRO-2 shard per rank
+    pipe = TiUEPipeline.from_pretrained(result.export_dir)
+    assert pipe.config.timesteps == [751, 501, 251, 1]
+    assert pipe(["a cat"], seeds=[0]).images[0].size == (64, 64)
+
+
+def test_parity_two_workers_equal_one_worker_with_the_global_batch(runs, uninterrupted):
+    single = job(runs, "single", training={"max_steps": 3}, scaling={"num_workers": 1, "global_batch_size": 4})
+    run_distill(single)
+    two, one = losses(uninterrupted[0]), losses(single)
+    for step in (1, 2, 3):
+        assert one[step] == pytest.approx(two[step], rel=1e-4, abs=1e-6), step
+
+
+def test_resume_continues_with_the_same_losses(runs, uninterrupted):
+    first = job(runs, "resumed", training={"max_steps": 4}, checkpoint={"every_steps": 2})
+    run_distill(first)
+    assert sorted(losses(first)) == [1, 2, 3, 4]
+    again = job(runs, "resumed", training={"max_steps": 6}, checkpoint={"every_steps": 2})
+    run_distill(again)
+    resumed, reference = losses(again), losses(uninterrupted[0])
+    assert sorted(resumed) == [1, 2, 3, 4, 5, 6]
+    for step in (5, 6):
+        assert resumed[step] == pytest.approx(reference[step], rel=1e-5, abs=1e-7), step
+
+
+def test_crashed_worker_restarts_from_the_last_checkpoint(runs, uninterrupted):
+    crashing = job(runs, "crashing", training={"max_steps": 6, "fail_at_step": 3}, checkpoint={"every_steps": 2})
+    result = run_distill(crashing)
+    got, reference = losses(crashing), losses(uninterrupted[0])
+    assert result.steps == 6 and sorted(got) == [1, 2, 3, 4, 5, 6]  # every step counted once
+    assert storage.exists(storage.join(crashing.run_dir(), "fault_injected"))
+    for step in range(1, 7):
+        assert got[step] == pytest.approx(reference[step], rel=1e-5, abs=1e-7), step
+
+
+@pytest.mark.parametrize("stage", [0, 3])
+def test_other_zero_stages_run(runs, stage):
+    j = job(runs, f"zero{stage}", training={"max_steps": 2}, deepspeed={"zero_stage": stage, "precision": "fp32"},
+            checkpoint={"every_steps": 2})
+    result = run_distill(j)
+    assert result.steps == 2 and TiUEPipeline.from_pretrained(result.export_dir).config.num_steps == 4
+
+
+def test_s3_smoke_job_with_bad_records_and_a_nan_step(s3_endpoint, tmp_path):
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    lines = [line.split("\t")[0] for line in (ROOT / "data" / "PartiPrompts.tsv").read_text().splitlines()[1:41]]
+    s3.put_object(Bucket="loopfree-test", Key="corpus/smoke/prompts.txt", Body="\n".join(lines + ["", "  "]).encode())
+    data = yaml.safe_load((ROOT / "jobs" / "smoke.yaml").read_text())
+    data = copy.deepcopy(data) | {"name": "s3-smoke"}
+    data["data"] = {"paths": ["s3://loopfree-test/corpus/smoke/prompts.txt"], "format": "text"}
+    data["storage"] = {"path": "s3://loopfree-test/runs"}
+    data["training"] = {"max_steps": 4, "inject_nonfinite_at": [1]}
+    j = DistillJob.model_validate(data)
+    result = run_distill(j)
+    assert result.corpus["empty"] == 2 and result.corpus["unique"] == len(set(lines))
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="loopfree-test", Prefix="runs/s3-smoke/")["Contents"]]
+    assert any(k.startswith("runs/s3-smoke/checkpoint_00000004/") for k in keys)
+    assert "runs/s3-smoke/samples/step_00000004.png" in keys and "runs/s3-smoke/job.resolved.yaml" in keys
+    rows = read_metrics("s3://loopfree-test/runs/s3-smoke/metrics.jsonl")
+    assert rows[-1]["skipped_total"] == 1 and rows[-1]["step"] == 4
+    pipe = TiUEPipeline.from_pretrained(storage.download_dir(result.export_dir, tmp_path / "export"))
+    assert len(pipe(["a cat", "a dog"], seeds=[0, 1]).images) == 2
+
+
+def test_nonfinite_losses_in_a_row_stop_with_a_clear_error(runs):
+    j = job(runs, "nan-stop", training={"max_steps": 4, "inject_nonfinite_at": [1, 2], "max_nonfinite_in_a_row": 2},
+            checkpoint={"max_failures": 0})
+    with pytest.raises(Exception, match="2 non-finite steps in a row at step 2") as err:
+        run_distill(j)
+    assert NonFiniteLossError.__name__ in str(err.value)

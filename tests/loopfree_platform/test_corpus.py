@@ -1,0 +1,85 @@
+import json
+
+import boto3
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from loopfree_platform.corpus import CorpusError, prepare_corpus, tokenized
+
+from loopfree.tokenizer import clip_tokenizer
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def journeydb_lines():
+    good = [{"Task2": {"Caption": f"prompt number {i}"}} for i in range(20)]
+    return [json.dumps(r) for r in good] + [
+        json.dumps({"Task2": {"caption": "lower-case key"}}),
+        json.dumps({"Task2": {"Caption": "prompt number 3"}}),  # duplicate
+        json.dumps({"Task2": {"Caption": "   "}}),  # empty
+        "{not json",  # malformed, line 24
+        json.dumps({"Task1": {}}),  # no caption
+        json.dumps({"Task2": {"Caption": 7}}),  # not a string
+    ]
+
+
+def test_journeydb_clean_dedupe_count(tmp_path):
+    path = tmp_path / "train_anno.jsonl"
+    path.write_text("\n".join(journeydb_lines()) + "\n")
+    ordered, stats = prepare_corpus([str(path)], "journeydb", epochs=2, seed=3)
+    assert stats.as_dict() == {"records": 26, "bad": 3, "empty": 1, "duplicates": 1, "unique": 21}
+    rows = ordered.take_all()
+    assert len(rows) == 42 and [r["epoch"] for r in rows] == [0] * 21 + [1] * 21
+    assert {r["prompt"] for r in rows[:21]} == {f"prompt number {i}" for i in range(20)} | {"lower-case key"}
+    assert [r["prompt"] for r in rows[:21]] != [r["prompt"] for r in rows[21:]]  # reshuffled per epoch
+
+
+def test_order_is_deterministic_and_independent_of_file_layout(tmp_path):
+    lines = journeydb_lines()
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "a.jsonl").write_text("\n".join(lines))
+    (tmp_path / "split").mkdir()
+    (tmp_path / "split" / "a.jsonl").write_text("\n".join(lines[13:]))
+    (tmp_path / "split" / "b.jsonl").write_text("\n".join(lines[:13]))
+    first = [r["prompt"] for r in prepare_corpus([str(tmp_path / "one")], seed=1)[0].take_all()]
+    again = [r["prompt"] for r in prepare_corpus([str(tmp_path / "split")], seed=1)[0].take_all()]
+    other_seed = [r["prompt"] for r in prepare_corpus([str(tmp_path / "one")], seed=2)[0].take_all()]
+    assert first == again and first != other_seed and sorted(first) == sorted(other_seed)
+
+
+def test_on_bad_record_error_names_file_and_line(tmp_path):
+    path = tmp_path / "train_anno.jsonl"
+    path.write_text("\n".join(journeydb_lines()))
+    with pytest.raises(CorpusError, match=rf"{path}:24: invalid JSON"):
+        prepare_corpus([str(path)], on_bad_record="error")
+
+
+def test_text_tsv_parquet_and_empty_corpus(tmp_path):
+    (tmp_path / "p.txt").write_text("a cat\n\na dog\na cat\n")
+    assert prepare_corpus([str(tmp_path / "p.txt")], "text")[1].as_dict() == \
+        {"records": 4, "bad": 0, "empty": 1, "duplicates": 1, "unique": 2}
+    (tmp_path / "p.tsv").write_text("Prompt\tCategory\nbond\tAbstract\nlife\tAbstract\n")
+    assert prepare_corpus([str(tmp_path / "p.tsv")], "tsv", column="Prompt")[1].unique == 2
+    with pytest.raises(CorpusError, match="no column 'Caption'"):
+        prepare_corpus([str(tmp_path / "p.tsv")], "tsv", column="Caption", on_bad_record="error")
+    pq.write_table(pa.table({"text": ["a cat", None, "a fish"]}), tmp_path / "p.parquet")
+    assert prepare_corpus([str(tmp_path / "p.parquet")], "parquet", column="text")[1].as_dict() == \
+        {"records": 3, "bad": 1, "empty": 0, "duplicates": 0, "unique": 2}
+    (tmp_path / "empty.txt").write_text("\n")
+    with pytest.raises(CorpusError, match="no usable prompts"):
+        prepare_corpus([str(tmp_path / "empty.txt")], "text")
+
+
+def test_reads_from_s3_and_tokenises(s3_endpoint):
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.put_object(Bucket="loopfree-test", Key="corpus/jdb/part-0.jsonl", Body="\n".join(journeydb_lines()[:10]).encode())
+    s3.put_object(Bucket="loopfree-test", Key="corpus/jdb/part-1.jsonl", Body="\n".join(journeydb_lines()[10:]).encode())
+    ordered, stats = prepare_corpus(["s3://loopfree-test/corpus/jdb"], "journeydb")
+    assert stats.unique == 21 and stats.bad == 3
+    batches = list(tokenized(ordered, clip_tokenizer()).iter_batches(batch_size=8, batch_format="numpy"))
+    ids = np.concatenate([b["input_ids"] for b in batches])
+    tok = clip_tokenizer()
+    expected = tok([r["prompt"] for r in ordered.take_all()], padding="max_length", max_length=77,
+                   truncation=True, return_tensors="np").input_ids
+    assert ids.shape == (21, 77) and ids.dtype == np.int32 and (ids == expected).all()
