@@ -185,7 +185,10 @@ def load_job(path: str | Path) -> DistillJob:
         job = DistillJob.model_validate(raw)
     except ValidationError as err:
         raise JobError(f"{path}: invalid job file:\n  {_format_errors(err)}") from None
-    check_paths(job)
+    try:
+        check_paths(job)
+    except JobError as err:
+        raise JobError(f"{path}: {err}") from None
     return job
 
 

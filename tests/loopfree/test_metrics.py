@@ -9,7 +9,7 @@ from loopfree.metrics import frechet_distance
 def scipy_frechet(a: np.ndarray, b: np.ndarray) -> float:
     """The textbook formula with scipy's general matrix square root (independent implementation)."""
     mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
     covmean = scipy.linalg.sqrtm(cov_a @ cov_b).real
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
 
