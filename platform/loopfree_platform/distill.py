@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import yaml
 
@@ -34,11 +35,21 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
         return
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")  # per-operator bars drown the training log
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only (DESIGN.md)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local instance needs no token
     # Train workers plus Ray Data tasks: more logical CPUs than cores, or the data tasks starve (DESIGN.md).
     ray.init(num_cpus=num_cpus or max(8, 2 * (os.cpu_count() or 2)), include_dashboard=False,
              _node_ip_address="127.0.0.1")
+
+
+def absolute_paths(job: DistillJob) -> DistillJob:
+    """Workers run in other folders (and on other machines): relative local paths mean the driver's."""
+    def fix(p):
+        return p if p is None or storage.is_s3(p) else str(Path(p).resolve())
+    model = job.model.model_copy(update={"teacher_dir": fix(job.model.teacher_dir), "student_dir": fix(job.model.student_dir)})
+    return job.model_copy(update={"model": model, "storage": job.storage.model_copy(update={"path": fix(job.storage.path)}),
+                                  "data": job.data.model_copy(update={"paths": [fix(p) for p in job.data.paths]})})
 
 
 def total_steps(job: DistillJob, rows: int) -> int:
@@ -71,6 +82,10 @@ def run_distill(job: DistillJob, address: str | None = None) -> DistillResult:
     from loopfree_platform.train import train_loop_per_worker
 
     ensure_ray(address)
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False  # travels with the datasets to the workers
+    job = absolute_paths(job)
     endpoint = job.storage.endpoint_url
     storage.write_bytes(storage.join(job.run_dir(), "job.resolved.yaml"),
                         yaml.safe_dump(redact(job.resolved()), sort_keys=False).encode(), endpoint)

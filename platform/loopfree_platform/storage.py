@@ -45,7 +45,7 @@ def list_files(uri: str, endpoint_url: str | None = None) -> list[str]:
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"{uri} does not exist")
     if info.type == pafs.FileType.File:
-        return [uri]
+        return [uri if is_s3(uri) else path]
     found = fs.get_file_info(pafs.FileSelector(path, recursive=True))
     files = sorted(f.path for f in found if f.type == pafs.FileType.File and not f.base_name.startswith("."))
     return [("s3://" + f) if is_s3(uri) else f for f in files]
