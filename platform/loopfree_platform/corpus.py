@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import ray.data
+from ray.data.expressions import col, lit
 
 from loopfree_platform import storage
 
@@ -133,11 +134,11 @@ def prepare_corpus(paths: list[str], fmt: str = "journeydb", column: str | None 
     """Driver side: parse, count, dedupe and order. Returns the ordered (prompt, epoch) table, materialised."""
     records = read_records(paths, fmt, column, endpoint_url).materialize()
     total = records.count()
-    bad_rows = records.filter(lambda r: r["error"] != "")
+    bad_rows = records.filter(expr=col("error") != lit(""))
     bad = bad_rows.count()
     if bad and on_bad_record == "error":
         raise CorpusError(f"bad record (on_bad_record: error): {bad_rows.take(1)[0]['error']}")
-    good = records.filter(lambda r: r["error"] == "" and r["prompt"] != "").materialize()
+    good = records.filter(expr=(col("error") == lit("")) & (col("prompt") != lit(""))).materialize()
     n_good = good.count()
     unique = good.groupby("prompt").count().select_columns(["prompt"]).materialize()
     n_unique = unique.count()
@@ -163,4 +164,4 @@ class Tokenize:
 
 def tokenized(ordered: ray.data.Dataset, tokenizer, concurrency: int = 1, batch_size: int = 1024) -> ray.data.Dataset:
     return ordered.map_batches(Tokenize, fn_constructor_kwargs={"tokenizer": tokenizer}, batch_size=batch_size,
-                               batch_format="numpy", concurrency=concurrency)
+                               batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=concurrency))

@@ -53,7 +53,7 @@ def uninterrupted(runs):
 def test_uninterrupted_run_checkpoints_and_exports(uninterrupted):
     j, result = uninterrupted
     assert result.steps == 6 and sorted(losses(j)) == [1, 2, 3, 4, 5, 6]
-    checkpoints = sorted(p.name for p in Path(j.run_dir()).glob("checkpoint_*"))
+    checkpoints = sorted(p.name for p in Path(j.run_dir()).glob("checkpoint_0*"))
     assert checkpoints == ["checkpoint_00000004", "checkpoint_00000006"]  # num_to_keep = 2
     ckpt = Path(j.run_dir()) / checkpoints[-1]
     assert (ckpt / "state.json").exists() and (ckpt / "ema.safetensors").exists()
