@@ -113,6 +113,7 @@ def _maybe_inject_fault(job: DistillJob, step: int, rank: int, world: int) -> No
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
+    t_enter = time.perf_counter()
     job = DistillJob.model_validate(loop_config["job"])
     total_steps = int(loop_config["total_steps"])
     ctx = ray.train.get_context()
@@ -133,10 +134,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
             state = checkpoint.restore(Path(d), distiller, student_engine, lora_engine)
     batches = _rank_batches(ray.train.get_dataset_shard("train"), job, rank, skip_steps=state.step)
 
-    nonfinite_in_a_row, t_start, first_step = 0, time.perf_counter(), state.step
+    nonfinite_in_a_row, t_start, first_step, data_wait, first_batch_s = 0, time.perf_counter(), state.step, 0.0, 0.0
+    startup_s = t_start - t_enter  # models, engines, checkpoint restore: the fixed cost of every (re)start
     for step in range(state.step, total_steps):
         t0 = time.perf_counter()
         batch = {k: v.to(device) for k, v in next(batches).items()}
+        if step == first_step:  # includes starting the worker's Ray Data pipeline
+            first_batch_s = time.perf_counter() - t0
+        else:  # steady state: time the trainer waited on the data pipeline
+            data_wait += time.perf_counter() - t0
         if rank == 0 and step in job.training.inject_nonfinite_at:  # test only: poison this rank's text states
             batch["text_states"] = torch.full_like(distiller.text_states(batch), math.nan)
         # 4. one iteration: student turn + update, LoRA turn + update, EMA (SPEC.md 3, steps 1-6)
@@ -160,7 +166,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
             metrics = {**_mean_over_ranks(logs), "step": step + 1, "step_time_s": step_time,
                        "samples_per_s": rate * job.scaling.global_batch_size, "eta_s": (total_steps - step - 1) / rate,
                        "lr_student": student_engine.lr(), "lr_lora": lora_engine.lr(),
-                       "peak_memory_gb": _peak_memory_gb(), "skipped_total": state.nonfinite_total}
+                       "peak_memory_gb": _peak_memory_gb(), "skipped_total": state.nonfinite_total,
+                       "data_wait_s_per_step": data_wait / max(1, step - first_step), "first_batch_s": first_batch_s,
+                       "worker_startup_s": startup_s}
             if save:
                 with tempfile.TemporaryDirectory() as d:
                     checkpoint.save(Path(d), distiller, student_engine, lora_engine, state, rank)
