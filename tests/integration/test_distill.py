@@ -16,6 +16,7 @@ from loopfree_platform.job import DistillJob
 from loopfree_platform.train import NonFiniteLossError
 
 from loopfree.pipeline import TiUEPipeline
+from loopfree.presets import tiny
 
 ROOT = Path(__file__).resolve().parents[2]
 LOSSES = ("loss_vsd", "loss_kl", "loss_lora", "grad_norm_student")
@@ -110,6 +111,10 @@ def test_s3_smoke_job_with_bad_records_and_a_nan_step(s3_endpoint, tmp_path):
     data["data"] = {"paths": ["s3://loopfree-test/corpus/smoke/prompts.txt"], "format": "text"}
     data["storage"] = {"path": "s3://loopfree-test/runs"}
     data["training"] = {"max_steps": 4, "inject_nonfinite_at": [1]}
+    # the teacher comes from an S3 prefix in diffusers layout, as on a cluster
+    TiUEPipeline.from_components(tiny().build(seed=0)).save_pretrained(tmp_path / "teacher")
+    storage.upload_dir(tmp_path / "teacher", "s3://loopfree-test/models/tiny-teacher")
+    data["model"] = {"teacher_dir": "s3://loopfree-test/models/tiny-teacher"}
     j = DistillJob.model_validate(data)
     result = run_distill(j)
     assert result.corpus["empty"] == 2 and result.corpus["unique"] == len(set(lines))
