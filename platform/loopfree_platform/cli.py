@@ -51,7 +51,23 @@ def _distill(args: argparse.Namespace) -> int:
     print(f"exported TiUE pipeline: {result.export_dir}")
     for path in result.samples[-1:]:
         print(f"latest sample grid (EMA student): {path}")
+    if result.mlflow_run_id:
+        print(f"MLflow run {result.mlflow_run_id}; registered model {job.tracking.registered_model} "
+              f"version {result.model_version} (alias {job.tracking.alias})")
     return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from loopfree_platform.job import JobError, load_job
+
+    try:
+        load_job(args.job)  # a bad job file fails here, before anything reaches the cluster
+    except JobError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from loopfree_platform.submit import submit
+
+    return submit(args.job, address=args.address, follow=args.follow, working_dir=args.working_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--dry-run", action="store_true", help="validate and print the resolved job, run nothing")
     distill.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
     distill.set_defaults(func=_distill)
+    submit = sub.add_parser("submit", help="submit a distillation job to a Ray cluster through the Jobs API")
+    submit.add_argument("job", help="job file, relative to --working-dir")
+    submit.add_argument("--address", default=None, help="Ray dashboard address (default: RAY_ADDRESS or http://127.0.0.1:8265)")
+    submit.add_argument("--working-dir", default=".", help="uploaded as the job's working directory (default: .)")
+    submit.add_argument("--follow", action="store_true", help="stream logs until the job ends; exit with its status")
+    submit.set_defaults(func=_submit)
     return parser
 
 

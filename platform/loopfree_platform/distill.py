@@ -23,6 +23,8 @@ class DistillResult:
     corpus: dict[str, int]
     metrics: dict
     samples: list[str]
+    mlflow_run_id: str | None = None
+    model_version: str | None = None
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -83,13 +85,15 @@ def run_distill(job: DistillJob, address: str | None = None) -> DistillResult:
 
     from loopfree_platform.callbacks import MetricsLog
     from loopfree_platform.corpus import prepare_corpus, tokenized
+    from loopfree_platform.tracking import MLflowTracking, log_final, start_run
     from loopfree_platform.train import train_loop_per_worker
 
+    job = absolute_paths(job)
+    tracked = start_run(job) if job.tracking.enabled else None  # an unreachable server fails here, before Ray
     ensure_ray(address)
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False  # travels with the datasets to the workers
-    job = absolute_paths(job)
     endpoint = job.storage.endpoint_url
     storage.write_bytes(storage.join(job.run_dir(), "job.resolved.yaml"),
                         yaml.safe_dump(redact(job.resolved()), sort_keys=False).encode(), endpoint)
@@ -107,7 +111,8 @@ def run_distill(job: DistillJob, address: str | None = None) -> DistillResult:
                              storage_filesystem=fs if storage.is_s3(job.storage.path) else None,
                              failure_config=FailureConfig(max_failures=job.checkpoint.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=job.checkpoint.num_to_keep),
-                             callbacks=[MetricsLog(job.run_dir(), endpoint)]),
+                             callbacks=[MetricsLog(job.run_dir(), endpoint),
+                                        *([MLflowTracking(job, *tracked)] if tracked else [])]),
         datasets={"train": tokenized(ordered, _tokenizer(job))},
         # Every worker streams the whole ordered token stream and keeps its slice of each global batch:
         # a deterministic assignment (streaming_split hands out blocks dynamically), so runs resume exactly.
@@ -117,8 +122,11 @@ def run_distill(job: DistillJob, address: str | None = None) -> DistillResult:
     if result.error:
         raise result.error
     samples = _list(storage.join(job.run_dir(), "samples"), endpoint)
-    return DistillResult(run_dir=job.run_dir(), export_dir=storage.join(job.run_dir(), "export"), steps=steps,
-                         corpus=stats.as_dict(), metrics=dict(result.metrics or {}), samples=samples)
+    export_dir = storage.join(job.run_dir(), "export")
+    version = log_final(job, *tracked, export_dir) if tracked else None
+    return DistillResult(run_dir=job.run_dir(), export_dir=export_dir, steps=steps, corpus=stats.as_dict(),
+                         metrics=dict(result.metrics or {}), samples=samples, mlflow_run_id=tracked[1] if tracked else None,
+                         model_version=version)
 
 
 def _list(uri: str, endpoint: str | None) -> list[str]:

@@ -88,8 +88,12 @@ class StorageSection(Section):
 
 
 class TrackingSection(Section):
-    mlflow_uri: str | None = None
+    enabled: bool = True
+    mlflow_uri: str | None = Field(None, description="default: MLFLOW_TRACKING_URI, else sqlite in the runs folder")
     experiment: str = "loopfree"
+    optional: bool = Field(False, description="an unreachable server only warns instead of failing the job")
+    registered_model: str | None = Field("loopfree-tiue", description="register the exported model under this name")
+    alias: str = "candidate"
 
 
 class CheckpointSection(Section):

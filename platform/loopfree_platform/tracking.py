@@ -1,0 +1,183 @@
+"""MLflow tracking: one run per job, fed through one narrow seam (a Ray Train UserCallback on rank 0's reports).
+
+The run id is stored in the job's run folder (``mlflow_run_id``), so a resumed or restarted job logs into
+the same run. A tracking server that is unreachable at start fails the job before training (unless
+``tracking.optional``); an outage in the middle of a run only costs metrics (buffered and retried, with
+a warning), never the training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from ray.train import UserCallback
+
+from loopfree_platform import storage
+from loopfree_platform.job import DistillJob, redact
+
+RUN_ID_FILE = "mlflow_run_id"
+MAX_BUFFERED = 10_000
+
+
+class TrackingError(RuntimeError):
+    pass
+
+
+def tracking_uri(job: DistillJob) -> str:
+    """Job file, then MLFLOW_TRACKING_URI, then a sqlite store in the local runs folder."""
+    uri = job.tracking.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    folder = Path("runs") if storage.is_s3(job.storage.path) else Path(job.storage.path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(folder / 'mlflow.db').resolve()}"
+
+
+@contextlib.contextmanager
+def _fail_fast(timeout_s: int = 10):
+    """MLflow's HTTP client retries with backoff for minutes by default: a probe or a training-side
+    log call should fail within seconds instead."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(timeout_s))
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, str]:
+    if isinstance(data, dict):
+        return {k: v for key, value in data.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): str(data)[:6000]}
+
+
+def start_run(job: DistillJob) -> tuple[str, str] | None:
+    """(tracking URI, run id): the job's existing run when resuming, else a new run with its params."""
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(job)
+    client = MlflowClient(uri)
+    id_file = storage.join(job.run_dir(), RUN_ID_FILE)
+    try:
+        with _fail_fast():
+            if storage.exists(id_file, job.storage.endpoint_url):
+                run_id = storage.read_bytes(id_file, job.storage.endpoint_url).decode().strip()
+                client.get_run(run_id)  # must still exist, and the server must answer
+                return uri, run_id
+            exp = client.get_experiment_by_name(job.tracking.experiment)
+            exp_id = exp.experiment_id if exp else client.create_experiment(job.tracking.experiment)
+            run = client.create_run(exp_id, run_name=job.name, tags={"loopfree.job": job.name})
+    except Exception as err:  # noqa: BLE001 - any client failure means the same to the user
+        message = f"tracking.mlflow_uri: MLflow at {redact(uri)} is not usable ({type(err).__name__}: {redact(str(err))[:300]})"
+        if job.tracking.optional:
+            warnings.warn(message + "; tracking.optional is set, training continues without MLflow", stacklevel=2)
+            return None
+        raise TrackingError(message) from None
+    params = flatten(redact(job.resolved()))
+    items = list(params.items())
+    from mlflow.entities import Param
+
+    for i in range(0, len(items), 100):
+        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in items[i:i + 100]])
+    storage.write_bytes(id_file, run.info.run_id.encode(), job.storage.endpoint_url)
+    return uri, run.info.run_id
+
+
+class MLflowTracking(UserCallback):
+    """Logs rank 0's metrics at their step, and each new sample grid as an image over time."""
+
+    def __init__(self, job: DistillJob, uri: str, run_id: str):
+        self.job, self.uri, self.run_id = job, uri, run_id
+        self.pending: list = []
+
+    def after_report(self, run_context, metrics, checkpoint):
+        from mlflow.entities import Metric
+
+        row = metrics[0]
+        step = int(row["step"])
+        self.pending += [Metric(k, float(v), 0, step) for k, v in row.items() if isinstance(v, (int, float)) and k != "step"]
+        self.pending = self.pending[-MAX_BUFFERED:]
+        try:
+            with _fail_fast():
+                from mlflow.tracking import MlflowClient
+
+                client = MlflowClient(self.uri)
+                for i in range(0, len(self.pending), 500):
+                    client.log_batch(self.run_id, metrics=self.pending[i:i + 500])
+                self.pending = []
+                if step % self.job.sampling.every_steps == 0:
+                    self._log_grid(client, step)
+        except Exception as err:  # noqa: BLE001 - an outage must never stop training
+            warnings.warn(f"MLflow logging failed at step {step} ({type(err).__name__}); "
+                          f"{len(self.pending)} metric points buffered for retry", stacklevel=2)
+
+    def _log_grid(self, client, step: int) -> None:
+        import PIL.Image
+
+        uri = storage.join(self.job.run_dir(), "samples", f"step_{step:08d}.png")
+        if storage.exists(uri, self.job.storage.endpoint_url):
+            with tempfile.TemporaryDirectory() as d:
+                path = Path(d) / "grid.png"
+                path.write_bytes(storage.read_bytes(uri, self.job.storage.endpoint_url))
+                client.log_image(self.run_id, PIL.Image.open(path), key="samples", step=step)
+
+
+def pyfunc_model():
+    """An MLflow python model: a DataFrame with a "prompt" column (and optional "seed") -> PNG images
+    (base64) with their seeds."""
+    import mlflow.pyfunc
+
+    class TiUEModel(mlflow.pyfunc.PythonModel):
+        def load_context(self, context):
+            from loopfree.pipeline import TiUEPipeline
+
+            self.pipe = TiUEPipeline.from_pretrained(context.artifacts["pipeline"])
+
+        def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+            import base64
+            import io
+
+            prompts = [str(p) for p in model_input["prompt"]]
+            seeds = [int(s) for s in model_input["seed"]] if "seed" in model_input else None
+            out = self.pipe(prompts, seeds=seeds)
+            images = []
+            for im in out.images:
+                buf = io.BytesIO()
+                im.save(buf, format="PNG")
+                images.append(base64.b64encode(buf.getvalue()).decode())
+            return pd.DataFrame({"prompt": prompts, "seed": out.seeds, "image_png_base64": images})
+
+    return TiUEModel()
+
+
+def log_final(job: DistillJob, uri: str, run_id: str, export_dir: str) -> str | None:
+    """Resolved config, the exported pipeline as a registered pyfunc model with an alias. Returns the version."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    mlflow.set_tracking_uri(uri)
+    with tempfile.TemporaryDirectory() as d:
+        resolved = Path(d) / "job.resolved.yaml"
+        resolved.write_bytes(storage.read_bytes(storage.join(job.run_dir(), "job.resolved.yaml"), job.storage.endpoint_url))
+        client.log_artifact(run_id, str(resolved))
+        local = storage.download_dir(export_dir, Path(d) / "pipeline", job.storage.endpoint_url)
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(name="model", python_model=pyfunc_model(), artifacts={"pipeline": str(local)},
+                                           registered_model_name=job.tracking.registered_model,
+                                           pip_requirements=["loopfree"])
+    if not job.tracking.registered_model:
+        return None
+    version = info.registered_model_version
+    client.set_registered_model_alias(job.tracking.registered_model, job.tracking.alias, str(version))
+    return str(version)

@@ -1,0 +1,147 @@
+"""End to end as a user runs it: `ray start --head`, `mlflow server` (sqlite + S3 artifacts), an S3 endpoint,
+all on 127.0.0.1, and the job submitted with the plain `ray job submit` command from the README.
+
+Runs before the in-process Ray tests (file order) and stops its cluster at the end.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, s3_endpoint):
+    tmp = tmp_path_factory.mktemp("cluster")
+    mlflow_port, dash_port = free_port(), free_port()
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled",
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
+           "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+           "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    mlflow = subprocess.Popen([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
+                               "--backend-store-uri", f"sqlite:///{tmp}/mlflow.db",
+                               "--artifacts-destination", "s3://loopfree-test/mlflow-artifacts", "--workers", "1"],
+                              env=env, stdout=open(tmp / "mlflow.log", "w"), stderr=subprocess.STDOUT)
+    ray_tmp = f"/tmp/rayc{os.getpid()}"
+    subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--num-cpus", "8",
+                    "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port), "--temp-dir", ray_tmp,
+                    "--disable-usage-stats"], env=env, check=True, capture_output=True)
+    wait_http(f"http://127.0.0.1:{mlflow_port}/health")
+    wait_http(f"http://127.0.0.1:{dash_port}/api/version")
+    yield {"env": env, "address": f"http://127.0.0.1:{dash_port}", "mlflow": env["MLFLOW_TRACKING_URI"], "tmp": tmp}
+    subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True)
+    mlflow.terminate()
+    mlflow.wait(timeout=30)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def working_dir(cluster, name: str, **training) -> Path:
+    wd = cluster["tmp"] / name
+    (wd / "data").mkdir(parents=True)
+    shutil.copy(ROOT / "data" / "PartiPrompts.tsv", wd / "data")
+    data = yaml.safe_load((ROOT / "jobs" / "smoke.yaml").read_text())
+    data.update(name=name, storage={"path": "s3://loopfree-test/cluster-runs"})
+    data["training"] = {"log_every": 1, **training}
+    data["checkpoint"] = {"every_steps": 2, "num_to_keep": 2}
+    data["sampling"]["every_steps"] = 2
+    (wd / "job.yaml").write_text(yaml.safe_dump(data))
+    return wd
+
+
+def ray_job(cluster, *args, check=True) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "ray"), "job", *args], env=cluster["env"], capture_output=True, text=True,
+                          check=check, timeout=600)
+
+
+def submit_cmd(cluster, wd: Path, *extra) -> list[str]:
+    # The README's plain command, verbatim apart from address and folder.
+    return ["submit", "--address", cluster["address"], "--working-dir", str(wd), *extra, "--",
+            "python", "-m", "loopfree_platform.cli", "distill", "job.yaml"]
+
+
+def test_plain_ray_job_submit_tracks_registers_and_stores(cluster):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    wd = working_dir(cluster, "submitted", max_steps=4)
+    t0 = time.time()
+    out = ray_job(cluster, *submit_cmd(cluster, wd), check=False)
+    print(f"submission to SUCCEEDED: {time.time() - t0:.0f} s")
+    assert out.returncode == 0 and "SUCCEEDED" in out.stdout + out.stderr, out.stdout[-3000:] + out.stderr[-3000:]
+
+    client = MlflowClient(cluster["mlflow"])
+    runs = client.search_runs([client.get_experiment_by_name("loopfree").experiment_id],
+                              filter_string="tags.`loopfree.job` = 'submitted'")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.params["scaling.num_workers"] == "2" and run.data.params["method.lambda_kl"] == "0.1"
+    for key in ("loss_vsd", "loss_kl", "loss_lora", "grad_norm_student", "lr_student", "samples_per_s"):
+        assert len(client.get_metric_history(run.info.run_id, key)) >= 4, key
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "job.resolved.yaml" in artifacts and "images" in artifacts
+    assert len(client.list_artifacts(run.info.run_id, "images")) >= 2  # grids at steps 2 and 4
+    version = client.get_model_version_by_alias("loopfree-tiue", "candidate")
+    assert version.run_id == run.info.run_id
+    mlflow.set_tracking_uri(cluster["mlflow"])
+    model = mlflow.pyfunc.load_model("models:/loopfree-tiue@candidate")
+    import pandas as pd
+
+    images = model.predict(pd.DataFrame({"prompt": ["a cat", "a dog"], "seed": [0, 1]}))
+    assert len(images) == 2 and images["image_png_base64"].str.len().min() > 100
+
+    s3 = boto3.client("s3", endpoint_url=cluster["env"]["AWS_ENDPOINT_URL"])
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="loopfree-test", Prefix="cluster-runs/submitted/")["Contents"]]
+    assert any("/checkpoint_00000004/" in k for k in keys) and "cluster-runs/submitted/export/model_index.json" in keys
+
+
+def test_stopped_job_resumes_into_the_same_mlflow_run(cluster):
+    from mlflow.tracking import MlflowClient
+
+    wd = working_dir(cluster, "stopped", max_steps=8, log_every=1)
+    sid = "loopfree-stop-test"
+    ray_job(cluster, *submit_cmd(cluster, wd, "--submission-id", sid, "--no-wait"))
+    s3 = boto3.client("s3", endpoint_url=cluster["env"]["AWS_ENDPOINT_URL"])
+    deadline = time.time() + 300
+    while time.time() < deadline:  # stop the job once its first checkpoint is in S3
+        listing = s3.list_objects_v2(Bucket="loopfree-test", Prefix="cluster-runs/stopped/checkpoint_")
+        if listing.get("KeyCount", 0):
+            break
+        time.sleep(1)
+    ray_job(cluster, "stop", "--address", cluster["address"], sid)
+    out = ray_job(cluster, *submit_cmd(cluster, wd), check=False)
+    assert out.returncode == 0 and "SUCCEEDED" in out.stdout + out.stderr, out.stdout[-3000:] + out.stderr[-3000:]
+
+    client = MlflowClient(cluster["mlflow"])
+    runs = client.search_runs([client.get_experiment_by_name("loopfree").experiment_id],
+                              filter_string="tags.`loopfree.job` = 'stopped'")
+    assert len(runs) == 1
+    steps = sorted({m.step for m in client.get_metric_history(runs[0].info.run_id, "loss_vsd")})
+    assert steps == list(range(1, 9))

@@ -1,0 +1,55 @@
+"""MLflow tracking in-process: unreachable servers fail before training; an outage mid-run does not kill it."""
+
+import warnings
+from pathlib import Path
+
+import pytest
+import yaml
+from loopfree_platform.distill import run_distill
+from loopfree_platform.job import DistillJob
+from loopfree_platform.tracking import MLflowTracking, TrackingError, flatten, start_run
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def job(tmp_path, **tracking) -> DistillJob:
+    data = yaml.safe_load((ROOT / "jobs" / "smoke.yaml").read_text())
+    data["data"]["paths"] = [str(ROOT / "data" / "PartiPrompts.tsv")]
+    data["storage"] = {"path": str(tmp_path / "runs")}
+    data["tracking"] = tracking
+    data["training"] = {"max_steps": 2}
+    return DistillJob.model_validate(data)
+
+
+def test_unreachable_server_fails_before_training(tmp_path):
+    j = job(tmp_path, mlflow_uri="http://127.0.0.1:9/")  # discard port: nothing listens
+    with pytest.raises(TrackingError, match="tracking.mlflow_uri: MLflow at http://127.0.0.1:9/ is not usable"):
+        run_distill(j)
+    assert not list(Path(j.run_dir()).glob("checkpoint_*"))
+
+
+def test_optional_tracking_only_warns(tmp_path):
+    j = job(tmp_path, mlflow_uri="http://127.0.0.1:9/", optional=True)
+    with pytest.warns(UserWarning, match="training continues without MLflow"):
+        assert start_run(j) is None
+
+
+def test_outage_mid_run_buffers_metrics_and_keeps_going(tmp_path):
+    j = job(tmp_path)
+    uri, run_id = start_run(j)
+    callback = MLflowTracking(j, "http://127.0.0.1:9/", run_id)  # the server "goes away"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        callback.after_report(None, [{"step": 1, "loss_vsd": 0.5}], None)
+    assert any("buffered for retry" in str(w.message) for w in caught) and len(callback.pending) == 1
+    callback.uri = uri  # back again: the buffered point is delivered with the next report
+    callback.after_report(None, [{"step": 2, "loss_vsd": 0.4}], None)
+    from mlflow.tracking import MlflowClient
+
+    history = MlflowClient(uri).get_metric_history(run_id, "loss_vsd")
+    assert [(m.step, m.value) for m in history] == [(1, 0.5), (2, 0.4)] and not callback.pending
+
+
+def test_params_are_flat_and_redacted():
+    flat = flatten({"a": {"b": 1, "api_key": "x"}, "c": [1, 2]})
+    assert flat == {"a.b": "1", "a.api_key": "x", "c": "[1, 2]"}
