@@ -68,7 +68,8 @@ def main() -> int:
     preset = dataclasses.replace(preset, unet={**preset.unet, "sample_size": 32})
     components = preset.build()
     components.vae = None  # training never decodes; keep it out of the measurement
-    student = copy.deepcopy(components.unet).enable_gradient_checkpointing()
+    student = copy.deepcopy(components.unet)  # fp32, before the frozen copy is cast
+    student.enable_gradient_checkpointing()
     components.unet.to(frozen)
     components.text_encoder.to(frozen)
     gc.collect()

@@ -136,8 +136,11 @@ def test_stopped_job_resumes_into_the_same_mlflow_run(cluster):
             break
         time.sleep(1)
     ray_job(cluster, "stop", "--address", cluster["address"], sid)
-    out = ray_job(cluster, *submit_cmd(cluster, wd), check=False)
-    assert out.returncode == 0 and "SUCCEEDED" in out.stdout + out.stderr, out.stdout[-3000:] + out.stderr[-3000:]
+    # resubmit with our own command this time
+    out = subprocess.run([str(BIN / "loopfree"), "submit", "job.yaml", "--address", cluster["address"], "--follow"],
+                         cwd=wd, env=cluster["env"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and out.stdout.startswith("submitted "), out.stdout[-3000:] + out.stderr[-3000:]
+    assert "ended: SUCCEEDED" in out.stdout
 
     client = MlflowClient(cluster["mlflow"])
     runs = client.search_runs([client.get_experiment_by_name("loopfree").experiment_id],
