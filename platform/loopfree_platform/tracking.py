@@ -55,6 +55,13 @@ def _fail_fast(timeout_s: int = 10):
                 os.environ[k] = v
 
 
+def _local_artifacts(uri: str) -> str | None:
+    """Artifacts of a local sqlite store live beside it (not in ./mlruns of whatever the cwd is)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    return None  # a tracking server decides
+
+
 def flatten(data: Any, prefix: str = "") -> dict[str, str]:
     if isinstance(data, dict):
         return {k: v for key, value in data.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
@@ -75,7 +82,8 @@ def start_run(job: DistillJob) -> tuple[str, str] | None:
                 client.get_run(run_id)  # must still exist, and the server must answer
                 return uri, run_id
             exp = client.get_experiment_by_name(job.tracking.experiment)
-            exp_id = exp.experiment_id if exp else client.create_experiment(job.tracking.experiment)
+            exp_id = exp.experiment_id if exp else client.create_experiment(
+                job.tracking.experiment, artifact_location=_local_artifacts(uri))
             run = client.create_run(exp_id, run_name=job.name, tags={"loopfree.job": job.name})
     except Exception as err:  # noqa: BLE001 - any client failure means the same to the user
         message = f"tracking.mlflow_uri: MLflow at {redact(uri)} is not usable ({type(err).__name__}: {redact(str(err))[:300]})"
