@@ -20,7 +20,8 @@ from pathlib import Path
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars", "--window-size=1500,1100", "--virtual-time-budget=60000", "--run-all-compositor-stages-before-draw"]
+                  "--hide-scrollbars", "--window-size=1500,1100", "--virtual-time-budget=60000",
+                  "--run-all-compositor-stages-before-draw"]
 
 
 def main() -> int:

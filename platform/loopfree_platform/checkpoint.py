@@ -23,6 +23,7 @@ class TrainState:
     step: int = 0  # next step to run
     rows_consumed: int = 0  # data position in the ordered corpus stream
     nonfinite_total: int = 0
+    metrics: dict | None = None  # what was reported with this checkpoint (to backfill trackers after a crash)
 
     def save(self, directory: Path) -> None:
         (directory / "state.json").write_text(json.dumps(asdict(self), indent=1))

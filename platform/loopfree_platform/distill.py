@@ -5,6 +5,7 @@ Everything that can fail without a cluster has failed before this runs (`job.loa
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,25 @@ def absolute_paths(job: DistillJob) -> DistillJob:
                                   "data": job.data.model_copy(update={"paths": [fix(p) for p in job.data.paths]})})
 
 
+def latest_checkpoint_state(job: DistillJob) -> dict | None:
+    """state.json of the newest checkpoint in the run folder, if any."""
+    try:
+        files = storage.list_files(job.run_dir(), job.storage.endpoint_url)
+    except FileNotFoundError:
+        return None
+    states = sorted(f for f in files if "/checkpoint_" in f and f.endswith("/state.json"))
+    return json.loads(storage.read_bytes(states[-1], job.storage.endpoint_url)) if states else None
+
+
+def backfill_trackers(job: DistillJob, callbacks: list) -> None:
+    """A job killed between persisting a checkpoint and the trackers' callbacks loses that step's metrics;
+    the checkpoint carries them, so a resumed job logs them first (rows are keyed by step)."""
+    state = latest_checkpoint_state(job)
+    if state and state.get("metrics"):
+        for callback in callbacks:
+            callback.after_report(None, [state["metrics"]], None)
+
+
 def total_steps(job: DistillJob, rows: int) -> int:
     steps = min(job.training.max_steps, rows // job.scaling.global_batch_size)
     if steps < 1:
@@ -102,6 +122,8 @@ def run_distill(job: DistillJob, address: str | None = None) -> DistillResult:
     print(f"corpus: {stats.as_dict()}", flush=True)
     steps = total_steps(job, ordered.count())
     fs, storage_path = storage.filesystem(job.storage.path, endpoint)
+    callbacks = [MetricsLog(job.run_dir(), endpoint), *([MLflowTracking(job, *tracked)] if tracked else [])]
+    backfill_trackers(job, callbacks)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job.model_dump(mode="json"), "total_steps": steps},
@@ -111,8 +133,7 @@ def run_distill(job: DistillJob, address: str | None = None) -> DistillResult:
                              storage_filesystem=fs if storage.is_s3(job.storage.path) else None,
                              failure_config=FailureConfig(max_failures=job.checkpoint.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=job.checkpoint.num_to_keep),
-                             callbacks=[MetricsLog(job.run_dir(), endpoint),
-                                        *([MLflowTracking(job, *tracked)] if tracked else [])]),
+                             callbacks=callbacks),
         datasets={"train": tokenized(ordered, _tokenizer(job))},
         # Every worker streams the whole ordered token stream and keeps its slice of each global batch:
         # a deterministic assignment (streaming_split hands out blocks dynamically), so runs resume exactly.

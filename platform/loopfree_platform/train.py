@@ -170,6 +170,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                        "data_wait_s_per_step": data_wait / max(1, step - first_step), "first_batch_s": first_batch_s,
                        "worker_startup_s": startup_s}
             if save:
+                state.metrics = metrics
                 with tempfile.TemporaryDirectory() as d:
                     checkpoint.save(Path(d), distiller, student_engine, lora_engine, state, rank)
                     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),

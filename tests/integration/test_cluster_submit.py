@@ -87,64 +87,57 @@ def submit_cmd(cluster, wd: Path, *extra) -> list[str]:
             "python", "-m", "loopfree_platform.cli", "distill", "job.yaml"]
 
 
-def test_plain_ray_job_submit_tracks_registers_and_stores(cluster):
+def test_submit_stop_resubmit_tracks_registers_and_stores(cluster):
+    """The plain `ray job submit`, stopped after its first checkpoint, then `loopfree submit --follow`: the job
+    resumes into the same MLflow run, registers its model and leaves checkpoints and the export in S3."""
     import mlflow
-    from mlflow.tracking import MlflowClient
-
-    wd = working_dir(cluster, "submitted", max_steps=4)
-    t0 = time.time()
-    out = ray_job(cluster, *submit_cmd(cluster, wd), check=False)
-    print(f"submission to SUCCEEDED: {time.time() - t0:.0f} s")
-    assert out.returncode == 0 and "SUCCEEDED" in out.stdout + out.stderr, out.stdout[-3000:] + out.stderr[-3000:]
-
-    client = MlflowClient(cluster["mlflow"])
-    runs = client.search_runs([client.get_experiment_by_name("loopfree").experiment_id],
-                              filter_string="tags.`loopfree.job` = 'submitted'")
-    assert len(runs) == 1
-    run = runs[0]
-    assert run.data.params["scaling.num_workers"] == "2" and run.data.params["method.lambda_kl"] == "0.1"
-    for key in ("loss_vsd", "loss_kl", "loss_lora", "grad_norm_student", "lr_student", "samples_per_s"):
-        assert len(client.get_metric_history(run.info.run_id, key)) >= 4, key
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert "job.resolved.yaml" in artifacts and "images" in artifacts
-    assert len(client.list_artifacts(run.info.run_id, "images")) >= 2  # grids at steps 2 and 4
-    version = client.get_model_version_by_alias("loopfree-tiue", "candidate")
-    assert version.run_id == run.info.run_id
-    mlflow.set_tracking_uri(cluster["mlflow"])
-    model = mlflow.pyfunc.load_model("models:/loopfree-tiue@candidate")
     import pandas as pd
-
-    images = model.predict(pd.DataFrame({"prompt": ["a cat", "a dog"], "seed": [0, 1]}))
-    assert len(images) == 2 and images["image_png_base64"].str.len().min() > 100
-
-    s3 = boto3.client("s3", endpoint_url=cluster["env"]["AWS_ENDPOINT_URL"])
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="loopfree-test", Prefix="cluster-runs/submitted/")["Contents"]]
-    assert any("/checkpoint_00000004/" in k for k in keys) and "cluster-runs/submitted/export/model_index.json" in keys
-
-
-def test_stopped_job_resumes_into_the_same_mlflow_run(cluster):
     from mlflow.tracking import MlflowClient
+    from ray.job_submission import JobStatus, JobSubmissionClient
 
-    wd = working_dir(cluster, "stopped", max_steps=8, log_every=1)
+    wd = working_dir(cluster, "stopped", max_steps=12)
     sid = "loopfree-stop-test"
+    t0 = time.time()
     ray_job(cluster, *submit_cmd(cluster, wd, "--submission-id", sid, "--no-wait"))
     s3 = boto3.client("s3", endpoint_url=cluster["env"]["AWS_ENDPOINT_URL"])
     deadline = time.time() + 300
     while time.time() < deadline:  # stop the job once its first checkpoint is in S3
-        listing = s3.list_objects_v2(Bucket="loopfree-test", Prefix="cluster-runs/stopped/checkpoint_")
-        if listing.get("KeyCount", 0):
+        if s3.list_objects_v2(Bucket="loopfree-test", Prefix="cluster-runs/stopped/checkpoint_").get("KeyCount", 0):
             break
         time.sleep(1)
+    print(f"submission to first checkpoint: {time.time() - t0:.0f} s")
     ray_job(cluster, "stop", "--address", cluster["address"], sid)
-    # resubmit with our own command this time
+    jobs = JobSubmissionClient(cluster["address"])
+    while jobs.get_job_status(sid) not in (JobStatus.STOPPED, JobStatus.FAILED, JobStatus.SUCCEEDED):
+        time.sleep(0.5)  # the stopped driver and its trainer must be gone before the resubmission
+    assert jobs.get_job_status(sid) == JobStatus.STOPPED
+
+    t1 = time.time()
     out = subprocess.run([str(BIN / "loopfree"), "submit", "job.yaml", "--address", cluster["address"], "--follow"],
                          cwd=wd, env=cluster["env"], capture_output=True, text=True, timeout=600)
+    print(f"resubmission to SUCCEEDED: {time.time() - t1:.0f} s")
     assert out.returncode == 0 and out.stdout.startswith("submitted "), out.stdout[-3000:] + out.stderr[-3000:]
     assert "ended: SUCCEEDED" in out.stdout
 
     client = MlflowClient(cluster["mlflow"])
     runs = client.search_runs([client.get_experiment_by_name("loopfree").experiment_id],
                               filter_string="tags.`loopfree.job` = 'stopped'")
-    assert len(runs) == 1
-    steps = sorted({m.step for m in client.get_metric_history(runs[0].info.run_id, "loss_vsd")})
-    assert steps == list(range(1, 9))
+    assert len(runs) == 1  # the resumed job logged into the run of the stopped one
+    run = runs[0]
+    steps = sorted({m.step for m in client.get_metric_history(run.info.run_id, "loss_vsd")})
+    assert steps == list(range(1, 13))
+    assert run.data.params["scaling.num_workers"] == "2" and run.data.params["method.lambda_kl"] == "0.1"
+    for key in ("loss_vsd", "loss_kl", "loss_lora", "grad_norm_student", "lr_student", "samples_per_s"):
+        assert len(client.get_metric_history(run.info.run_id, key)) >= 12, key
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "job.resolved.yaml" in artifacts and "images" in artifacts
+    assert len(client.list_artifacts(run.info.run_id, "images")) >= 2  # sample grids over time
+    version = client.get_model_version_by_alias("loopfree-tiue", "candidate")
+    assert version.run_id == run.info.run_id
+    mlflow.set_tracking_uri(cluster["mlflow"])
+    model = mlflow.pyfunc.load_model("models:/loopfree-tiue@candidate")
+    images = model.predict(pd.DataFrame({"prompt": ["a cat", "a dog"], "seed": [0, 1]}))
+    assert len(images) == 2 and images["image_png_base64"].str.len().min() > 100
+
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="loopfree-test", Prefix="cluster-runs/stopped/")["Contents"]]
+    assert any("/checkpoint_00000012/" in k for k in keys) and "cluster-runs/stopped/export/model_index.json" in keys

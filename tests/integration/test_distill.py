@@ -30,6 +30,7 @@ def job(tmp_path, name, **sections) -> DistillJob:
     data["storage"] = {"path": str(tmp_path / "runs")}
     data["method"]["kl_reduction"] = "mean"  # "sum" is per-rank (paper parity), so only "mean" is layout-free
     data["sampling"]["every_steps"] = 100
+    data["tracking"] = {"enabled": False}  # MLflow has its own tests; here it would only cost time
     data["name"] = name
     for section, values in sections.items():
         data[section] = {**data.get(section, {}), **values} if isinstance(values, dict) else values
@@ -73,10 +74,11 @@ def test_parity_two_workers_equal_one_worker_with_the_global_batch(runs, uninter
 
 
 def test_resume_continues_with_the_same_losses(runs, uninterrupted):
-    first = job(runs, "resumed", training={"max_steps": 4}, checkpoint={"every_steps": 2})
+    # ZeRO stage 0 here (the reference ran ZeRO-2): checkpoints of stage 0 restore too, and stages agree
+    first = job(runs, "resumed", training={"max_steps": 4}, checkpoint={"every_steps": 2}, deepspeed={"zero_stage": 0})
     run_distill(first)
     assert sorted(losses(first)) == [1, 2, 3, 4]
-    again = job(runs, "resumed", training={"max_steps": 6}, checkpoint={"every_steps": 2})
+    again = job(runs, "resumed", training={"max_steps": 6}, checkpoint={"every_steps": 2}, deepspeed={"zero_stage": 0})
     run_distill(again)
     resumed, reference = losses(again), losses(uninterrupted[0])
     assert sorted(resumed) == [1, 2, 3, 4, 5, 6]
@@ -85,21 +87,16 @@ def test_resume_continues_with_the_same_losses(runs, uninterrupted):
 
 
 def test_crashed_worker_restarts_from_the_last_checkpoint(runs, uninterrupted):
-    crashing = job(runs, "crashing", training={"max_steps": 6, "fail_at_step": 3}, checkpoint={"every_steps": 2})
+    # ZeRO-3 here: sharded parameters, gathered EMA, per-rank model shards in the checkpoint
+    crashing = job(runs, "crashing", training={"max_steps": 6, "fail_at_step": 3}, checkpoint={"every_steps": 2},
+                   deepspeed={"zero_stage": 3})
     result = run_distill(crashing)
     got, reference = losses(crashing), losses(uninterrupted[0])
     assert result.steps == 6 and sorted(got) == [1, 2, 3, 4, 5, 6]  # every step counted once
     assert storage.exists(storage.join(crashing.run_dir(), "fault_injected"))
+    assert TiUEPipeline.from_pretrained(result.export_dir).config.num_steps == 4
     for step in range(1, 7):
         assert got[step] == pytest.approx(reference[step], rel=1e-5, abs=1e-7), step
-
-
-@pytest.mark.parametrize("stage", [0, 3])
-def test_other_zero_stages_run(runs, stage):
-    j = job(runs, f"zero{stage}", training={"max_steps": 2}, deepspeed={"zero_stage": stage, "precision": "fp32"},
-            checkpoint={"every_steps": 2})
-    result = run_distill(j)
-    assert result.steps == 2 and TiUEPipeline.from_pretrained(result.export_dir).config.num_steps == 4
 
 
 def test_s3_smoke_job_with_bad_records_and_a_nan_step(s3_endpoint, tmp_path):
