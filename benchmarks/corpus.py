@@ -21,7 +21,7 @@ import ray
 from loopfree_platform.corpus import prepare_corpus, tokenized
 from loopfree_platform.distill import ensure_ray
 
-from benchmarks.common import machine
+from benchmarks.common import machine, write_report
 from loopfree.tokenizer import clip_tokenizer
 
 WORDS = ("a photo of cat dog city river neon portrait castle forest robot painting sunset ocean golden ancient "
@@ -88,10 +88,7 @@ def main() -> int:
              f"| baseline: plain batched tokenisation, one process, no Ray | - | {baseline:,.0f} |", "",
              f"Streaming token ids runs at **{n / t_stream / baseline:.2f}x** the plain-tokenisation baseline; "
              f"the whole pipeline including the one-off preparation at {n / total / baseline:.2f}x.", ""]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines))
-    print("\n".join(lines))
-    return 0
+    return write_report(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,10 @@ import gc
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from benchmarks.common import machine, peak_gb, reset_peak
+from benchmarks.common import machine, peak_gb, reset_peak, write_report
 from loopfree.config import DistillConfig
 from loopfree.distiller import Distiller
 from loopfree.presets import sd21_base, tiny
@@ -101,10 +100,7 @@ def main() -> int:
              f"{base:.2f} GB, so the three-UNet iteration would peak at about {sd_peak + base:.2f} GB instead of the "
              f"{sd_peak:.2f} GB measured ({base / (sd_peak + base):.0%} less with the shared base). The rest of the "
              "peak is the student's gradients and Adam moments (3x the fp32 student) and activations.", ""]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines))
-    print(f"wrote {args.out}")
-    return 0
+    return write_report(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from loopfree_platform.callbacks import read_metrics
 from loopfree_platform.distill import ensure_ray, run_distill
 from loopfree_platform.job import DistillJob
 
-from benchmarks.common import machine
+from benchmarks.common import machine, write_report
 
 
 def main() -> int:
@@ -65,10 +65,7 @@ def main() -> int:
              f"| local Ray start | {t_ray:.1f} s |",
              f"| whole job, wall clock (corpus prep, trainer, checkpoints, export) | {total:.1f} s |", "",
              f"Corpus: {result.corpus}. The data pipeline's own capacity is measured in corpus.md.", ""]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines))
-    print("\n".join(lines))
-    return 0
+    return write_report(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from benchmarks.common import write_report
 from loopfree.config import DistillConfig
 from loopfree.distiller import Distiller
 from loopfree.metrics import frechet_distance
@@ -98,10 +98,7 @@ def main() -> int:
              *[f"| {s} | {a:.4f} | {b:.4f} | {t:.0f} |" for s, a, b, t in rows], "",
              f"Change from initialisation: student **{rows[-1][1] / rows[0][1]:.3f}x**, "
              f"EMA **{rows[-1][2] / rows[0][2]:.3f}x** (below 1 = closer to the teacher).", ""]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines))
-    print(f"wrote {args.out}")
-    return 0
+    return write_report(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -20,12 +20,11 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
 
-from benchmarks.common import machine, peak_gb, reset_peak
+from benchmarks.common import machine, peak_gb, reset_peak, write_report
 from loopfree.presets import SD_SCHEDULER, sd21_base
 from loopfree.schedule import ddim_plan, one_step_plan
 from loopfree.tiue import TiUEGenerator, decode, encode
@@ -122,10 +121,7 @@ def main() -> int:
                   f"- TiUE / 1-step: **{tiue_ms / s1_ms:.2f}x**",
                   f"- TiUE batched / TiUE sequential: **{tiue_ms / seq_ms:.2f}x**",
                   f"- teacher 50-step / TiUE: **{t50_ms / tiue_ms:.1f}x**", ""]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines))
-    print(f"wrote {args.out}")
-    return 0
+    return write_report(args.out, lines)
 
 
 if __name__ == "__main__":
