@@ -42,10 +42,17 @@ class DeepSpeedEngine:
             self.engine.zero_grad()
             return {"grad_norm": math.nan, "skipped": 1.0}
         overflows_before = self.engine.skipped_steps  # fp16 loss-scale overflows skip inside DeepSpeed
+        # Without ZeRO, DeepSpeed does not always record the global norm (None after a resume): the
+        # gradients are whole and already averaged on every rank, so measure the pre-clip norm here.
+        own_norm = self._grad_norm() if self.zero_stage == 0 else None
         self.engine.step()
-        norm = self.engine.get_global_grad_norm()
+        norm = own_norm if own_norm is not None else self.engine.get_global_grad_norm()
         norm = float(norm) if norm is not None else math.nan
         return {"grad_norm": norm, "skipped": float(self.engine.skipped_steps > overflows_before)}
+
+    def _grad_norm(self) -> float:
+        grads = [p.grad.detach().float() for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else math.nan
 
     def gathered_parameters(self) -> contextlib.AbstractContextManager:
         """Full parameters on every rank for reading (EMA, export): a no-op unless ZeRO-3 shards them."""

@@ -62,6 +62,23 @@ def _local_artifacts(uri: str) -> str | None:
     return None  # a tracking server decides
 
 
+@contextlib.contextmanager
+def fluent_tracking_uri(uri: str):
+    """mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI for the whole process; scope it and restore."""
+    import mlflow
+
+    saved_env, saved_uri = os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved_uri)
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
+
+
 def flatten(data: Any, prefix: str = "") -> dict[str, str]:
     if isinstance(data, dict):
         return {k: v for key, value in data.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
@@ -174,8 +191,7 @@ def log_final(job: DistillJob, uri: str, run_id: str, export_dir: str) -> str | 
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    mlflow.set_tracking_uri(uri)
-    with tempfile.TemporaryDirectory() as d:
+    with tempfile.TemporaryDirectory() as d, fluent_tracking_uri(uri):
         resolved = Path(d) / "job.resolved.yaml"
         resolved.write_bytes(storage.read_bytes(storage.join(job.run_dir(), "job.resolved.yaml"), job.storage.endpoint_url))
         client.log_artifact(run_id, str(resolved))
