@@ -91,11 +91,11 @@ def _tokenizer(job: DistillJob):
 
     from loopfree.presets import preset
     from loopfree.tokenizer import clip_tokenizer
-    from loopfree_platform.train import _local_model_dir
+    from loopfree_platform.train import local_model_dir
 
     if job.model.preset:
         return clip_tokenizer(preset(job.model.preset).pad_token)
-    return CLIPTokenizer.from_pretrained(_local_model_dir(job.model.teacher_dir, job.storage.endpoint_url) / "tokenizer")
+    return CLIPTokenizer.from_pretrained(local_model_dir(job.model.teacher_dir, job.storage.endpoint_url) / "tokenizer")
 
 
 def run_distill(job: DistillJob, address: str | None = None) -> DistillResult:

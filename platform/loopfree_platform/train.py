@@ -34,7 +34,7 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
-def _local_model_dir(uri: str, endpoint: str | None) -> Path:
+def local_model_dir(uri: str, endpoint: str | None) -> Path:
     if not storage.is_s3(uri):
         return Path(uri)
     target = Path(tempfile.gettempdir()) / "loopfree-models" / uri.replace("s3://", "").replace("/", "_")
@@ -49,10 +49,10 @@ def build_components(job: DistillJob) -> tuple[Components, UNet2DConditionModel 
     if job.model.preset:
         components = preset(job.model.preset).build(seed=job.model.seed)  # same seed: same weights on every rank
     else:
-        components = load_components(_local_model_dir(job.model.teacher_dir, endpoint))
+        components = load_components(local_model_dir(job.model.teacher_dir, endpoint))
     student = None
     if job.model.student_dir:
-        d = _local_model_dir(job.model.student_dir, endpoint)
+        d = local_model_dir(job.model.student_dir, endpoint)
         student = UNet2DConditionModel.from_pretrained(d / "unet" if (d / "unet").is_dir() else d)
     if job.deepspeed.gradient_checkpointing:
         (student or components.unet).enable_gradient_checkpointing()
