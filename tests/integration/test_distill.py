@@ -112,6 +112,7 @@ def test_s3_smoke_job_with_bad_records_and_a_nan_step(s3_endpoint, tmp_path):
     TiUEPipeline.from_components(tiny().build(seed=0)).save_pretrained(tmp_path / "teacher")
     storage.upload_dir(tmp_path / "teacher", "s3://loopfree-test/models/tiny-teacher")
     data["model"] = {"teacher_dir": "s3://loopfree-test/models/tiny-teacher"}
+    data["tracking"] = {"mlflow_uri": f"sqlite:///{tmp_path}/mlflow.db"}  # not the default ./runs of the repo
     j = DistillJob.model_validate(data)
     result = run_distill(j)
     assert result.corpus["empty"] == 2 and result.corpus["unique"] == len(set(lines))
@@ -122,6 +123,7 @@ def test_s3_smoke_job_with_bad_records_and_a_nan_step(s3_endpoint, tmp_path):
     assert rows[-1]["skipped_total"] == 1 and rows[-1]["step"] == 4
     pipe = TiUEPipeline.from_pretrained(storage.download_dir(result.export_dir, tmp_path / "export"))
     assert len(pipe(["a cat", "a dog"], seeds=[0, 1]).images) == 2
+    assert result.mlflow_run_id and result.model_version  # tracked, with S3 run storage
 
 
 def test_nonfinite_losses_in_a_row_stop_with_a_clear_error(runs):
