@@ -25,10 +25,6 @@ def peak_gb(device: torch.device) -> float:
     return _status_kb("VmHWM") / 2**20
 
 
-def rss_gb() -> float:
-    return _status_kb("VmRSS") / 2**20
-
-
 def _status_kb(key: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(key + ":"):

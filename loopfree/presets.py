@@ -45,10 +45,6 @@ class Components:
     tokenizer: CLIPTokenizer
     scheduler: DDIMScheduler
 
-    @property
-    def latent_size(self) -> int:
-        return int(self.unet.config.sample_size)
-
     def eval_all(self) -> "Components":
         """Inference mode for all networks (no dropout); training code switches the student back."""
         for module in (self.unet, self.vae, self.text_encoder):
