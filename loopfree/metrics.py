@@ -1,8 +1,40 @@
-"""Distribution metrics on feature sets: pure functions, features in, numbers out."""
+"""Distribution metrics on feature sets: pure functions, features in, numbers out.
+
+- Fréchet distance (FID when the features are Inception pool features; Heusel et al. 2017).
+- Precision / recall on k-NN manifolds (Kynkäänniemi et al. 2019) and density / coverage (Naeem et al.
+  2020), computed together as PRDC with one k (Naeem et al. use k = 5 for all four).
+- CLIP score: mean cosine of paired image and text embeddings, on the paper's 0-1 scale (SD2.1 scores
+  0.328 in SPEC.md section 5), NOT the x100 scale of some libraries.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+# Rows of real features per block when comparing with all fake features: bounds memory to
+# CHUNK x max(N, M) distances, so 30k x 30k (COCO-30K) never materialises a 7 GB matrix.
+CHUNK = 2048
+
+
+@dataclass(frozen=True)
+class GaussianStats:
+    """Mean (D,) and covariance (D, D) of a feature set, float64; what FID needs from a reference."""
+
+    mu: torch.Tensor
+    sigma: torch.Tensor
+    count: int
+
+
+def gaussian_stats(features: torch.Tensor) -> GaussianStats:
+    """(N, D) features -> mean and unbiased covariance in float64."""
+    if features.dim() != 2:
+        raise ValueError(f"features must be (N, D), got {tuple(features.shape)}")
+    if len(features) < 2:
+        raise ValueError("a feature set needs at least 2 rows to estimate a covariance")
+    x = features.double()
+    return GaussianStats(x.mean(0), torch.cov(x.T).reshape(x.shape[1], -1), len(x))
 
 
 def _sqrt_trace_product(cov_a: torch.Tensor, cov_b: torch.Tensor) -> torch.Tensor:
@@ -13,15 +45,70 @@ def _sqrt_trace_product(cov_a: torch.Tensor, cov_b: torch.Tensor) -> torch.Tenso
     return torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
 
 
-def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets (N, D) (Heusel et al. 2017, FID):
-    |mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr(sqrt(S_a S_b)), computed in float64."""
-    if features_a.dim() != 2 or features_b.dim() != 2 or features_a.shape[1] != features_b.shape[1]:
-        raise ValueError(f"features must be (N, D) with equal D, got {tuple(features_a.shape)} and {tuple(features_b.shape)}")
-    if min(len(features_a), len(features_b)) < 2:
-        raise ValueError("each feature set needs at least 2 rows to estimate a covariance")
-    a, b = features_a.double(), features_b.double()
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)
+def frechet_distance_from_stats(a: GaussianStats, b: GaussianStats) -> float:
+    """|mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr(sqrt(S_a S_b)), in float64."""
+    if a.mu.shape != b.mu.shape:
+        raise ValueError(f"statistics of different feature sizes: {tuple(a.mu.shape)} and {tuple(b.mu.shape)}")
+    mu_a, mu_b = a.mu.double(), b.mu.double()
+    cov_a, cov_b = a.sigma.double(), b.sigma.double()
     fd = (mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * _sqrt_trace_product(cov_a, cov_b)
     return float(fd)
+
+
+def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (N, D) (Heusel et al. 2017, FID)."""
+    if features_a.dim() != 2 or features_b.dim() != 2 or features_a.shape[1] != features_b.shape[1]:
+        raise ValueError(f"features must be (N, D) with equal D, got {tuple(features_a.shape)} and {tuple(features_b.shape)}")
+    return frechet_distance_from_stats(gaussian_stats(features_a), gaussian_stats(features_b))
+
+
+def _distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances (len(a), len(b)) in float64; the mm formulation is exact enough in float64."""
+    return torch.cdist(a, b)
+
+
+def knn_radii(features: torch.Tensor, k: int) -> torch.Tensor:
+    """(N,) distance of each row to its k-th nearest OTHER row (the row itself is the 0-th neighbour)."""
+    if not 1 <= k < len(features):
+        raise ValueError(f"k must be in [1, N-1] = [1, {len(features) - 1}], got {k}")
+    x = features.double()
+    return torch.cat([_distances(x[i:i + CHUNK], x).kthvalue(k + 1, dim=1).values for i in range(0, len(x), CHUNK)])
+
+
+def prdc(real: torch.Tensor, fake: torch.Tensor, k: int = 5) -> dict[str, float]:
+    """Precision, recall, F1, density and coverage of fake features (M, D) against real ones (N, D).
+
+    With r_i the k-NN radius of real i among the reals and s_j that of fake j among the fakes:
+      precision = mean_j [exists i: |f_j - x_i| < r_i]      recall   = mean_i [exists j: |x_i - f_j| < s_j]
+      density   = 1/(k M) sum_j sum_i [|f_j - x_i| < r_i]   coverage = mean_i [min_j |x_i - f_j| < r_i]
+      F1 = 2 P R / (P + R)  (0 when P + R = 0).
+    """
+    if real.dim() != 2 or fake.dim() != 2 or real.shape[1] != fake.shape[1]:
+        raise ValueError(f"features must be (N, D) with equal D, got {tuple(real.shape)} and {tuple(fake.shape)}")
+    real_r, fake_r = knn_radii(real, k), knn_radii(fake, k)
+    x, f = real.double(), fake.double()
+    fake_inside = torch.zeros(len(f), dtype=torch.bool)  # some real ball contains fake j
+    density_count = torch.zeros(len(f), dtype=torch.float64)
+    real_found = torch.zeros(len(x), dtype=torch.bool)  # some fake ball contains real i
+    covered = torch.zeros(len(x), dtype=torch.bool)
+    for i in range(0, len(x), CHUNK):
+        d = _distances(x[i:i + CHUNK], f)  # (chunk, M)
+        in_real_ball = d < real_r[i:i + CHUNK, None]
+        fake_inside |= in_real_ball.any(0)
+        density_count += in_real_ball.sum(0)
+        real_found[i:i + CHUNK] = (d < fake_r[None, :]).any(1)
+        covered[i:i + CHUNK] = d.min(1).values < real_r[i:i + CHUNK]
+    precision, recall = fake_inside.double().mean().item(), real_found.double().mean().item()
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1,
+            "density": density_count.sum().item() / (k * len(f)), "coverage": covered.double().mean().item()}
+
+
+def clip_score(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> float:
+    """Mean cosine similarity of paired embeddings (N, D) and (N, D): the paper's 0-1 scale (x100 elsewhere).
+
+    Negative cosines are kept (not clamped to 0), so the mean is an unbiased paired similarity."""
+    if image_embeds.shape != text_embeds.shape or image_embeds.dim() != 2 or len(image_embeds) == 0:
+        raise ValueError(f"embeddings must be paired (N, D) tensors, got {tuple(image_embeds.shape)} and {tuple(text_embeds.shape)}")
+    cos = torch.nn.functional.cosine_similarity(image_embeds.double(), text_embeds.double(), dim=1)
+    return float(cos.mean())

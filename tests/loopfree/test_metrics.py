@@ -3,7 +3,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from loopfree.metrics import frechet_distance
+from loopfree.metrics import clip_score, frechet_distance, frechet_distance_from_stats, gaussian_stats, prdc
 
 
 def scipy_frechet(a: np.ndarray, b: np.ndarray) -> float:
@@ -33,3 +33,43 @@ def test_bad_shapes():
         frechet_distance(torch.randn(10, 3), torch.randn(10, 4))
     with pytest.raises(ValueError, match="at least 2"):
         frechet_distance(torch.randn(1, 3), torch.randn(10, 3))
+
+
+def test_frechet_from_saved_stats_matches_features():
+    a, b = torch.randn(200, 8, dtype=torch.float64), torch.randn(150, 8, dtype=torch.float64) + 0.5
+    assert frechet_distance_from_stats(gaussian_stats(a), gaussian_stats(b)) == pytest.approx(frechet_distance(a, b), rel=1e-12)
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_prdc_matches_the_prdc_package(k, monkeypatch):
+    from prdc import compute_prdc
+
+    monkeypatch.setattr("loopfree.metrics.CHUNK", 64)  # exercise the chunked path on a small set
+    rng = np.random.default_rng(k)
+    real = rng.normal(size=(300, 16))
+    fake = rng.normal(size=(250, 16)) * 1.2 + 0.3
+    expected = compute_prdc(real, fake, nearest_k=k)
+    ours = prdc(torch.tensor(real), torch.tensor(fake), k=k)
+    p, r = expected["precision"], expected["recall"]
+    expected["f1"] = 2 * p * r / (p + r)
+    for key in ("precision", "recall", "f1", "density", "coverage"):
+        assert ours[key] == pytest.approx(expected[key], abs=1e-4), key
+    assert 0 < ours["precision"] < 1 and 0 < ours["recall"] < 1  # a meaningful, non-saturated comparison
+
+
+def test_prdc_of_a_set_against_itself_and_bad_k():
+    x = torch.randn(50, 4)
+    scores = prdc(x, x, k=5)
+    assert scores["precision"] == scores["recall"] == scores["coverage"] == 1.0
+    with pytest.raises(ValueError, match="k must be"):
+        prdc(x[:5], x, k=5)
+
+
+def test_clip_score_is_the_mean_paired_cosine():
+    rng = np.random.default_rng(0)
+    img, txt = rng.normal(size=(40, 12)), rng.normal(size=(40, 12))
+    expected = np.mean((img * txt).sum(1) / np.linalg.norm(img, axis=1) / np.linalg.norm(txt, axis=1))
+    assert clip_score(torch.tensor(img), torch.tensor(txt)) == pytest.approx(expected, abs=1e-4)
+    assert clip_score(torch.tensor(img), torch.tensor(img) * 3) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="paired"):
+        clip_score(torch.randn(3, 4), torch.randn(2, 4))
