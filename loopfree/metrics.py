@@ -109,6 +109,7 @@ def clip_score(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> float:
 
     Negative cosines are kept (not clamped to 0), so the mean is an unbiased paired similarity."""
     if image_embeds.shape != text_embeds.shape or image_embeds.dim() != 2 or len(image_embeds) == 0:
-        raise ValueError(f"embeddings must be paired (N, D) tensors, got {tuple(image_embeds.shape)} and {tuple(text_embeds.shape)}")
+        raise ValueError(f"embeddings must be paired (N, D) tensors, got {tuple(image_embeds.shape)} "
+                         f"and {tuple(text_embeds.shape)}")
     cos = torch.nn.functional.cosine_similarity(image_embeds.double(), text_embeds.double(), dim=1)
     return float(cos.mean())
