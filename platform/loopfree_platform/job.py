@@ -174,8 +174,8 @@ def _format_errors(err: ValidationError) -> str:
     return "\n  ".join(lines)
 
 
-def load_job(path: str | Path) -> DistillJob:
-    """Read and validate a job file; every problem is reported with its key, before any cluster work."""
+def validate_file(path: str | Path, schema: type[Section]) -> Section:
+    """Read a YAML job file (safely) and validate it against a schema; errors name the file and the key."""
     path = Path(path)
     if not path.is_file():
         raise JobError(f"job file {path} does not exist")
@@ -186,9 +186,14 @@ def load_job(path: str | Path) -> DistillJob:
     if not isinstance(raw, dict):
         raise JobError(f"{path}: the top level must be a mapping of sections")
     try:
-        job = DistillJob.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as err:
         raise JobError(f"{path}: invalid job file:\n  {_format_errors(err)}") from None
+
+
+def load_job(path: str | Path) -> DistillJob:
+    """Read and validate a job file; every problem is reported with its key, before any cluster work."""
+    job = validate_file(path, DistillJob)
     try:
         check_paths(job)
     except JobError as err:
