@@ -127,6 +127,7 @@ class Distiller(nn.Module):
     def _guided_eps(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """CFG noise prediction of the UNet in its current adapter state, one call on [uncond; cond]."""
         B = x_t.shape[0]
+        text = text.to(self.unet.dtype)  # under a bf16/fp16 engine the UNet is half precision, the text encoder may not be
         uncond = self.uncond_text.expand(B, -1, -1).to(text.dtype)
         e_u, e_c = self.unet(x_t.repeat(2, 1, 1, 1), t.repeat(2), encoder_hidden_states=torch.cat([uncond, text])).sample.chunk(2)
         return cfg(e_u, e_c, self.config.guidance_scale)

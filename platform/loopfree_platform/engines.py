@@ -30,7 +30,8 @@ class DeepSpeedEngine:
         self._skip = False
 
     def backward(self, loss: torch.Tensor) -> None:
-        finite = torch.tensor([1.0 if bool(torch.isfinite(loss.detach())) else 0.0])
+        # on the loss's device: NCCL reduces CUDA tensors only, gloo CPU ones
+        finite = torch.isfinite(loss.detach()).float().reshape(1)
         if dist.is_initialized():
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         self._skip = finite.item() < 1

@@ -69,11 +69,13 @@ def _peak_memory_gb() -> float:
 
 
 def _mean_over_ranks(logs: dict[str, float]) -> dict[str, float]:
-    values = torch.tensor([logs[k] for k in LOGGED], dtype=torch.float64)
+    # NCCL (GPU clusters) reduces CUDA tensors only; gloo reduces CPU ones
+    device = "cuda" if dist.is_initialized() and dist.get_backend() == "nccl" else "cpu"
+    values = torch.tensor([logs[k] for k in LOGGED], dtype=torch.float64, device=device)
     if dist.is_initialized():
         dist.all_reduce(values)
         values /= dist.get_world_size()
-    return dict(zip(LOGGED, values.tolist()))
+    return dict(zip(LOGGED, values.cpu().tolist()))
 
 
 def _rank_batches(shard, job: DistillJob, rank: int, skip_steps: int):
