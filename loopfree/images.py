@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import math
 from typing import Sequence
 
+import numpy as np
 import PIL.Image
 
 
@@ -22,3 +24,10 @@ def image_grid(images: Sequence[PIL.Image.Image], cols: int | None = None, pad: 
         r, c = divmod(i, cols)
         grid.paste(im.convert("RGB"), (pad + c * (w + pad), pad + r * (h + pad)))
     return grid
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """An (H, W, 3) image in [0, 1] as PNG bytes (rounded to 8 bits, as the pipeline's PIL output)."""
+    buf = io.BytesIO()
+    PIL.Image.fromarray((image * 255).round().astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()

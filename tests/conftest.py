@@ -10,6 +10,16 @@ def tiny_components():
     return tiny().build(seed=0)
 
 
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory):
+    """A saved TiUE pipeline (tiny preset, random weights, K=4) in diffusers layout: what a user serves."""
+    from loopfree.pipeline import TiUEPipeline
+
+    path = tmp_path_factory.mktemp("tiny-pipeline")
+    TiUEPipeline.from_components(tiny().build(seed=0), num_steps=4).save_pretrained(path)
+    return path
+
+
 @pytest.fixture
 def rng():
     return torch.Generator().manual_seed(1234)

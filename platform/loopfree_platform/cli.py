@@ -70,6 +70,102 @@ def _submit(args: argparse.Namespace) -> int:
     return submit(args.job, address=args.address, follow=args.follow, working_dir=args.working_dir)
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    import yaml
+
+    from loopfree_platform.eval_job import load_eval_job
+    from loopfree_platform.job import JobError, redact
+
+    try:
+        job = load_eval_job(args.job)  # bad keys and missing paths fail here, before Ray starts
+    except JobError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(yaml.safe_dump(redact(job.model_dump(mode="json")), sort_keys=False), end="")
+        return 0
+    from loopfree_platform.evaluate import run_evaluate
+
+    _, files, run_id = run_evaluate(job, address=args.address)
+    print(files["markdown"].read_text(), end="")
+    print(f"results: {files['markdown']} and {files['csv']}" + (f"; MLflow run {run_id}" if run_id else ""))
+    return 0
+
+
+def _analyze_features(args: argparse.Namespace) -> int:
+    from loopfree.analysis import adjacent_step_similarity
+    from loopfree.pipeline import TiUEPipeline
+    from loopfree.presets import load_components, preset
+    from loopfree_platform.eval_report import write_similarity
+
+    if (args.model_dir is None) == (args.preset is None):
+        raise SystemExit("give exactly one of --model-dir and --preset")
+    if args.steps < 2 or args.num_prompts < 1:
+        raise SystemExit("--steps must be >= 2 and --num-prompts >= 1")
+    components = load_components(args.model_dir) if args.model_dir else preset(args.preset).build(seed=args.seed)
+    pipe = TiUEPipeline.from_components(components)
+    prompts = (DEMO_PROMPTS * args.num_prompts)[:args.num_prompts]
+    rows = adjacent_step_similarity(pipe, prompts, list(range(args.seed, args.seed + len(prompts))), args.steps, args.guidance)
+    source = args.model_dir or f"{args.preset} preset, random weights"
+    files = write_similarity(rows, Path(args.out), f"{source}: DDIM {args.steps} steps, cfg {args.guidance}")
+    print(f"{len(rows)} steps; encoder cosine mean {sum(r.encoder_cosine for r in rows) / len(rows):.4f}, "
+          f"decoder cosine mean {sum(r.decoder_cosine for r in rows) / len(rows):.4f}")
+    print(f"written: {files['csv']} and {files['png']}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import time
+
+    from loopfree_platform.job import JobError
+    from loopfree_platform.serve_job import load_serve_job
+
+    try:
+        job = load_serve_job(args.job)  # a bad job file (or a missing model directory) fails before Ray starts
+    except JobError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(job.model_dump_json(indent=2))
+        return 0
+    from loopfree_platform.serve import start
+
+    url = start(job, address=args.address)
+    print(f"serving {job.model.source} at {url} (POST /generate, GET /model, GET /healthz); Ctrl-C stops", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        from ray import serve
+
+        serve.shutdown()
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from loopfree_platform.job import JobError
+    from loopfree_platform.serve_job import load_generate_job
+
+    try:
+        job = load_generate_job(args.job)  # bad keys, a missing prompt file or model fail before Ray starts
+    except JobError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(job.model_dump_json(indent=2))
+        return 0
+    from loopfree_platform.generate import GenerateError, run_generate
+
+    try:
+        result = run_generate(job, address=args.address)
+    except GenerateError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{result.generated} images generated, {result.skipped} already done; "
+          f"{result.total} in {result.manifest} (model {result.model_version})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loopfree", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -90,6 +186,32 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--working-dir", default=".", help="uploaded as the job's working directory (default: .)")
     submit.add_argument("--follow", action="store_true", help="stream logs until the job ends; exit with its status")
     submit.set_defaults(func=_submit)
+    evaluate = sub.add_parser("evaluate", help="run an evaluation job file: FID, CLIP, PRDC table (jobs/evaluate.yaml)")
+    evaluate.add_argument("job", help="evaluation job file, e.g. jobs/evaluate.yaml")
+    evaluate.add_argument("--dry-run", action="store_true", help="validate and print the resolved job, run nothing")
+    evaluate.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
+    evaluate.set_defaults(func=_evaluate)
+    analyze = sub.add_parser("analyze-features", help="encoder vs decoder feature similarity between adjacent teacher "
+                                                      "sampling steps (CSV + PNG)")
+    analyze.add_argument("--model-dir", default=None, help="teacher in diffusers layout (local directory)")
+    analyze.add_argument("--preset", default=None, choices=["tiny"], help="random-initialised preset instead")
+    analyze.add_argument("--steps", type=int, default=50, help="DDIM sampling steps (default 50)")
+    analyze.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    analyze.add_argument("--num-prompts", type=int, default=4, help="images averaged per step (default 4)")
+    analyze.add_argument("--seed", type=int, default=0, help="first seed (and preset weights seed)")
+    analyze.add_argument("--out", default="runs/analysis", help="output folder (default: runs/analysis)")
+    analyze.set_defaults(func=_analyze_features)
+    serve = sub.add_parser("serve", help="serve a TiUE model over HTTP with Ray Serve (jobs/serve.yaml)")
+    serve.add_argument("job", help="serve job file, e.g. jobs/serve.yaml")
+    serve.add_argument("--dry-run", action="store_true", help="validate and print the job, start nothing")
+    serve.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
+    serve.set_defaults(func=_serve)
+    generate = sub.add_parser("generate", help="batch-generate images for a prompt file with Ray Data (jobs/generate.yaml); "
+                                               "re-running skips what is done")
+    generate.add_argument("job", help="generation job file, e.g. jobs/generate.yaml")
+    generate.add_argument("--dry-run", action="store_true", help="validate and print the job, generate nothing")
+    generate.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
+    generate.set_defaults(func=_generate)
     return parser
 
 

@@ -70,10 +70,17 @@ def download_dir(uri: str, local_dir: str | Path, endpoint_url: str | None = Non
 
 
 def write_bytes(uri: str, data: bytes, endpoint_url: str | None = None) -> None:
+    """Write a whole object. Atomic on both sides, so a reader (or a resumed job) never sees half a file:
+    an S3 PUT is all-or-nothing, a local file is written aside and renamed into place."""
     fs, path = filesystem(uri, endpoint_url)
     fs.create_dir(posixpath.dirname(path), recursive=True)
-    with fs.open_output_stream(path) as out:
-        out.write(data)
+    if is_s3(uri):
+        with fs.open_output_stream(path) as out:
+            out.write(data)
+        return
+    tmp = Path(posixpath.dirname(path)) / f".{posixpath.basename(path)}.{os.getpid()}.tmp"
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def read_bytes(uri: str, endpoint_url: str | None = None) -> bytes:

@@ -1,0 +1,205 @@
+"""The Ray Serve application: an HTTP ingress (FastAPI) in front of TiUE model replicas.
+
+Each prompt of a request becomes one call to the model deployment's `@serve.batch` method, so prompts
+from concurrent requests share one TiUE pass (one encoder + one batched decoder call). Every image
+comes back with its seed and the size of the batch it was made in.
+
+    POST /generate  {"prompts": [...], "seeds": [...]?, "format": "base64" | "png"}
+    GET  /healthz
+    GET  /model     name, version, K, timesteps, resolution, batching settings
+
+`build_app(args)` is the application builder for ``serve run`` / ``serve deploy`` (platform/serve_config.yaml);
+``loopfree serve jobs/serve.yaml`` calls it too. Bad requests get a 4xx naming the field; the server goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import io
+import json
+import os
+import zipfile
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from ray import serve
+
+from loopfree.images import png_bytes
+from loopfree.pipeline import MAX_SEED
+from loopfree_platform.models import absolute_source
+from loopfree_platform.serve_job import ServeApp
+
+FORMATS = ("base64", "png")
+
+
+class RequestError(ValueError):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def parse_request(raw: bytes, max_prompts: int, max_chars: int) -> tuple[list[str], list[int] | None, str]:
+    """Validate a /generate body. Pure, so every rule is unit-testable; errors carry the HTTP status."""
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RequestError(400, f"body is not valid JSON: {err}") from None
+    if not isinstance(body, dict):
+        raise RequestError(400, "body must be a JSON object with a 'prompts' list")
+    unknown = sorted(set(body) - {"prompts", "seeds", "format"})
+    if unknown:
+        raise RequestError(422, f"unknown field(s) {unknown}; allowed: prompts, seeds, format")
+    prompts, seeds, fmt = body.get("prompts"), body.get("seeds"), body.get("format", "base64")
+    if not isinstance(prompts, list) or not prompts:
+        raise RequestError(422, "prompts: must be a non-empty list of strings")
+    if len(prompts) > max_prompts:
+        raise RequestError(413, f"prompts: {len(prompts)} prompts, at most {max_prompts} per request")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise RequestError(422, f"prompts[{i}]: must be a string, got {type(p).__name__}")
+        if len(p) > max_chars:
+            raise RequestError(422, f"prompts[{i}]: {len(p)} characters, at most {max_chars}")
+    if seeds is not None:
+        if not isinstance(seeds, list) or len(seeds) != len(prompts):
+            raise RequestError(422, f"seeds: must be a list with one integer per prompt ({len(prompts)})")
+        for i, s in enumerate(seeds):
+            if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED:
+                raise RequestError(422, f"seeds[{i}]: must be an integer in [0, 2**63), got {s!r}")
+    if fmt not in FORMATS:
+        raise RequestError(422, f"format: must be one of {list(FORMATS)}, got {fmt!r}")
+    return prompts, seeds, fmt
+
+
+@serve.deployment(name="TiUEModel")
+class TiUEModel:
+    """One model replica. `generate` is batched: Serve hands it the prompts of concurrent requests together."""
+
+    def __init__(self, app: dict[str, Any]):
+        from loopfree_platform.models import describe, load_pipeline, resolve
+
+        cfg = ServeApp.model_validate(app)
+        src = cfg.model
+        model = resolve(src.source, src.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
+                        src.endpoint_url or os.environ.get("AWS_ENDPOINT_URL"))
+        self.pipe = load_pipeline(model, src.device, src.dtype)
+        self.generate.set_max_batch_size(cfg.serving.max_batch_size)
+        self.generate.set_batch_wait_timeout_s(cfg.serving.batch_wait_timeout_s)
+        self.about = {**describe(self.pipe, model), "max_batch_size": cfg.serving.max_batch_size,
+                      "batch_wait_timeout_s": cfg.serving.batch_wait_timeout_s}
+
+    def info(self) -> dict:
+        return self.about
+
+    def _run(self, prompts: list[str], seeds: list[int]) -> list[bytes]:
+        out = self.pipe(prompts, seeds=seeds, batch_size=len(prompts), output_type="np")
+        return [png_bytes(im) for im in out.images]
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)  # replaced from the app config in __init__
+    async def generate(self, items: list[tuple[str, int]]) -> list[dict]:
+        prompts, seeds = [p for p, _ in items], [s for _, s in items]
+        # In a thread, so the replica keeps queueing the next batch's requests while this one runs.
+        pngs = await asyncio.to_thread(self._run, prompts, seeds)
+        return [{"png": png, "seed": s, "batch_size": len(items)} for png, s in zip(pngs, seeds)]
+
+
+api = FastAPI(title="Loopfree TiUE", description="Loop-free text-to-image generation (TiUE)")
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress(api)
+class Ingress:
+    def __init__(self, model, app: dict[str, Any], token_sha256: str | None):
+        self.model = model
+        self.cfg = ServeApp.model_validate(app)
+        self.token_sha256 = token_sha256  # only a digest travels: the token never sits in Ray's actor specs
+
+    def _authorized(self, request: Request) -> bool:
+        if self.token_sha256 is None:
+            return True
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            return False
+        return hmac.compare_digest(hashlib.sha256(given.encode()).hexdigest(), self.token_sha256)
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    @api.get("/model")
+    async def model_info(self) -> dict:
+        return await self.model.info.remote()
+
+    @api.post("/generate")
+    async def generate(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return JSONResponse({"error": "missing or invalid bearer token"}, status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"})
+        serving = self.cfg.serving
+        try:
+            prompts, seeds, fmt = parse_request(await request.body(), serving.max_prompts_per_request,
+                                                serving.max_prompt_chars)
+        except RequestError as err:
+            return JSONResponse({"error": str(err)}, status_code=err.status)
+        if seeds is None:  # fresh seeds, returned so every image can be reproduced
+            seeds = [int.from_bytes(os.urandom(4), "little") >> 1 for _ in prompts]
+        results = await asyncio.gather(*(self.model.generate.remote((p, s)) for p, s in zip(prompts, seeds)))
+        return _respond(results, fmt)
+
+
+def _respond(results: list[dict], fmt: str) -> Response:
+    meta = [{"index": i, "seed": r["seed"], "batch_size": r["batch_size"]} for i, r in enumerate(results)]
+    if fmt == "base64":
+        images = [{**m, "png_base64": base64.b64encode(r["png"]).decode()} for m, r in zip(meta, results)]
+        return JSONResponse({"images": images})
+    if len(results) == 1:
+        return Response(results[0]["png"], media_type="image/png",
+                        headers={"X-Loopfree-Seed": str(meta[0]["seed"]), "X-Loopfree-Batch-Size": str(meta[0]["batch_size"])})
+    buf = io.BytesIO()  # several PNGs: a zip with the images and their seeds
+    with zipfile.ZipFile(buf, "w") as zf:
+        for m, r in zip(meta, results):
+            zf.writestr(f"{m['index']:03d}.png", r["png"])
+        zf.writestr("images.json", json.dumps(meta))
+    return Response(buf.getvalue(), media_type="application/zip")
+
+
+def token_digest(auth_env: str, required: bool) -> str | None:
+    token = os.environ.get(auth_env)
+    if not token:
+        if required:
+            raise RuntimeError(f"auth.required is set but the environment variable {auth_env} is empty or unset")
+        return None
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """The application builder (`serve run loopfree_platform.serve:build_app`): validated args -> bound graph."""
+    app = ServeApp.model_validate(args)
+    s = app.serving
+    model = TiUEModel.options(
+        autoscaling_config={"min_replicas": s.autoscaling.min_replicas, "max_replicas": s.autoscaling.max_replicas,
+                            "target_ongoing_requests": s.autoscaling.target_ongoing_requests},
+        max_ongoing_requests=max(2 * s.max_batch_size, 16),  # room to fill the next batch while one runs
+        ray_actor_options={"num_cpus": s.num_cpus, "num_gpus": s.num_gpus},
+    ).bind(app.model_dump(mode="json"))
+    return Ingress.bind(model, app.model_dump(mode="json"), token_digest(app.auth.token_env, app.auth.required))
+
+
+def app_args(app: ServeApp) -> dict[str, Any]:
+    """The app's arguments with a local model path made absolute: replicas run in other folders."""
+    args = app.model_dump(mode="json", include={"model", "serving", "auth"})
+    args["model"]["source"] = absolute_source(args["model"]["source"])
+    return args
+
+
+def start(job, address: str | None = None, route_prefix: str = "/") -> str:
+    """Deploy a ServeJob on a cluster (or a local Ray on 127.0.0.1); returns the application's base URL."""
+    from loopfree_platform.distill import ensure_ray
+
+    ensure_ray(address)
+    serve.start(http_options={"host": job.http.host, "port": job.http.port})
+    serve.run(build_app(app_args(job)), name=job.name, route_prefix=route_prefix, blocking=False)
+    return f"http://{job.http.host}:{job.http.port}{route_prefix.rstrip('/')}"

@@ -1,0 +1,95 @@
+"""The /generate body rules (pure) and the serve/generate job schemas: every bad input names its field."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from loopfree_platform.job import JobError
+from loopfree_platform.serve import RequestError, parse_request
+from loopfree_platform.serve_job import ServeApp, load_generate_job, load_serve_job
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def parse(body, max_prompts=4, max_chars=20):
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return parse_request(raw, max_prompts, max_chars)
+
+
+def test_a_good_request_parses_with_defaults():
+    assert parse({"prompts": ["a cat"]}) == (["a cat"], None, "base64")
+    assert parse({"prompts": ["a", "b"], "seeds": [0, 2**63 - 1], "format": "png"}) == (["a", "b"], [0, 2**63 - 1], "png")
+
+
+@pytest.mark.parametrize("body, status, words", [
+    (b"{not json", 400, "not valid JSON"),
+    (b"\xff\xfe", 400, "not valid JSON"),
+    ([1, 2], 400, "JSON object"),
+    ({}, 422, "prompts: must be a non-empty list"),
+    ({"prompts": []}, 422, "prompts: must be a non-empty list"),
+    ({"prompts": "a cat"}, 422, "prompts: must be a non-empty list"),
+    ({"prompts": ["a", 3]}, 422, "prompts[1]: must be a string, got int"),
+    ({"prompts": [None]}, 422, "prompts[0]: must be a string"),
+    ({"prompts": ["a"] * 5}, 413, "at most 4 per request"),
+    ({"prompts": ["x" * 21]}, 422, "prompts[0]: 21 characters, at most 20"),
+    ({"prompts": ["a"], "seeds": [-1]}, 422, "seeds[0]: must be an integer"),
+    ({"prompts": ["a"], "seeds": [1.5]}, 422, "seeds[0]: must be an integer"),
+    ({"prompts": ["a"], "seeds": ["1"]}, 422, "seeds[0]"),
+    ({"prompts": ["a"], "seeds": [True]}, 422, "seeds[0]"),
+    ({"prompts": ["a"], "seeds": [2**63]}, 422, "seeds[0]"),
+    ({"prompts": ["a", "b"], "seeds": [1]}, 422, "seeds: must be a list with one integer per prompt (2)"),
+    ({"prompts": ["a"], "seeds": 1}, 422, "seeds: must be a list"),
+    ({"prompts": ["a"], "format": "jpeg"}, 422, "format: must be one of"),
+    ({"prompts": ["a"], "steps": 4}, 422, "unknown field(s) ['steps']"),
+])
+def test_bad_requests_get_a_status_and_a_message_naming_the_field(body, status, words):
+    with pytest.raises(RequestError) as err:
+        parse(body)
+    assert err.value.status == status
+    assert words in str(err.value)
+
+
+def write(tmp_path, data) -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_serve_job_validation_names_the_key(tmp_path, tiny_pipeline_dir):
+    good = {"model": {"source": str(tiny_pipeline_dir)}, "serving": {"max_batch_size": 4}}
+    assert load_serve_job(write(tmp_path, good)).serving.max_batch_size == 4
+    for bad, key in [({"model": {"source": str(tmp_path / "nope")}}, "model.source"),
+                     ({"model": {"source": "models:/x"}}, "model.source"),
+                     ({**good, "serving": {"max_batch_size": 0}}, "serving.max_batch_size"),
+                     ({**good, "serving": {"autoscaling": {"min_replicas": 3, "max_replicas": 2}}}, "serving.autoscaling"),
+                     ({**good, "http": {"port": 70000}}, "http.port"),
+                     ({**good, "auth": {"token": "x"}}, "auth.token")]:
+        with pytest.raises(JobError) as err:
+            load_serve_job(write(tmp_path, bad))
+        assert key in str(err.value), (key, str(err.value))
+
+
+def test_generate_job_validation(tmp_path, tiny_pipeline_dir):
+    good = {"model": {"source": str(tiny_pipeline_dir)}, "prompts": {"path": str(ROOT / "data/PartiPrompts.tsv")},
+            "output": {"root": str(tmp_path / "out")}}
+    assert load_generate_job(write(tmp_path, good)).generation.batch_size == 8
+    for bad, key in [({**good, "prompts": {"path": str(tmp_path / "missing.txt")}}, "prompts.path"),
+                     ({**good, "output": {"root": "s3://"}}, "output.root"),
+                     ({**good, "generation": {"replicas": 0}}, "generation.replicas"),
+                     ({**good, "prompts": {"path": "x", "format": "csv"}}, "prompts.format")]:
+        with pytest.raises(JobError) as err:
+            load_generate_job(write(tmp_path, bad))
+        assert key in str(err.value), (key, str(err.value))
+
+
+def test_the_shipped_serve_configs_validate():
+    """platform/serve_config.yaml (serve deploy) and the RayService carry args build_app accepts."""
+    config = yaml.safe_load((ROOT / "platform/serve_config.yaml").read_text())
+    args = config["applications"][0]["args"]
+    assert config["applications"][0]["import_path"] == "loopfree_platform.serve:build_app"
+    assert ServeApp.model_validate(args).auth.required
+    service = yaml.safe_load((ROOT / "infra/kuberay/rayservice-serve.yaml").read_text())
+    app = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]
+    ServeApp.model_validate(app["args"])
