@@ -12,7 +12,9 @@ A folder of images generated elsewhere (GigaGAN) needs no generator; the evaluat
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -58,11 +60,13 @@ def _tiue_pipeline(cfg: SystemConfig):
     return TiUEPipeline.from_pretrained(cfg.model_dir)
 
 
-def steps_label(cfg: SystemConfig, pipe=None) -> str:
+def steps_label(cfg: SystemConfig) -> str:
     """The paper's "steps" column: "1 enc + 4 dec" for TiUE, "1" for the 1-step mode, else N."""
     if cfg.kind == "tiue":
-        k = pipe.config.num_steps if pipe is not None else 4
-        return "1" if pipe is not None and pipe.config.mode == "one_step" else f"1 enc + {k} dec"
+        saved = {}  # a saved TiUE pipeline records its K and mode in model_index.json
+        if cfg.model_dir and (Path(cfg.model_dir) / "model_index.json").is_file():
+            saved = json.loads((Path(cfg.model_dir) / "model_index.json").read_text())
+        return "1" if saved.get("mode") == "one_step" else f"1 enc + {saved.get('num_steps', 4)} dec"
     if cfg.kind == "teacher":
         return str(cfg.num_inference_steps or 50)
     return str(cfg.num_inference_steps) if cfg.num_inference_steps else "default"
@@ -77,15 +81,20 @@ def load_system(cfg: SystemConfig, device: str | torch.device = "cpu", batch_siz
     if cfg.kind == "teacher":
         from loopfree.pipeline import TiUEPipeline
 
-        pipe = TiUEPipeline.from_components(_components(cfg)).to(device, dtype)
+        pipe = _to(TiUEPipeline.from_components(_components(cfg)), device, dtype)
         steps, scale = cfg.num_inference_steps or 50, 7.5 if cfg.guidance_scale is None else cfg.guidance_scale
         pipe.set_progress_bar_config(disable=True)
         return (lambda p, s: to_uint8(pipe.sample_multistep(list(p), steps, scale, seeds=list(s), batch_size=batch_size,
                                                             output_type="np").images)), steps_label(cfg)
-    pipe = _tiue_pipeline(cfg).to(device, dtype)
+    pipe = _to(_tiue_pipeline(cfg), device, dtype)
     pipe.set_progress_bar_config(disable=True)
     return (lambda p, s: to_uint8(pipe(list(p), seeds=list(s), batch_size=batch_size, output_type="np").images)), \
-        steps_label(cfg, pipe)
+        steps_label(cfg)
+
+
+def _to(pipe, device, dtype):
+    # Casting to the dtype the weights already have only makes diffusers warn; skip it for fp32.
+    return pipe.to(device) if dtype == torch.float32 else pipe.to(device, dtype)
 
 
 def _diffusers(cfg: SystemConfig, device, dtype) -> Generate:

@@ -1,0 +1,103 @@
+"""Where evaluation numbers go: a Markdown and a CSV table in the paper's column order, MLflow metrics,
+and the feature-similarity CSV and plot of `loopfree analyze-features`."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Sequence
+
+from loopfree.analysis import StepSimilarity
+from loopfree_platform.eval_job import EvaluateJob
+from loopfree_platform.evaluate import SystemResult
+
+# SPEC.md section 5 order (method, steps, FID, CLIP), then the distribution metrics, then the image count.
+# Time and memory come from benchmarks/latency_memory.py, measured on one device in one run.
+COLUMNS = ("method", "steps", "FID", "CLIP", "precision", "recall", "F1", "density", "coverage", "images")
+PRDC_KEYS = ("precision", "recall", "f1", "density", "coverage")
+
+
+def table_rows(results: Sequence[SystemResult]) -> list[list[str]]:
+    def fmt(value: float | None, digits: int) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    return [[r.name, r.steps, fmt(r.fid, 2), fmt(r.clip, 3), *(fmt(r.prdc.get(k), 3) for k in PRDC_KEYS), str(r.images)]
+            for r in results]
+
+
+def markdown(job: EvaluateJob, results: Sequence[SystemResult], num_prompts: int) -> str:
+    ref = job.reference.images or job.reference.stats
+    lines = [f"# Evaluation: {job.name}", "",
+             f"Prompts: {job.prompts.path} ({job.prompts.format}, {num_prompts} used); "
+             f"reference: {ref}. FID on Inception pool features; CLIP score as mean cosine (paper scale); "
+             f"precision/recall/F1/density/coverage with k = {job.metrics.nearest_k}.", "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(results)]
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(job: EvaluateJob, results: Sequence[SystemResult], num_prompts: int) -> dict[str, Path]:
+    out = job.out_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    md, table = out / "results.md", out / "results.csv"
+    md.write_text(markdown(job, results, num_prompts))
+    with table.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS)
+        writer.writerows(table_rows(results))
+    return {"markdown": md, "csv": table}
+
+
+def log_mlflow(job: EvaluateJob, results: Sequence[SystemResult]) -> str | None:
+    """One MLflow run per evaluation, metrics named "<system>/<metric>", when a tracking URI is set."""
+    uri = job.tracking.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return None
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(job.tracking.experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(job.tracking.experiment)
+    run = client.create_run(exp_id, run_name=job.name, tags={"loopfree.evaluate": job.name})
+    metrics = []
+    for r in results:
+        values = {"fid": r.fid, "clip": r.clip, "images": r.images, **r.prdc}
+        metrics += [Metric(f"{_key(r.name)}/{k}", float(v), 0, 0) for k, v in values.items() if v is not None]
+    params = [Param("prompts", job.prompts.path), Param("reference", job.reference.images or job.reference.stats),
+              *(Param(f"{_key(r.name)}/steps", r.steps) for r in results)]
+    client.log_batch(run.info.run_id, metrics=metrics, params=params)
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def _key(name: str) -> str:
+    """MLflow keys allow alphanumerics, _ - . / and spaces."""
+    return "".join(c if c.isalnum() or c in "_-. " else "_" for c in name)
+
+
+def write_similarity(rows: Sequence[StepSimilarity], out: Path, title: str) -> dict[str, Path]:
+    """feature_similarity.csv and .png: encoder vs decoder cosine between adjacent sampling steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    table, png = out / "feature_similarity.csv", out / "feature_similarity.png"
+    with table.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", "timestep", "encoder_cosine", "decoder_cosine"])
+        writer.writerows([r.step, r.timestep, f"{r.encoder_cosine:.6f}", f"{r.decoder_cosine:.6f}"] for r in rows)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = [r.step for r in rows]
+    ax.plot(steps, [r.encoder_cosine for r in rows], marker=".", label="encoder (mid block output)")
+    ax.plot(steps, [r.decoder_cosine for r in rows], marker=".", label="decoder (last up block output)")
+    ax.set(xlabel="sampling step i (compared with step i - 1)", ylabel="cosine similarity", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return {"csv": table, "png": png}

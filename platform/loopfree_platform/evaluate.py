@@ -1,0 +1,258 @@
+"""Driver of an evaluation job: generate with each system, extract features, compare with the reference.
+
+Ray Data parallelises both stages: generation actors (each holding one copy of the system) stream images
+to feature actors (each holding the Inception network, and CLIP when a CLIP folder is given); only
+features come back to the driver, which shows a progress bar and computes the metrics
+(`loopfree.metrics`). Reference statistics are cached by the content hash of the images used, the
+extractor file and the preprocessing, so re-evaluating against COCO-30K costs its features once.
+Images saved by the job (`output.save_images`) are written by the generation actors: on a multi-node
+cluster, point `output.dir` at a shared file system.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from loopfree.evaldata import list_images, load_image, read_idx, read_prompts, select
+from loopfree.features import ClipEmbedder, InceptionFeatures, bundled_inception_path
+from loopfree.metrics import GaussianStats, clip_score, frechet_distance, frechet_distance_from_stats, gaussian_stats, prdc
+from loopfree.systems import SystemConfig, load_system, steps_label
+from loopfree_platform.eval_job import EvaluateJob, SystemSection
+
+# Part of the cache key: change it whenever the preprocessing changes, so old statistics are not reused.
+FEATURE_VERSION = "inception-uint8-bilinear299-v1"
+
+
+@dataclass
+class SystemResult:
+    name: str
+    steps: str
+    images: int
+    fid: float
+    clip: float | None = None
+    prdc: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Reference:
+    stats: GaussianStats
+    features: torch.Tensor | None  # PRDC needs them; saved statistics may lack them
+
+
+# -- Ray Data stages (constructed inside actors) ----------------------------------------------------
+class GenerateImages:
+    """Actor: loads one system; batches of (id, prompt, seed) -> uint8 images (B, H, W, 3)."""
+
+    def __init__(self, config: SystemConfig, device: str, batch_size: int, image_dir: str | None, threads: int):
+        torch.set_num_threads(threads)
+        if config.model_dir and config.model_dir.startswith("s3://"):
+            from loopfree_platform.train import local_model_dir  # heavy import, only for S3 models
+
+            config = SystemConfig(**{**config.__dict__, "model_dir": str(local_model_dir(config.model_dir, None))})
+        self.generate, _ = load_system(config, device, batch_size)
+        self.image_dir = Path(image_dir) if image_dir else None
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        images = self.generate([str(p) for p in batch["prompt"]], [int(s) for s in batch["seed"]])  # (B, 3, H, W)
+        hwc = images.permute(0, 2, 3, 1).numpy()
+        if self.image_dir is not None:
+            import PIL.Image
+
+            self.image_dir.mkdir(parents=True, exist_ok=True)
+            for image_id, im in zip(batch["id"], hwc):
+                PIL.Image.fromarray(im).save(self.image_dir / f"{image_id}.png")
+        return {"id": batch["id"], "prompt": batch["prompt"], "image": hwc}
+
+
+def load_files(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Image files -> uint8 (B, H, W, 3), or an object array of (H, W, 3) when sizes differ."""
+    images = [load_image(p).permute(1, 2, 0).numpy() for p in batch["path"]]
+    if len({im.shape for im in images}) == 1:
+        stacked = np.stack(images)
+    else:
+        stacked = np.empty(len(images), dtype=object)
+        stacked[:] = images
+    return {"id": batch["id"], "prompt": batch["prompt"], "image": stacked}
+
+
+class ExtractFeatures:
+    """Actor: uint8 images -> Inception features, plus CLIP image and text embeddings when clip_dir is set."""
+
+    def __init__(self, inception_path: str | None, batch_size: int, clip_dir: str | None, device: str, threads: int):
+        torch.set_num_threads(threads)
+        self.inception = InceptionFeatures(inception_path, device, batch_size)
+        self.clip = ClipEmbedder.from_dir(clip_dir, device) if clip_dir else None
+
+    @staticmethod
+    def _apply(fn, images: np.ndarray) -> torch.Tensor:
+        # torch.tensor copies: Ray hands batches over as read-only views of its object store.
+        if images.dtype != object:
+            return fn(torch.tensor(images).permute(0, 3, 1, 2))
+        return torch.cat([fn(torch.tensor(im).permute(2, 0, 1)[None]) for im in images])  # ragged sizes
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {"id": batch["id"], "inception": self._apply(self.inception, batch["image"]).numpy()}
+        if self.clip is not None:
+            out["clip_image"] = self._apply(self.clip, batch["image"]).numpy()
+            out["clip_text"] = self.clip.text([str(p) for p in batch["prompt"]]).numpy()
+        return out
+
+
+# -- datasets ---------------------------------------------------------------------------------------
+def _resources(job: EvaluateJob) -> dict:
+    s = job.scaling
+    return {"num_gpus": 1, "num_cpus": s.cpus_per_worker} if s.use_gpu else {"num_cpus": s.cpus_per_worker}
+
+
+def _device(job: EvaluateJob) -> str:
+    return "cuda" if job.scaling.use_gpu else "cpu"
+
+
+def _image_dataset(items: list[dict]):
+    """Rows with "image" arrays, or with file "path"s that are loaded in Ray tasks."""
+    import ray.data
+
+    ds = ray.data.from_items(items)
+    return ds.map_batches(load_files, batch_size=16) if items and "path" in items[0] else ds
+
+
+def _generated_dataset(job: EvaluateJob, system: SystemSection, prompts: list[tuple[str, str]]):
+    import ray.data
+
+    s = job.scaling
+    items = [{"id": pid, "prompt": p, "seed": job.seed + i} for i, (pid, p) in enumerate(prompts)]
+    image_dir = str(job.out_dir() / "images" / _slug(system.name)) if job.output.save_images else None
+    return ray.data.from_items(items).map_batches(
+        GenerateImages, batch_size=s.batch_size, compute=ray.data.ActorPoolStrategy(size=s.generation_workers),
+        **_resources(job),
+        fn_constructor_kwargs=dict(config=system.system_config(s.dtype), device=_device(job),
+                                   batch_size=s.batch_size, image_dir=image_dir, threads=s.cpus_per_worker))
+
+
+def _features(job: EvaluateJob, ds, total: int, desc: str, clip: bool) -> dict[str, np.ndarray]:
+    """Run the feature stage; collect the features in the driver, in prompt order, with a progress bar."""
+    import ray.data
+    from tqdm import tqdm
+
+    m = job.metrics
+    ds = ds.map_batches(ExtractFeatures, batch_size=m.inception_batch_size,
+                        compute=ray.data.ActorPoolStrategy(size=job.scaling.feature_workers), **_resources(job),
+                        fn_constructor_kwargs=dict(inception_path=m.inception_path, batch_size=m.inception_batch_size,
+                                                   clip_dir=m.clip_dir if clip else None, device=_device(job),
+                                                   threads=job.scaling.cpus_per_worker))
+    parts: dict[str, list[np.ndarray]] = {}
+    with tqdm(total=total, desc=desc, unit="img", file=sys.stderr, mininterval=1.0) as bar:
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for key, value in batch.items():
+                parts.setdefault(key, []).append(value)
+            bar.update(len(batch["id"]))
+    return {key: np.concatenate(value) for key, value in parts.items()}
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("_") or "system"
+
+
+# -- reference --------------------------------------------------------------------------------------
+def _reference_items(job: EvaluateJob) -> tuple[list[dict], str]:
+    """Rows of the selected reference images and a hash of their content, the extractor and the preprocessing."""
+    r, m = job.reference, job.metrics
+    digest = hashlib.sha256(FEATURE_VERSION.encode())
+    inception = Path(m.inception_path) if m.inception_path else bundled_inception_path()
+    digest.update(hashlib.sha256(inception.read_bytes()).digest())
+    path = Path(r.images)
+    if path.is_file():  # an IDX file: small enough to read in the driver (Fashion-MNIST test set: 8 MB)
+        images = read_idx(path)
+        keep = select(list(range(len(images))), r.limit, r.seed)
+        chosen = images[keep].expand(-1, 3, -1, -1).permute(0, 2, 3, 1).contiguous().numpy()  # (N, H, W, 3)
+        digest.update(np.asarray(chosen.shape).tobytes() + chosen.tobytes())
+        return [{"id": str(i), "prompt": "", "image": im} for i, im in zip(keep, chosen)], digest.hexdigest()[:32]
+    files = select(list_images(path), r.limit, r.seed)
+    # Content, not names, dates or order (the statistics ignore order): a renamed copy hits the cache,
+    # an edited image does not.
+    for file_digest in sorted(hashlib.sha256(f.read_bytes()).digest() for f in files):
+        digest.update(file_digest)
+    return [{"id": f.stem, "prompt": "", "path": str(f)} for f in files], digest.hexdigest()[:32]
+
+
+def reference(job: EvaluateJob) -> Reference:
+    """Saved statistics (.npz with mu, sigma, optional features), or features of the reference images."""
+    r = job.reference
+    if r.stats:
+        saved = np.load(r.stats)
+        features = torch.from_numpy(saved["features"]) if "features" in saved else None
+        count = int(saved["count"]) if "count" in saved else (len(features) if features is not None else 0)
+        return Reference(GaussianStats(torch.from_numpy(saved["mu"]), torch.from_numpy(saved["sigma"]), count), features)
+    items, digest = _reference_items(job)
+    cache = Path(job.output.cache_dir) / f"reference-{digest}.npz"
+    if cache.is_file():
+        print(f"reference statistics: cached, {cache}", flush=True)
+        features = torch.from_numpy(np.load(cache)["features"])
+        return Reference(gaussian_stats(features), features)
+    features = torch.from_numpy(_features(job, _image_dataset(items), len(items), "reference", clip=False)["inception"])
+    stats = gaussian_stats(features)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, mu=stats.mu.numpy(), sigma=stats.sigma.numpy(), features=features.numpy(), count=len(features))
+    print(f"reference statistics: {len(features)} images, cached as {cache}", flush=True)
+    return Reference(stats, features)
+
+
+# -- systems ----------------------------------------------------------------------------------------
+def _folder_items(system: SystemSection, prompts: list[tuple[str, str]]) -> tuple[list[dict], bool]:
+    """A folder of images: paired with the prompts when every prompt id has an image (<id>.<ext>), else all
+    of its images without prompts (FID and PRDC only). Returns (rows, paired)."""
+    files = list_images(system.images_dir)
+    by_id = {f.stem: f for f in files}
+    if all(pid in by_id for pid, _ in prompts):
+        return [{"id": pid, "prompt": p, "path": str(by_id[pid])} for pid, p in prompts], True
+    return [{"id": f.stem, "prompt": "", "path": str(f)} for f in files], False
+
+
+def evaluate_system(job: EvaluateJob, system: SystemSection, prompts: list[tuple[str, str]], ref: Reference) -> SystemResult:
+    clip = job.metrics.clip_dir is not None
+    if system.kind == "images":
+        items, paired = _folder_items(system, prompts)
+        if clip and not paired:
+            print(f"{system.name}: images are not named by prompt id; CLIP score skipped for this row", flush=True)
+        ds, steps, clip = _image_dataset(items), system.steps or "-", clip and paired
+    else:
+        items = prompts
+        ds = _generated_dataset(job, system, prompts)
+        steps = system.steps or steps_label(system.system_config())
+    out = _features(job, ds, len(items), system.name, clip)
+    features = torch.from_numpy(out["inception"])
+    fid = frechet_distance(ref.features, features) if ref.features is not None else \
+        frechet_distance_from_stats(ref.stats, gaussian_stats(features))
+    result = SystemResult(system.name, steps, len(features), fid)
+    if clip:
+        result.clip = clip_score(torch.from_numpy(out["clip_image"]), torch.from_numpy(out["clip_text"]))
+    if job.metrics.prdc and ref.features is not None:
+        result.prdc = prdc(ref.features, features, k=job.metrics.nearest_k)
+    return result
+
+
+def run_evaluate(job: EvaluateJob, address: str | None = None) -> tuple[list[SystemResult], dict[str, Path], str | None]:
+    """Evaluate every system of the job; returns (results, written files, MLflow run id or None)."""
+    from loopfree_platform.distill import ensure_ray
+    from loopfree_platform.eval_report import log_mlflow, write_tables
+
+    job = job.with_absolute_paths()
+    prompts = select(read_prompts(job.prompts.path, job.prompts.format), job.prompts.limit, job.prompts.seed)
+    if job.metrics.clip_dir is None:
+        print("CLIP score skipped: no metrics.clip_dir (a local transformers CLIPModel folder) was given", flush=True)
+    ensure_ray(address)
+    import ray.data
+
+    ray.data.DataContext.get_current().execution_options.preserve_order = True  # features stay in prompt order
+    ref = reference(job)
+    if job.metrics.prdc and ref.features is None:
+        print("PRDC skipped: the saved reference statistics hold no features", flush=True)
+    results = [evaluate_system(job, system, prompts, ref) for system in job.systems]
+    files = write_tables(job, results, len(prompts))
+    return results, files, log_mlflow(job, results)

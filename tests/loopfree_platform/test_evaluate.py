@@ -1,0 +1,123 @@
+"""The evaluation job: schema, reference cache, and one small end-to-end run on the tiny preset through the CLI."""
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+import yaml
+from loopfree_platform.cli import main
+from loopfree_platform.eval_job import EvaluateJob, load_eval_job
+from loopfree_platform.evaluate import _reference_items, reference
+from loopfree_platform.job import JobError
+
+ROOT = Path(__file__).resolve().parents[2]
+FASHION_TEST = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
+
+
+def minimal(**overrides) -> dict:
+    job = {"name": "e", "systems": [{"name": "TiUE", "kind": "tiue", "preset": "tiny"}],
+           "prompts": {"path": str(ROOT / "data" / "PartiPrompts.tsv"), "format": "parti"},
+           "reference": {"images": FASHION_TEST}}
+    job.update(overrides)
+    return job
+
+
+def write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_shipped_job_files_validate():
+    job = load_eval_job(ROOT / "jobs" / "evaluate.yaml")
+    assert [s.kind for s in job.systems] == ["tiue", "teacher"] and job.reference.images == FASHION_TEST
+    recipe = EvaluateJob.model_validate(yaml.safe_load((ROOT / "jobs" / "evaluate_sd21_coco30k.yaml").read_text()))
+    assert [s.kind for s in recipe.systems] == ["teacher", "diffusers", "tiue", "tiue", "images"]
+    assert recipe.prompts.limit == 30000 and recipe.systems[0].num_inference_steps == 50
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(extra=1), "extra: Extra inputs are not permitted"),
+    (dict(systems=[{"name": "G", "kind": "images"}]), "systems.0: Value error, kind images needs images_dir"),
+    (dict(systems=[{"name": "a", "kind": "tiue", "preset": "tiny"}] * 2), "distinct names"),
+    (dict(systems=[{"name": "a", "kind": "diffusers", "preset": "tiny"}]), "model_dir only"),
+    (dict(reference={"images": FASHION_TEST, "stats": "x.npz"}), "exactly one of reference.images"),
+    (dict(scaling={"dtype": "fp16"}), "fp16 needs scaling.use_gpu"),
+    (dict(prompts={"path": "/nonexistent.tsv", "format": "parti"}), "prompts.path: '/nonexistent.tsv' does not exist"),
+])
+def test_bad_jobs_name_file_and_key(tmp_path, change, message):
+    path = write(tmp_path, minimal(**change))
+    with pytest.raises(JobError) as err:
+        load_eval_job(path)
+    assert str(path) in str(err.value) and message.replace("Value error, ", "") in str(err.value)
+
+
+def test_reference_cache_key_follows_content_and_selection(tmp_path):
+    for i in range(4):
+        PIL.Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / f"{i}.png")
+    job = EvaluateJob.model_validate(minimal(reference={"images": str(tmp_path)}))
+    items, key = _reference_items(job)
+    assert [it["id"] for it in items] == ["0", "1", "2", "3"] and _reference_items(job)[1] == key
+    (tmp_path / "0.png").rename(tmp_path / "renamed.png")  # same content: same key
+    assert _reference_items(job)[1] == key
+    limited = EvaluateJob.model_validate(minimal(reference={"images": str(tmp_path), "limit": 2}))
+    assert _reference_items(limited)[1] != key
+    PIL.Image.new("RGB", (8, 8), (9, 9, 9)).save(tmp_path / "1.png")
+    assert _reference_items(job)[1] != key
+
+
+def test_saved_reference_statistics(tmp_path):
+    feats = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)
+    np.savez(tmp_path / "ref.npz", mu=feats.mean(0), sigma=np.cov(feats, rowvar=False))
+    ref = reference(EvaluateJob.model_validate(minimal(reference={"stats": str(tmp_path / "ref.npz")})))
+    assert ref.features is None and torch.allclose(ref.stats.mu, torch.tensor(feats.mean(0)))
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_evaluate_job_end_to_end(tmp_path, capsys):
+    """Tiny TiUE against 12 real Fashion-MNIST images; then the TiUE images the job saved, read back as a folder
+    system, must score exactly like the generated ones (the same uint8 images). The teacher and diffusers kinds
+    share the generation stage and are tested without Ray (tests/loopfree/test_systems.py)."""
+    out = tmp_path / "eval"
+    saved = out / "e2e" / "images" / "TiUE"
+    saved.mkdir(parents=True)  # exists for validation; the TiUE row fills it before the folder row runs
+    data = minimal(name="e2e", systems=[
+        {"name": "TiUE", "kind": "tiue", "preset": "tiny"},
+        {"name": "folder", "kind": "images", "images_dir": str(saved), "steps": "1 enc + 4 dec"}])
+    data.update(prompts={"path": str(ROOT / "data" / "PartiPrompts.tsv"), "format": "parti", "limit": 12},
+                reference={"images": FASHION_TEST, "limit": 12}, scaling={"batch_size": 6, "cpus_per_worker": 2},
+                output={"dir": str(out), "cache_dir": str(tmp_path / "cache")},
+                tracking={"mlflow_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+    assert main(["evaluate", str(write(tmp_path, data))]) == 0
+    printed = capsys.readouterr()
+    assert "CLIP score skipped" in printed.out and "| TiUE | 1 enc + 4 dec |" in printed.out
+    assert len(list(saved.glob("*.png"))) == 12
+    with (out / "e2e" / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["method"] for r in rows] == ["TiUE", "folder"] and rows[0]["steps"] == rows[1]["steps"] == "1 enc + 4 dec"
+    assert all(r["images"] == "12" and float(r["FID"]) > 0 and r["CLIP"] == "-" for r in rows)
+    assert rows[1]["FID"] == rows[0]["FID"] and rows[1]["coverage"] == rows[0]["coverage"]
+    # The reference statistics were cached; a second evaluation reads them without Ray work.
+    job = EvaluateJob.model_validate(data).with_absolute_paths()
+    assert len(list((tmp_path / "cache").glob("reference-*.npz"))) == 1
+    assert reference(job).stats.count == 12 and "cached" in capsys.readouterr().out
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(data["tracking"]["mlflow_uri"])
+    run = client.search_runs([client.get_experiment_by_name("loopfree-eval").experiment_id])[0]
+    assert run.data.metrics["TiUE/fid"] == pytest.approx(float(rows[0]["FID"]), abs=0.01)
+    assert {"TiUE/precision", "folder/coverage", "folder/images"} <= set(run.data.metrics)
+
+
+def test_analyze_features_writes_csv_and_plot(tmp_path, capsys):
+    assert main(["analyze-features", "--preset", "tiny", "--steps", "6", "--num-prompts", "2", "--out", str(tmp_path)]) == 0
+    with (tmp_path / "feature_similarity.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [2, 3, 4, 5, 6] and all(-1 <= float(r["encoder_cosine"]) <= 1 for r in rows)
+    with PIL.Image.open(tmp_path / "feature_similarity.png") as im:
+        assert im.size[0] > 400
+    assert "feature_similarity.png" in capsys.readouterr().out
