@@ -12,8 +12,8 @@ comes back with its seed and the size of the batch it was made in.
 ``loopfree serve jobs/serve.yaml`` calls it too. Bad requests get a 4xx naming the field; the server goes on.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI must see the real `Request` annotation on the
+# ingress methods (Serve rebuilds them, and string annotations then resolve to query parameters).
 import asyncio
 import base64
 import hashlib
@@ -106,6 +106,24 @@ class TiUEModel:
         return [{"png": png, "seed": s, "batch_size": len(items)} for png, s in zip(pngs, seeds)]
 
 
+# Defined before the ingress: serve.ingress captures the FastAPI app (and the globals its routes use) when
+# the class is decorated, so helpers defined after it would be missing in the replicas.
+def _respond(results: list[dict], fmt: str) -> Response:
+    meta = [{"index": i, "seed": r["seed"], "batch_size": r["batch_size"]} for i, r in enumerate(results)]
+    if fmt == "base64":
+        images = [{**m, "png_base64": base64.b64encode(r["png"]).decode()} for m, r in zip(meta, results)]
+        return JSONResponse({"images": images})
+    if len(results) == 1:
+        return Response(results[0]["png"], media_type="image/png",
+                        headers={"X-Loopfree-Seed": str(meta[0]["seed"]), "X-Loopfree-Batch-Size": str(meta[0]["batch_size"])})
+    buf = io.BytesIO()  # several PNGs: a zip with the images and their seeds
+    with zipfile.ZipFile(buf, "w") as zf:
+        for m, r in zip(meta, results):
+            zf.writestr(f"{m['index']:03d}.png", r["png"])
+        zf.writestr("images.json", json.dumps(meta))
+    return Response(buf.getvalue(), media_type="application/zip")
+
+
 api = FastAPI(title="Loopfree TiUE", description="Loop-free text-to-image generation (TiUE)")
 
 
@@ -148,22 +166,6 @@ class Ingress:
             seeds = [int.from_bytes(os.urandom(4), "little") >> 1 for _ in prompts]
         results = await asyncio.gather(*(self.model.generate.remote((p, s)) for p, s in zip(prompts, seeds)))
         return _respond(results, fmt)
-
-
-def _respond(results: list[dict], fmt: str) -> Response:
-    meta = [{"index": i, "seed": r["seed"], "batch_size": r["batch_size"]} for i, r in enumerate(results)]
-    if fmt == "base64":
-        images = [{**m, "png_base64": base64.b64encode(r["png"]).decode()} for m, r in zip(meta, results)]
-        return JSONResponse({"images": images})
-    if len(results) == 1:
-        return Response(results[0]["png"], media_type="image/png",
-                        headers={"X-Loopfree-Seed": str(meta[0]["seed"]), "X-Loopfree-Batch-Size": str(meta[0]["batch_size"])})
-    buf = io.BytesIO()  # several PNGs: a zip with the images and their seeds
-    with zipfile.ZipFile(buf, "w") as zf:
-        for m, r in zip(meta, results):
-            zf.writestr(f"{m['index']:03d}.png", r["png"])
-        zf.writestr("images.json", json.dumps(meta))
-    return Response(buf.getvalue(), media_type="application/zip")
 
 
 def token_digest(auth_env: str, required: bool) -> str | None:

@@ -1,0 +1,126 @@
+"""The Serve application on a real local Ray instance, called over HTTP on 127.0.0.1 as users do.
+
+Two applications share one Serve instance: an open one ("/") and one behind a bearer token ("/secure").
+"""
+
+import base64
+import io
+import json
+import socket
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import PIL.Image
+import pytest
+import requests
+from loopfree_platform.serve import start
+from loopfree_platform.serve_job import ServeJob
+from ray import serve
+
+TOKEN = "s3cret-serve-token-for-tests"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(ray_local, tiny_pipeline_dir, monkeypatch_module):
+    port = free_port()
+    serving = {"max_batch_size": 8, "batch_wait_timeout_s": 0.3, "max_prompts_per_request": 4, "max_prompt_chars": 50}
+    job = {"model": {"source": str(tiny_pipeline_dir)}, "serving": serving, "http": {"port": port}}
+    url = start(ServeJob.model_validate({**job, "name": "open"}), route_prefix="/")
+    monkeypatch_module.setenv("LOOPFREE_SERVE_TOKEN", TOKEN)
+    secure = start(ServeJob.model_validate({**job, "name": "secure", "auth": {"required": True}}), route_prefix="/secure")
+    monkeypatch_module.delenv("LOOPFREE_SERVE_TOKEN")
+    yield url, secure
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+def generate(url, body, **kw):
+    return requests.post(f"{url}/generate", data=body if isinstance(body, (bytes, str)) else json.dumps(body),
+                         timeout=120, **kw)
+
+
+def decode(item) -> np.ndarray:
+    return np.asarray(PIL.Image.open(io.BytesIO(base64.b64decode(item["png_base64"]))))
+
+
+def test_health_and_model_info(server):
+    url, _ = server
+    assert requests.get(f"{url}/healthz", timeout=30).json() == {"status": "ok"}
+    info = requests.get(f"{url}/model", timeout=30).json()
+    assert info["num_steps"] == 4 and len(info["timesteps"]) == 4 and info["mode"] == "tiue"
+    assert info["resolution"] == 64 and info["version"].startswith("sha-") and info["max_batch_size"] == 8
+
+
+def test_same_seed_same_image_and_formats(server):
+    url, _ = server
+    a = generate(url, {"prompts": ["a red sneaker", "a cat"], "seeds": [7, 0]}).json()["images"]
+    b = generate(url, {"prompts": ["a red sneaker"], "seeds": [7]}).json()["images"]
+    assert [i["seed"] for i in a] == [7, 0] and decode(a[0]).shape == (64, 64, 3)
+    # Batched with another prompt or alone: the same seed gives the same image (to 8-bit rounding).
+    assert np.abs(decode(a[0]).astype(int) - decode(b[0]).astype(int)).max() <= 1
+    assert np.abs(decode(a[0]).astype(int) - decode(a[1]).astype(int)).max() > 10  # and another seed another one
+    png = generate(url, {"prompts": ["a red sneaker"], "seeds": [7], "format": "png"})
+    assert png.headers["content-type"] == "image/png" and png.headers["x-loopfree-seed"] == "7"
+    assert np.array_equal(np.asarray(PIL.Image.open(io.BytesIO(png.content))), decode(b[0]))
+    zipped = zipfile.ZipFile(io.BytesIO(generate(url, {"prompts": ["a", "b"], "seeds": [1, 2], "format": "png"}).content))
+    assert sorted(zipped.namelist()) == ["000.png", "001.png", "images.json"]
+    assert [m["seed"] for m in json.loads(zipped.read("images.json"))] == [1, 2]
+    unseeded = generate(url, {"prompts": ["a"]}).json()["images"][0]
+    assert isinstance(unseeded["seed"], int) and unseeded["seed"] >= 0  # a fresh seed, returned for reproduction
+
+
+def test_concurrent_requests_share_batches(server):
+    url, _ = server
+    with ThreadPoolExecutor(12) as pool:
+        replies = list(pool.map(lambda i: generate(url, {"prompts": [f"prompt {i}"], "seeds": [i]}), range(12)))
+    assert all(r.status_code == 200 for r in replies)
+    sizes = [r.json()["images"][0]["batch_size"] for r in replies]
+    assert max(sizes) > 1, sizes  # several clients' prompts went through one TiUE pass
+    assert all(1 <= s <= 8 for s in sizes)
+
+
+BAD = [
+    (b"{oops", 400, "not valid JSON"),
+    ({"prompts": []}, 422, "prompts"),
+    ({"seeds": [1]}, 422, "prompts"),
+    ({"prompts": [42]}, 422, "prompts[0]: must be a string"),
+    ({"prompts": ["a"] * 5}, 413, "at most 4"),
+    ({"prompts": ["x" * 51]}, 422, "at most 50"),
+    ({"prompts": ["a"], "seeds": [-3]}, 422, "seeds[0]"),
+    ({"prompts": ["a"], "seeds": [0.5]}, 422, "seeds[0]"),
+    ({"prompts": ["a"], "format": "gif"}, 422, "format"),
+]
+
+
+def test_bad_requests_get_4xx_and_the_server_keeps_serving(server):
+    url, _ = server
+    for body, status, words in BAD:
+        reply = generate(url, body)
+        assert reply.status_code == status, (body, reply.status_code, reply.text)
+        assert words in reply.json()["error"], (body, reply.text)
+    assert generate(url, {"prompts": ["still here"], "seeds": [1]}).status_code == 200
+
+
+def test_token_guards_generate_and_is_never_echoed(server):
+    _, secure = server
+    body = {"prompts": ["a cat"], "seeds": [3]}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}, {"Authorization": f"Basic {TOKEN}"}):
+        reply = generate(secure, body, headers=headers)
+        assert reply.status_code == 401 and reply.headers["www-authenticate"] == "Bearer"
+        assert TOKEN not in reply.text
+    ok = generate(secure, body, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert ok.status_code == 200 and TOKEN not in ok.text
+    assert requests.get(f"{secure}/healthz", timeout=30).status_code == 200  # probes need no token
+    assert TOKEN not in requests.get(f"{secure}/model", timeout=30).text
