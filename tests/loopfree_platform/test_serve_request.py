@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from loopfree_platform.job import JobError
 from loopfree_platform.serve import RequestError, parse_request
 from loopfree_platform.serve_job import ServeApp, load_generate_job, load_serve_job

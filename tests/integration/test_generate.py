@@ -1,0 +1,105 @@
+"""The batch generation job on a real local Ray: a PartiPrompts subset, killed mid-way and re-run, yields
+every image exactly once; prompt files with bad records fail with file:line before any cluster work."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+from loopfree_platform.generate import GenerateError, read_records, run_generate
+from loopfree_platform.serve_job import GenerateJob
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMPTS = 48
+
+
+def job_dict(model_dir, out, **generation) -> dict:
+    return {"name": "parti-subset", "model": {"source": str(model_dir)},
+            "prompts": {"path": str(ROOT / "data/PartiPrompts.tsv"), "format": "tsv", "column": "Prompt", "limit": PROMPTS},
+            "output": {"root": str(out)}, "generation": {"batch_size": 4, "replicas": 1, **generation}}
+
+
+def parts(out: Path) -> list[Path]:
+    return sorted((out / "manifest").glob("part-*.jsonl")) if (out / "manifest").exists() else []
+
+
+def test_interrupted_job_resumes_and_writes_each_image_once(ray_local, tiny_pipeline_dir, tmp_path):
+    out = tmp_path / "out"
+    job_file = tmp_path / "generate.yaml"
+    job_file.write_text(yaml.safe_dump(job_dict(tiny_pipeline_dir, out)))
+    address = ray.get_runtime_context().gcs_address
+    driver = subprocess.Popen([sys.executable, "-m", "loopfree_platform.cli", "generate", str(job_file), "--address", address],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while len(parts(out)) < 2 and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver dies mid-job; Ray cleans up its actors
+    driver.wait()
+    time.sleep(1.0)  # a replica may finish the batch in flight; what it wrote is done, not lost
+    done_before = {json.loads(line)["id"] for p in parts(out) for line in p.read_text().splitlines()}
+    assert 0 < len(done_before) < PROMPTS, f"the kill should land mid-job, {len(done_before)} of {PROMPTS} done"
+    assert not (out / "manifest.jsonl").exists()
+    print(f"driver killed with {len(done_before)} of {PROMPTS} images recorded in {len(parts(out))} manifest parts")
+    stamps = {i: (out / "images" / f"{i}.png").stat().st_mtime_ns for i in done_before}
+
+    result = run_generate(GenerateJob.model_validate(job_dict(tiny_pipeline_dir, out, replicas=2)), address=address)
+    assert (result.skipped, result.generated, result.total) == (len(done_before), PROMPTS - len(done_before), PROMPTS)
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    ids = [r["id"] for r in rows]
+    assert ids == [f"{i:06d}" for i in range(PROMPTS)]  # each prompt exactly once, in file order
+    assert sorted(p.name for p in (out / "images").iterdir()) == [f"{i}.png" for i in ids]
+    assert all((out / r["path"]).is_file() and r["seed"] == int(r["id"]) and r["model_version"] == result.model_version
+               for r in rows)
+    assert {i: (out / "images" / f"{i}.png").stat().st_mtime_ns for i in done_before} == stamps  # done = not redone
+    parti = (ROOT / "data/PartiPrompts.tsv").read_text().splitlines()[1:]
+    assert rows[5]["prompt"] == parti[5].split("\t")[0].strip()
+
+    again = run_generate(GenerateJob.model_validate(job_dict(tiny_pipeline_dir, out)), address=address)
+    assert (again.generated, again.skipped) == (0, PROMPTS)  # a finished job re-run does nothing
+
+
+def test_an_output_root_of_another_model_is_refused(tiny_pipeline_dir, tmp_path):
+    out = tmp_path / "out"
+    (out / "manifest").mkdir(parents=True)
+    (out / "manifest" / "part-x.jsonl").write_text(json.dumps({"id": "000000", "model_version": "sha-other"}) + "\n")
+    with pytest.raises(GenerateError, match="sha-other"):
+        run_generate(GenerateJob.model_validate(job_dict(tiny_pipeline_dir, out)))
+
+
+@pytest.mark.parametrize("lines, words", [
+    (['{"prompt": "a"}', '{"prompt": 3}'], ":2: 'prompt' must be a non-empty string"),
+    (['{"prompt": "a", "id": "../../etc/x"}'], ":1: id '../../etc/x' is not a safe file name"),
+    (['{"prompt": "a", "id": "/abs"}'], "is not a safe file name"),
+    (['{"prompt": "a", "id": "k"}', '{"prompt": "b", "id": "k"}'], ":2: duplicate id 'k'"),
+    (['{"prompt": "a", "seed": -1}'], ":1: seed must be an integer"),
+    (['{"prompt": "a"}', "{oops"], ":2: not valid JSON"),
+    ([], "no prompts"),
+])
+def test_bad_prompt_records_name_file_and_line(tmp_path, tiny_pipeline_dir, lines, words):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    job = GenerateJob.model_validate({"model": {"source": str(tiny_pipeline_dir)},
+                                      "prompts": {"path": str(path), "column": "prompt", "id_column": "id"},
+                                      "output": {"root": str(tmp_path / "out")}})
+    with pytest.raises(GenerateError) as err:
+        read_records(job)
+    assert words in str(err.value) and str(path) in str(err.value)
+
+
+def test_prompt_formats(tmp_path, tiny_pipeline_dir):
+    text = tmp_path / "p.txt"
+    text.write_text("a cat\n\n a dog \n")
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text('{"text": "a cat", "key": "c1", "seed": 99}\n{"text": "a dog", "key": "d2"}\n')
+    base = {"model": {"source": str(tiny_pipeline_dir)}, "output": {"root": str(tmp_path)}, "generation": {"seed": 10}}
+    got = read_records(GenerateJob.model_validate({**base, "prompts": {"path": str(text)}}))
+    assert got == [{"id": "000000", "prompt": "a cat", "seed": 10}, {"id": "000001", "prompt": "a dog", "seed": 11}]
+    prompts = {"path": str(jsonl), "column": "text", "id_column": "key"}
+    got = read_records(GenerateJob.model_validate({**base, "prompts": prompts}))
+    assert got == [{"id": "c1", "prompt": "a cat", "seed": 99}, {"id": "d2", "prompt": "a dog", "seed": 11}]
