@@ -10,6 +10,7 @@ Every image written or served names the model version it came from, so results s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -80,6 +81,8 @@ def _from_registry(source: str, tracking_uri: str | None) -> ResolvedModel:
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    from loopfree_platform.tracking import fluent_tracking_uri
+
     match = REGISTRY.match(source)
     if not match:
         raise ModelSourceError(f"{source!r} is not a registry URI: use models:/<name>@<alias> or models:/<name>/<version>")
@@ -91,8 +94,9 @@ def _from_registry(source: str, tracking_uri: str | None) -> ResolvedModel:
         raise ModelSourceError(f"{source}: {err.message}") from None
     target = _cache_root() / "registry" / name / str(version)
     if not (target / ".complete").exists():
-        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(target),
-                                            tracking_uri=tracking_uri)
+        # models:/ URIs resolve through the registry URI, which follows the fluent tracking URI, not the argument
+        with fluent_tracking_uri(tracking_uri) if tracking_uri else contextlib.nullcontext():
+            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(target))
         (target / ".complete").touch()
     return ResolvedModel(_find_pipeline(target), name, str(version), source)
 

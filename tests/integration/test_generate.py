@@ -103,3 +103,42 @@ def test_prompt_formats(tmp_path, tiny_pipeline_dir):
     prompts = {"path": str(jsonl), "column": "text", "id_column": "key"}
     got = read_records(GenerateJob.model_validate({**base, "prompts": prompts}))
     assert got == [{"id": "c1", "prompt": "a cat", "seed": 99}, {"id": "d2", "prompt": "a dog", "seed": 11}]
+
+
+def test_s3_model_and_s3_output(ray_local, s3_endpoint, tiny_pipeline_dir, tmp_path, monkeypatch):
+    """Model read from an s3:// prefix, images and manifest written to s3:// (moto on 127.0.0.1)."""
+    from loopfree_platform import storage
+
+    monkeypatch.setenv("LOOPFREE_CACHE", str(tmp_path / "cache"))
+    storage.upload_dir(tiny_pipeline_dir, "s3://loopfree-test/models/tiny")
+    job = job_dict("s3://loopfree-test/models/tiny", "s3://loopfree-test/generated/parti")
+    job["prompts"]["limit"] = 6
+    result = run_generate(GenerateJob.model_validate(job))
+    assert (result.generated, result.total) == (6, 6)
+    rows = [json.loads(x) for x in storage.read_bytes("s3://loopfree-test/generated/parti/manifest.jsonl").decode().splitlines()]
+    assert [r["id"] for r in rows] == [f"{i:06d}" for i in range(6)]
+    images = storage.list_files("s3://loopfree-test/generated/parti/images")
+    assert [i.rsplit("/", 1)[1] for i in images] == [f"{i:06d}.png" for i in range(6)]
+    assert storage.read_bytes(images[0])[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_registry_source_resolves_to_the_aliased_version(tiny_pipeline_dir, tmp_path, monkeypatch):
+    """models:/<name>@<alias> -> the registered pipeline artifact, downloaded once, with its version."""
+    import mlflow
+    from loopfree_platform.models import ModelSourceError, resolve
+    from loopfree_platform.tracking import fluent_tracking_uri, pyfunc_model
+
+    monkeypatch.setenv("LOOPFREE_CACHE", str(tmp_path / "cache"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with fluent_tracking_uri(uri):
+        mlflow.set_experiment("registry-test")
+        with mlflow.start_run():
+            mlflow.pyfunc.log_model(name="model", python_model=pyfunc_model(), artifacts={"pipeline": str(tiny_pipeline_dir)},
+                                    registered_model_name="tiue-test", pip_requirements=["loopfree"])
+    mlflow.tracking.MlflowClient(uri).set_registered_model_alias("tiue-test", "candidate", "1")
+    model = resolve("models:/tiue-test@candidate", tracking_uri=uri)
+    assert model.version == "1" and model.name == "tiue-test"
+    assert (model.local_dir / "model_index.json").is_file() and (model.local_dir / "unet").is_dir()
+    assert resolve("models:/tiue-test/1", tracking_uri=uri).local_dir == model.local_dir
+    with pytest.raises(ModelSourceError, match="models:/tiue-test@production"):
+        resolve("models:/tiue-test@production", tracking_uri=uri)
