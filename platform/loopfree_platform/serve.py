@@ -187,7 +187,10 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         max_ongoing_requests=max(2 * s.max_batch_size, 16),  # room to fill the next batch while one runs
         ray_actor_options={"num_cpus": s.num_cpus, "num_gpus": s.num_gpus},
     ).bind(app.model_dump(mode="json"))
-    return Ingress.bind(model, app.model_dump(mode="json"), token_digest(app.auth.token_env, app.auth.required))
+    # Serve's default (5 ongoing requests per replica) would cap every batch at 5 prompts: the ingress only
+    # forwards and waits, so let it hold enough requests to fill several batches.
+    ingress = Ingress.options(max_ongoing_requests=max(100, 4 * s.max_batch_size * s.autoscaling.max_replicas))
+    return ingress.bind(model, app.model_dump(mode="json"), token_digest(app.auth.token_env, app.auth.required))
 
 
 def app_args(app: ServeApp) -> dict[str, Any]:
