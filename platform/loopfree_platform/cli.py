@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -126,7 +127,9 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.dry_run:
-        print(job.model_dump_json(indent=2))
+        from loopfree_platform.job import redact
+
+        print(json.dumps(redact(job.model_dump(mode="json")), indent=2))
         return 0
     from loopfree_platform.serve import start
 
@@ -152,7 +155,9 @@ def _generate(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.dry_run:
-        print(job.model_dump_json(indent=2))
+        from loopfree_platform.job import redact
+
+        print(json.dumps(redact(job.model_dump(mode="json")), indent=2))
         return 0
     from loopfree_platform.generate import GenerateError, run_generate
 

@@ -9,6 +9,7 @@ by hand (`deepspeed_config`).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -234,15 +235,25 @@ def _secret_key(key: Any) -> bool:
     return any(w in words for w in SECRET_WORDS)
 
 
+URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*):(?P<password>[^@\s/]+)@")
+
+
+def _env_secrets() -> list[str]:
+    """Values of environment variables whose name looks secret (AWS_SECRET_ACCESS_KEY, RAY_AUTH_TOKEN,
+    MLFLOW_TRACKING_PASSWORD, LOOPFREE_SERVE_TOKEN, ...), longest first so no fragment survives."""
+    values = {v for k, v in os.environ.items() if _secret_key(k) and len(v) >= 4}
+    return sorted(values, key=len, reverse=True)
+
+
 def redact(data: Any) -> Any:
-    """Replace values whose key looks secret (keys, tokens, passwords) and AWS credentials in strings."""
+    """Replace values whose key looks secret (keys, tokens, passwords), passwords inside URLs
+    (scheme://user:password@host), and any string value of a secret-looking environment variable."""
     if isinstance(data, dict):
         return {k: "***" if _secret_key(k) and v else redact(v) for k, v in data.items()}
     if isinstance(data, list):
         return [redact(v) for v in data]
     if isinstance(data, str):
-        for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID"):
-            secret = os.environ.get(name)
-            if secret and secret in data:
-                data = data.replace(secret, "***")
+        data = URL_PASSWORD.sub(lambda m: f"{m['head']}:***@", data)
+        for secret in _env_secrets():
+            data = data.replace(secret, "***")
     return data

@@ -141,6 +141,10 @@ def test_submit_stop_resubmit_tracks_registers_and_stores(cluster):
         assert len(client.get_metric_history(run.info.run_id, key)) >= 12, key
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "job.resolved.yaml" in artifacts and "images" in artifacts
+    # Credentials in the environment never reach MLflow params, tags, the logged job or the job's logs.
+    secret = cluster["env"]["AWS_SECRET_ACCESS_KEY"]
+    logged_job = Path(client.download_artifacts(run.info.run_id, "job.resolved.yaml")).read_text()
+    assert secret not in str(run.data.params) + str(run.data.tags) + logged_job + out.stdout + out.stderr
     assert len(client.list_artifacts(run.info.run_id, "images")) >= 2  # sample grids over time
     version = client.get_model_version_by_alias("loopfree-tiue", "candidate")
     assert version.run_id == run.info.run_id

@@ -1,0 +1,75 @@
+"""Secrets never leave through job output, params or errors; user-derived paths stay under their prefix;
+job files are loaded safely. (The Serve token is checked over HTTP in tests/integration/test_serve.py,
+MLflow params and job logs of a real cluster run in tests/integration/test_cluster_submit.py.)"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from loopfree_platform import storage
+from loopfree_platform.job import JobError, load_job, redact
+from loopfree_platform.serve_job import load_generate_job, load_serve_job
+from loopfree_platform.tracking import flatten
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRETS = {"AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI-test-secret", "AWS_SESSION_TOKEN": "FwoGZXIvYXdz-session",
+           "RAY_AUTH_TOKEN": "ray-cluster-token-123", "MLFLOW_TRACKING_PASSWORD": "mlflow-pass-456",
+           "LOOPFREE_SERVE_TOKEN": "serve-token-789"}
+
+
+def test_redact_env_secrets_url_passwords_and_secret_keys(monkeypatch):
+    for k, v in SECRETS.items():
+        monkeypatch.setenv(k, v)
+    text = " ".join(SECRETS.values()) + " http://alice:hunter2pass@mlflow:5000/ s3://bucket/key"
+    out = redact({"note": text, "nested": [{"api_token": "abc", "tokenizer": "kept"}]})
+    assert all(v not in str(out) for v in [*SECRETS.values(), "hunter2pass", "abc"])
+    assert "http://alice:***@mlflow:5000/" in out["note"] and "s3://bucket/key" in out["note"]
+    assert out["nested"][0]["tokenizer"] == "kept"
+
+
+def smoke_with(tmp_path, **tracking) -> Path:
+    job = yaml.safe_load((ROOT / "jobs/smoke.yaml").read_text())
+    job["data"]["paths"] = [str(ROOT / "data/PartiPrompts.tsv")]
+    job["tracking"] = tracking
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def test_credentials_in_a_job_never_reach_dry_run_output_or_mlflow_params(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", SECRETS["MLFLOW_TRACKING_PASSWORD"])
+    path = smoke_with(tmp_path, mlflow_uri="http://alice:hunter2pass@127.0.0.1:5999")
+    params = flatten(redact(load_job(path).resolved()))
+    assert "hunter2pass" not in str(params) and params["tracking.mlflow_uri"] == "http://alice:***@127.0.0.1:5999"
+    out = subprocess.run([sys.executable, "-m", "loopfree_platform.cli", "distill", str(path), "--dry-run"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0 and "hunter2pass" not in out.stdout + out.stderr
+
+
+def test_bad_job_errors_name_the_key_not_the_secret_value(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump({"model": {"source": "models:/x@y"}, "serving": {"aws_secret_key": "AKIAXYZSECRET"}}))
+    with pytest.raises(JobError) as err:
+        load_serve_job(path)
+    assert "serving.aws_secret_key" in str(err.value) and "AKIAXYZSECRET" not in str(err.value)
+
+
+@pytest.mark.parametrize("loader", [load_job, load_serve_job, load_generate_job])
+def test_job_yaml_is_loaded_safely(tmp_path, loader):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "job.yaml"
+    path.write_text(f"model: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(JobError, match="not valid YAML"):
+        loader(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("part", ["../escape", "a/../../b", "/etc/passwd", "..", "x/..\\..\\y"])
+def test_keys_from_user_input_cannot_escape_the_prefix(part):
+    with pytest.raises(ValueError, match="would escape"):
+        storage.join("s3://bucket/generated/run", part)
+    with pytest.raises(ValueError, match="would escape"):
+        storage.join("/data/out", "images", part)
+    assert storage.join("s3://bucket/generated/run", "images", "000001.png") == "s3://bucket/generated/run/images/000001.png"
