@@ -3,6 +3,7 @@ in one process, and through the evaluation job's Ray Data feature stage (1 actor
 x 1 thread). Images are real Fashion-MNIST test images (28x28 -> 299x299, as the tests use them).
 
     python -m benchmarks.inception                 # writes benchmarks/results/inception.md (about 1-2 min)
+    python -m benchmarks.inception --fid-images 500 --out /tmp/x.md   # plus the 500 vs 500 FID check
 """
 
 from __future__ import annotations
@@ -80,10 +81,26 @@ def ray_rows(images: torch.Tensor, layouts: list[tuple[int, int]]) -> list[tuple
     return rows
 
 
+def fid_check(n: int) -> list[str]:
+    """The issue's sanity check at full size: FID(test[:n], test[n:2n]) against FID(test[:n], uniform noise)."""
+    from loopfree.metrics import frechet_distance
+
+    images = read_idx(FASHION_TEST, limit=2 * n)
+    noise = torch.randint(0, 256, (n, 1, 28, 28), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    ext = InceptionFeatures(batch_size=8)
+    start = time.perf_counter()
+    a, b, c = ext(images[:n]), ext(images[n:]), ext(noise)
+    seconds = time.perf_counter() - start
+    return [f"FID check ({3 * n} images, {3 * n / seconds:.1f} images/s): FID(test[:{n}], test[{n}:{2 * n}]) = "
+            f"{frechet_distance(a, b):.2f}, FID(test[:{n}], noise) = {frechet_distance(a, c):.2f}, "
+            f"FID(test[:{n}], test[:{n}]) = {frechet_distance(a, a):.2e}.", ""]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=48, help="images per in-process row")
     ap.add_argument("--ray-images", type=int, default=96, help="images per Ray Data row (0: skip)")
+    ap.add_argument("--fid-images", type=int, default=0, help="also FID(test[:n], test[n:2n]) vs noise (500: ~3 min)")
     ap.add_argument("--out", default="benchmarks/results/inception.md")
     args = ap.parse_args()
     images = read_idx(FASHION_TEST, limit=max(args.images, args.ray_images))
@@ -107,6 +124,8 @@ def main() -> int:
                   "| layout | images/s | wall s |", "|---|---|---|",
                   *(f"| {n} | {v:.1f} | {w:.1f} |" for n, v, w in ray_result), ""]
     lines += [f"bf16 autocast (not used; FID needs fp32 features): relative feature error {bf16_deviation(images):.2e}.", ""]
+    if args.fid_images:
+        lines += fid_check(args.fid_images)
     return write_report(args.out, lines)
 
 
