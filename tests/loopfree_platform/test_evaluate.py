@@ -31,7 +31,9 @@ def write(tmp_path: Path, data: dict) -> Path:
     return path
 
 
-def test_shipped_job_files_validate():
+def test_shipped_job_files_validate(capsys):
+    assert main(["evaluate", str(ROOT / "jobs" / "evaluate.yaml"), "--dry-run"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["name"] == "eval-tiny"
     job = load_eval_job(ROOT / "jobs" / "evaluate.yaml")
     assert [s.kind for s in job.systems] == ["tiue", "teacher"] and job.reference.images == FASHION_TEST
     recipe = EvaluateJob.model_validate(yaml.safe_load((ROOT / "jobs" / "evaluate_sd21_coco30k.yaml").read_text()))
