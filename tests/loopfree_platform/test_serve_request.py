@@ -103,3 +103,17 @@ def test_shipped_job_files_parse_to_their_schemas():
         assert raw["model"]["source"] == "runs/smoke-tiny/export"
         raw["model"]["source"] = "models:/loopfree-tiue@candidate"  # statically valid without the export
         schema.model_validate(raw)
+
+
+def test_cli_validates_serve_and_generate_jobs_before_any_cluster_work(tmp_path, tiny_pipeline_dir, capsys):
+    from loopfree_platform.cli import main
+
+    serve_job = write(tmp_path, {"model": {"source": str(tiny_pipeline_dir)}})
+    assert main(["serve", str(serve_job), "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["serving"]["max_batch_size"] == 8
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"model": {"source": str(tmp_path / "missing")}, "prompts": {"path": "x"},
+                                   "output": {"root": str(tmp_path)}}))
+    for command in ("serve", "generate"):
+        assert main([command, str(bad)]) == 2
+        assert "model.source" in capsys.readouterr().err
