@@ -15,7 +15,7 @@ from loopfree.features import ClipEmbedder, InceptionFeatures, bundled_inception
 from loopfree.metrics import clip_score, frechet_distance
 
 FASHION_TEST = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
-N = 48  # images per set: few, because the 299x299 Inception pass dominates the test time
+N = 32  # images per set: few, because the 299x299 Inception pass dominates the test time
 
 
 @pytest.fixture(scope="module")
