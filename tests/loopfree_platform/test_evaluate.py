@@ -123,3 +123,16 @@ def test_analyze_features_writes_csv_and_plot(tmp_path, capsys):
     with PIL.Image.open(tmp_path / "feature_similarity.png") as im:
         assert im.size[0] > 400
     assert "feature_similarity.png" in capsys.readouterr().out
+
+
+def test_folder_images_of_different_sizes(tmp_path):
+    from loopfree_platform.evaluate import ExtractFeatures, load_files
+
+    PIL.Image.new("RGB", (8, 6), (1, 2, 3)).save(tmp_path / "a.png")
+    PIL.Image.new("L", (5, 5), 9).save(tmp_path / "b.png")
+    batch = load_files({"id": np.array(["a", "b"]), "prompt": np.array(["", ""]),
+                        "path": np.array([str(tmp_path / "a.png"), str(tmp_path / "b.png")])})
+    assert batch["image"].dtype == object and batch["image"][1].shape == (5, 5, 3)
+    shapes = []
+    out = ExtractFeatures._apply(lambda x: shapes.append(tuple(x.shape)) or x.float().mean((2, 3)), batch["image"])
+    assert shapes == [(1, 3, 6, 8), (1, 3, 5, 5)] and out.tolist() == [[1.0, 2.0, 3.0], [9.0, 9.0, 9.0]]
