@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from loopfree.evaldata import list_images, load_image, read_idx, read_prompts, select
-from loopfree.features import ClipEmbedder, InceptionFeatures, bundled_inception_path
+from loopfree.features import ClipEmbedder, FeatureExtractor, InceptionFeatures, bundled_inception_path
 from loopfree.metrics import GaussianStats, clip_score, frechet_distance, frechet_distance_from_stats, gaussian_stats, prdc
 from loopfree.systems import SystemConfig, load_system, steps_label
 from loopfree_platform.eval_job import EvaluateJob, SystemSection
@@ -90,7 +90,7 @@ class ExtractFeatures:
         self.clip = ClipEmbedder.from_dir(clip_dir, device) if clip_dir else None
 
     @staticmethod
-    def _apply(fn, images: np.ndarray) -> torch.Tensor:
+    def _apply(fn: FeatureExtractor, images: np.ndarray) -> torch.Tensor:
         # torch.tensor copies: Ray hands batches over as read-only views of its object store.
         if images.dtype != object:
             return fn(torch.tensor(images).permute(0, 3, 1, 2))
