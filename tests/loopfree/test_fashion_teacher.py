@@ -1,0 +1,50 @@
+"""The committed Fashion-MNIST teacher and classifier (models/, trained by benchmarks/fashion): they load,
+generate, and classify. Cheap checks only; the training scripts themselves are not run in CI."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.fashion.data import CLASSES, DATA_DIR, load_split, to_model_images
+from benchmarks.fashion.models import load_classifier
+from benchmarks.fashion.teacher_fid import prompt_classes
+from loopfree.pipeline import TiUEPipeline
+from loopfree.presets import load_components
+
+ROOT = Path(__file__).resolve().parents[2]
+TEACHER, CLASSIFIER = ROOT / "models" / "fashion-teacher", ROOT / "models" / "fashion-classifier"
+needs_data = pytest.mark.skipif(not DATA_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist")
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return load_components(TEACHER)
+
+
+def test_committed_teacher_is_small_and_in_diffusers_layout():
+    size = sum(f.stat().st_size for f in TEACHER.rglob("*") if f.is_file())
+    assert size < 30 * 2**20, size
+    assert not list(TEACHER.rglob("*.bin")) and len(list(TEACHER.rglob("*.safetensors"))) == 3
+
+
+def test_teacher_runs_as_tiue_and_as_the_multistep_teacher(teacher):
+    pipe = TiUEPipeline.from_components(teacher, num_steps=4)
+    pipe.set_progress_bar_config(disable=True)
+    tiue = pipe(["a photo of a sneaker", "a bag"], seeds=[0, 1], output_type="np").images
+    assert tiue.shape == (2, 32, 32, 3) and tuple(pipe.plan.timesteps) == (751, 501, 251, 1)
+    multi = pipe.sample_multistep(["a photo of a sneaker"], num_inference_steps=5, guidance_scale=4.5, seeds=[0],
+                                  output_type="np").images
+    assert multi.shape == (1, 32, 32, 3) and torch.isfinite(torch.as_tensor(multi)).all()
+
+
+@needs_data
+def test_classifier_recognises_real_test_images():
+    images, labels = load_split("test", limit=200)
+    with torch.no_grad():
+        predicted = load_classifier(CLASSIFIER)(to_model_images(images)).argmax(1)
+    assert (predicted == labels).float().mean() >= 0.85
+
+
+def test_prompt_classes_reads_the_class_out_of_a_caption():
+    assert prompt_classes(["a photo of an ankle boot", "a t-shirt"]).tolist() == [CLASSES.index("ankle boot"), 0]
