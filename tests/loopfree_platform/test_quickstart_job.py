@@ -1,0 +1,16 @@
+"""The README's main job (jobs/quickstart.yaml) validates and distils the committed Fashion-MNIST teacher.
+Running it takes minutes (it is not run in CI); its wall time and grid are in models/fashion-teacher/README.md."""
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_quickstart_job_distils_this_teacher_with_tiue_and_kl(monkeypatch):
+    from loopfree_platform.job import load_job
+
+    monkeypatch.chdir(ROOT)
+    job = load_job("jobs/quickstart.yaml")
+    method = job.distill_config
+    assert job.model.teacher_dir == "models/fashion-teacher" and method.mode == "tiue" and method.num_steps == 4
+    assert method.lambda_kl > 0 and job.storage.path == "runs" and job.tracking.mlflow_uri is None
