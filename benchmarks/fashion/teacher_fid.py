@@ -41,6 +41,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=4.5)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--baselines", action="store_true",
+                   help="also score --num training images and their VAE reconstructions (the floor and the VAE's share)")
     args = p.parse_args()
     limit_threads(args.threads)
     prompts = random_captions(args.num, seed=0)
@@ -61,7 +63,20 @@ def main() -> None:
               "fid": frechet_distance(f_real, f_fake), **prdc(f_real, f_fake),
               "classifier_accuracy": hits.float().mean().item(), "generate_s": round(gen_s, 1),
               "total_s": round(time.perf_counter() - t0, 1)}
+    if args.baselines:
+        result.update(baselines(pipe, inception, f_real, args.num))
     print(json.dumps(result, indent=2))
+
+
+@torch.no_grad()
+def baselines(pipe: TiUEPipeline, inception: InceptionFeatures, f_real: torch.Tensor, num: int) -> dict[str, float]:
+    """FID of real training images (what a perfect generator would score at this sample size) and of their
+    VAE reconstructions (what the teacher's decoder alone costs)."""
+    x = to_model_images(load_split("train", num)[0])
+    recon = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample
+    as_uint8 = lambda t: ((t.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return {"fid_train_images": frechet_distance(f_real, inception(as_uint8(x))),
+            "fid_vae_reconstructions": frechet_distance(f_real, inception(as_uint8(recon)))}
 
 
 if __name__ == "__main__":
