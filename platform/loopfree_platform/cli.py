@@ -105,7 +105,12 @@ def _analyze_features(args: argparse.Namespace) -> int:
         raise SystemExit("--steps must be >= 2 and --num-prompts >= 1")
     components = load_components(args.model_dir) if args.model_dir else preset(args.preset).build(seed=args.seed)
     pipe = TiUEPipeline.from_components(components)
-    prompts = (DEMO_PROMPTS * args.num_prompts)[:args.num_prompts]
+    pool = DEMO_PROMPTS
+    if args.prompts:  # prompts the model was trained for (the demo prompts suit SD-scale models)
+        from loopfree.evaldata import read_prompts
+
+        pool = [p for _, p in read_prompts(args.prompts, "text")]
+    prompts = (pool * args.num_prompts)[:args.num_prompts]
     rows = adjacent_step_similarity(pipe, prompts, list(range(args.seed, args.seed + len(prompts))), args.steps, args.guidance)
     source = args.model_dir or f"{args.preset} preset, random weights"
     files = write_similarity(rows, Path(args.out), f"{source}: DDIM {args.steps} steps, cfg {args.guidance}")
@@ -203,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--steps", type=int, default=50, help="DDIM sampling steps (default 50)")
     analyze.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
     analyze.add_argument("--num-prompts", type=int, default=4, help="images averaged per step (default 4)")
+    analyze.add_argument("--prompts", default=None, help="text file, one prompt per line (default: the demo prompts)")
     analyze.add_argument("--seed", type=int, default=0, help="first seed (and preset weights seed)")
     analyze.add_argument("--out", default="runs/analysis", help="output folder (default: runs/analysis)")
     analyze.set_defaults(func=_analyze_features)
