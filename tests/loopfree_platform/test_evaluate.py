@@ -116,7 +116,9 @@ def test_evaluate_job_end_to_end(tmp_path, capsys):
 
 
 def test_analyze_features_writes_csv_and_plot(tmp_path, capsys):
-    assert main(["analyze-features", "--preset", "tiny", "--steps", "6", "--num-prompts", "2", "--out", str(tmp_path)]) == 0
+    (tmp_path / "prompts.txt").write_text("a t-shirt\na sneaker\n")
+    assert main(["analyze-features", "--preset", "tiny", "--steps", "6", "--num-prompts", "3", "--out", str(tmp_path),
+                 "--prompts", str(tmp_path / "prompts.txt")]) == 0
     with (tmp_path / "feature_similarity.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == [2, 3, 4, 5, 6] and all(-1 <= float(r["encoder_cosine"]) <= 1 for r in rows)
