@@ -46,5 +46,19 @@ def test_classifier_recognises_real_test_images():
     assert (predicted == labels).float().mean() >= 0.85
 
 
+def test_teacher_draws_what_the_prompt_names(teacher):
+    """Honest floor: on 200 random captions the 50-step CFG samples are classified right 70% of the time
+    (chance: 10%); here 20 prompts, 10 DDIM steps, fixed seeds."""
+    prompts = [f"a photo of {c}" for c in ("a t-shirt", "a trouser", "a pullover", "a dress", "a coat", "a sandal",
+                                           "a shirt", "a sneaker", "a bag", "an ankle boot")] * 2
+    pipe = TiUEPipeline.from_components(teacher)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe.sample_multistep(prompts, num_inference_steps=10, guidance_scale=4.5, seeds=list(range(20)),
+                                   batch_size=20, output_type="np").images
+    with torch.no_grad():
+        predicted = load_classifier(CLASSIFIER)(torch.as_tensor(images).permute(0, 3, 1, 2) * 2 - 1).argmax(1)
+    assert (predicted == prompt_classes(prompts)).float().mean() >= 0.5
+
+
 def test_prompt_classes_reads_the_class_out_of_a_caption():
     assert prompt_classes(["a photo of an ankle boot", "a t-shirt"]).tolist() == [CLASSES.index("ankle boot"), 0]
