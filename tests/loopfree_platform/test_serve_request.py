@@ -95,12 +95,12 @@ def test_the_shipped_serve_configs_validate():
 
 
 def test_shipped_job_files_parse_to_their_schemas():
-    """jobs/serve.yaml and jobs/generate.yaml are valid apart from the model they name (made by the smoke job)."""
+    """jobs/serve.yaml and jobs/generate.yaml are valid apart from the model they name (made by the quickstart)."""
     from loopfree_platform.serve_job import GenerateJob, ServeJob
 
     for name, schema in (("serve.yaml", ServeJob), ("generate.yaml", GenerateJob)):
         raw = yaml.safe_load((ROOT / "jobs" / name).read_text())
-        assert raw["model"]["source"] == "runs/smoke-tiny/export"
+        assert raw["model"]["source"] == "runs/quickstart-fashion/export"
         raw["model"]["source"] = "models:/loopfree-tiue@candidate"  # statically valid without the export
         schema.model_validate(raw)
 
