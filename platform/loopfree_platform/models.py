@@ -115,7 +115,8 @@ def resolve(source: str, tracking_uri: str | None = None, endpoint_url: str | No
         local = target
     else:
         local = Path(source).resolve()
-    return ResolvedModel(local, Path(source.rstrip("/")).name, directory_version(local), source)
+    name = "/".join(Path(source.rstrip("/")).parts[-2:])  # "quickstart-fashion/export" says more than "export"
+    return ResolvedModel(local, name, directory_version(local), source)
 
 
 def load_pipeline(model: ResolvedModel, device: str = "auto", dtype: str = "auto"):
