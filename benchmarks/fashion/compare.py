@@ -191,13 +191,24 @@ def grids(results: dict[str, dict[str, Any]], out_dir: Path) -> dict[str, Path]:
             for name, r in results.items()}
 
 
+def training_row(name: str, student: dict[str, Any]) -> str:
+    """One row of the training-time table, from the job's recorded wall time and its metrics.jsonl."""
+    rows = [json.loads(line) for line in (Path(student["export"]).parent / "metrics.jsonl").read_text().splitlines()
+            if line.strip()]
+    step = sum(r["step_time_s"] for r in rows) / max(len(rows), 1)
+    last = rows[-1] if rows else {}
+    losses = ", ".join(f"{k} {last[k]:.4f}" for k in ("loss_vsd", "loss_kl", "loss_lora") if k in last)
+    return (f"| {name} | {student['steps']} | {student['wall_s']:.0f} | {last.get('worker_startup_s', 0):.0f} "
+            f"| {step:.3f} | {losses} |")
+
+
 def write_report(args: argparse.Namespace, students: dict, results: dict, grid_paths: dict[str, Path]) -> Path:
     from benchmarks.fashion.compare_report import READING, kept_reading, table, targets
 
     out = args.out
     verdicts = targets(results, "TiUE student (K=4, KL)", "SwiftBrush student (1 step)",
                        teacher_name(50, args.guidance), teacher_name(4, args.guidance))
-    train = [f"| {k} | {v['steps']} | {v['wall_s']:.0f} |" for k, v in students.items()]
+    train = [training_row(k, v) for k, v in students.items()]
     lines = [
         "# Fashion-MNIST: teacher, SwiftBrush and TiUE students (issue 8)", "",
         f"Regenerate everything (about 45 min on the 2 shared cores): `{COMMAND}`", "",
@@ -212,9 +223,13 @@ def write_report(args: argparse.Namespace, students: dict, results: dict, grid_p
         "class; time and memory: `benchmarks/latency_memory.py` (batch 1, median of "
         f"{args.repeats} runs, CPU peak resident set of the process, weights included), all rows in one process.", "",
         *table(results), "", "## Training wall time (same budget for each student)", "",
-        "| student | steps | wall s |", "|---|---|---|", *train, "",
+        "| student | steps | wall s | of which worker start s | mean step s | last logged losses |", "|---|---|---|---|---|---|",
+        *train, "",
         "Wall time of `run_distill` after the Ray instance is up: corpus preparation, worker start, training, "
-        "checkpoints, final sample grid and export.", "", "## Sample grids (same 20 prompts and seeds)", "",
+        "checkpoints, final sample grid and export. The first job of a fresh Ray instance also pays for the "
+        "workers' first imports (torch, DeepSpeed), so its worker start is much longer than the others'; "
+        "the mean step time (`step_time_s` of the job's metrics.jsonl) is the like-for-like training cost.", "",
+        "## Sample grids (same 20 prompts and seeds)", "",
         "Columns: t-shirt, trouser, pullover, dress, coat, sandal, shirt, sneaker, bag, ankle boot (two rows).", "",
         *[f"- {name}: ![{name}]({p.relative_to(out.parent)})" for name, p in grid_paths.items()], "",
         "## Targets (issue 8)", "", *verdicts, "", "## Reading", "", READING, "", kept_reading(out), ""]
