@@ -87,8 +87,9 @@ def working_dir(cluster, name: str, **training) -> Path:
 
 
 def ray_job(cluster, *args, check=True) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "ray"), "job", *args], env=cluster["env"], capture_output=True, text=True,
-                          check=check, timeout=600)
+    out = subprocess.run([str(BIN / "ray"), "job", *args], env=cluster["env"], capture_output=True, text=True, timeout=600)
+    assert not check or out.returncode == 0, f"ray job {args[0]} failed: {out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out
 
 
 def submit_cmd(cluster, wd: Path, *extra) -> list[str]:
