@@ -264,7 +264,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=1000, help="generated images per system")
     p.add_argument("--reference", type=int, default=1000, help="Fashion-MNIST test images")
     p.add_argument("--guidance", type=float, default=4.5, help="CFG scale of the teacher rows (the teacher's card)")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per system (latency_memory.py)")
+    p.add_argument("--repeats", type=int, default=30, help="timed runs per system (latency_memory.py; noisy machine)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/fashion.md"))
     p.add_argument("--stage", choices=["all", "distill"], default="all")
     run(p.parse_args())
