@@ -67,7 +67,10 @@ def cluster(tmp_path_factory, s3_endpoint):
     wait_http(f"http://127.0.0.1:{mlflow_port}/health")
     wait_http(f"http://127.0.0.1:{dash_port}/api/version")
     yield {"env": env, "address": f"http://127.0.0.1:{dash_port}", "mlflow": env["MLFLOW_TRACKING_URI"], "tmp": tmp}
-    subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True)
+    # Only this cluster's processes (their command lines name its temp dir): `ray stop --force` would also
+    # kill every other Ray instance on the machine, e.g. a developer's or a concurrent test run's.
+    subprocess.run(["pkill", "-f", ray_tmp], capture_output=True)
+    time.sleep(2)
     mlflow.terminate()
     mlflow.wait(timeout=30)
     shutil.rmtree(ray_tmp, ignore_errors=True)
