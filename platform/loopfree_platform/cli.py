@@ -120,22 +120,34 @@ def _analyze_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(loader, path: str):
+    """A validated job, or None after printing the error: bad files fail here, before any cluster work."""
+    from loopfree_platform.job import JobError
+
+    try:
+        return loader(path)
+    except JobError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return None
+
+
+def _print_job(job) -> int:
+    from loopfree_platform.job import redact
+
+    print(json.dumps(redact(job.model_dump(mode="json")), indent=2))
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     import time
 
-    from loopfree_platform.job import JobError
     from loopfree_platform.serve_job import load_serve_job
 
-    try:
-        job = load_serve_job(args.job)  # a bad job file (or a missing model directory) fails before Ray starts
-    except JobError as err:
-        print(f"error: {err}", file=sys.stderr)
+    job = _load(load_serve_job, args.job)  # a bad job file (or a missing model directory) fails before Ray starts
+    if job is None:
         return 2
     if args.dry_run:
-        from loopfree_platform.job import redact
-
-        print(json.dumps(redact(job.model_dump(mode="json")), indent=2))
-        return 0
+        return _print_job(job)
     from loopfree_platform.serve import start
 
     url = start(job, address=args.address)
@@ -151,19 +163,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from loopfree_platform.job import JobError
     from loopfree_platform.serve_job import load_generate_job
 
-    try:
-        job = load_generate_job(args.job)  # bad keys, a missing prompt file or model fail before Ray starts
-    except JobError as err:
-        print(f"error: {err}", file=sys.stderr)
+    job = _load(load_generate_job, args.job)  # bad keys, a missing prompt file or model fail before Ray starts
+    if job is None:
         return 2
     if args.dry_run:
-        from loopfree_platform.job import redact
-
-        print(json.dumps(redact(job.model_dump(mode="json")), indent=2))
-        return 0
+        return _print_job(job)
     from loopfree_platform.generate import GenerateError, run_generate
 
     try:
