@@ -1,8 +1,10 @@
-"""The Distiller: student, teacher and LoRA teacher with two named turns (SPEC.md section 3).
+"""The Distiller: student, teacher and fake score with two named turns (docs/method.md, "Training").
 
-Three roles, two networks: the student G (a TiUEGenerator over its own UNet, all parameters train)
-and ONE base UNet carrying a PEFT LoRA adapter. Adapter off = the frozen teacher
-(`teacher_mode()`), adapter on = the LoRA teacher ("fake score"); only the LoRA weights train.
+Three roles. The paper's layout is two networks: the student G (a TiUEGenerator over its own UNet,
+all parameters train) and ONE base UNet carrying a PEFT LoRA adapter. Adapter off = the frozen
+teacher (`teacher_mode()`), adapter on = the LoRA teacher, i.e. the "fake score"; only the LoRA
+weights train. With ``fake_score="full"`` the fake score is instead a full trainable copy of the
+teacher UNet (what SiD and DMD2 use on small models), at the cost of a third UNet in memory.
 Plain single-device PyTorch: optimizers, engines and distribution live with the caller.
 """
 
@@ -21,7 +23,7 @@ from loopfree.config import DistillConfig
 from loopfree.losses import add_noise, cfg, kl_loss, lora_teacher_loss, vsd_loss
 from loopfree.presets import Components
 from loopfree.rng import IterationRNG
-from loopfree.schedule import ddim_plan, one_step_plan
+from loopfree.schedule import plan_for
 from loopfree.tiue import TiUEGenerator
 
 ADAPTER = "lora_teacher"
@@ -72,17 +74,20 @@ class Distiller(nn.Module):
         alphas = components.scheduler.alphas_cumprod.float()
         student_unet = student_unet if student_unet is not None else copy.deepcopy(components.unet)
         student_unet.requires_grad_(True).train()
-        plan = one_step_plan(alphas) if config.mode == "one_step" else ddim_plan(
-            alphas, config.num_steps, list(config.timesteps) if config.spacing == "custom" else config.spacing,
-            steps_offset=components.scheduler.config.steps_offset)
+        plan = plan_for(alphas, config.mode, config.num_steps, config.spacing, config.timesteps,
+                        components.scheduler.config.steps_offset)
         self.student = TiUEGenerator(student_unet, plan, config.mode)
 
-        self.unet = components.unet  # shared base of teacher and LoRA teacher
+        self.unet = components.unet  # the teacher; with a LoRA fake score also its shared base
         self.unet.requires_grad_(False).eval()
-        self.unet.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, init_lora_weights=True,
-                                         target_modules=list(config.lora_target_modules)), adapter_name=ADAPTER)
-        for name, p in self.unet.named_parameters():
-            p.requires_grad_(f"lora_A.{ADAPTER}" in name or f"lora_B.{ADAPTER}" in name)
+        self.fake_unet = None  # a separate network only for fake_score == "full"
+        if config.fake_score == "full":
+            self.fake_unet = copy.deepcopy(self.unet).requires_grad_(True).train()
+        else:
+            self.unet.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, init_lora_weights=True,
+                                             target_modules=list(config.lora_target_modules)), adapter_name=ADAPTER)
+            for name, p in self.unet.named_parameters():
+                p.requires_grad_(f"lora_A.{ADAPTER}" in name or f"lora_B.{ADAPTER}" in name)
         self.text_encoder = components.text_encoder.requires_grad_(False).eval()
         self.tokenizer = components.tokenizer
         self.register_buffer("alphas_cumprod", alphas, persistent=False)
@@ -91,15 +96,23 @@ class Distiller(nn.Module):
         self.ema = EMA(student_unet, config.ema_decay)
 
     # -- roles ---------------------------------------------------------------------------------
-    def lora_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.unet.parameters() if p.requires_grad]
+    @property
+    def fake_score(self) -> UNet2DConditionModel:
+        """The module that holds the fake score's trainable weights (the shared base for a LoRA)."""
+        return self.unet if self.fake_unet is None else self.fake_unet
+
+    def fake_score_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.fake_score.parameters() if p.requires_grad]
 
     def student_parameters(self) -> list[nn.Parameter]:
         return list(self.student.parameters())
 
     @contextlib.contextmanager
     def teacher_mode(self):
-        """The frozen teacher: the shared base UNet with the LoRA adapter disabled."""
+        """The frozen teacher: the base UNet with the LoRA adapter disabled (a no-op with a full-copy fake score)."""
+        if self.fake_unet is not None:
+            yield self.unet
+            return
         self.unet.disable_adapters()
         try:
             yield self.unet
@@ -124,16 +137,18 @@ class Distiller(nn.Module):
 
     # -- turns ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def _guided_eps(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """CFG noise prediction of the UNet in its current adapter state, one call on [uncond; cond]."""
+    def _guided_eps(self, unet: nn.Module, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor, scale: float) -> torch.Tensor:
+        """CFG noise prediction e_u + s (e_c - e_u), one call on [uncond; cond]; s = 1 needs the cond half only."""
         B = x_t.shape[0]
-        text = text.to(self.unet.dtype)  # under a bf16/fp16 engine the UNet is half precision, the text encoder may not be
+        text = text.to(unet.dtype)  # under a bf16/fp16 engine the UNet is half precision, the text encoder may not be
+        if scale == 1:
+            return unet(x_t, t, encoder_hidden_states=text).sample
         uncond = self.uncond_text.expand(B, -1, -1).to(text.dtype)
-        e_u, e_c = self.unet(x_t.repeat(2, 1, 1, 1), t.repeat(2), encoder_hidden_states=torch.cat([uncond, text])).sample.chunk(2)
-        return cfg(e_u, e_c, self.config.guidance_scale)
+        e_u, e_c = unet(x_t.repeat(2, 1, 1, 1), t.repeat(2), encoder_hidden_states=torch.cat([uncond, text])).sample.chunk(2)
+        return cfg(e_u, e_c, scale)
 
     def student_turn(self, batch: dict, rng: IterationRNG) -> StudentTurn:
-        """Steps 1-3 of SPEC.md 3: x0 from the student, VSD against teacher vs LoRA teacher, KL on eps_all."""
+        """Steps 1-3: x0 from the student, VSD against teacher vs fake score, KL on eps_all."""
         cfg_ = self.config
         text = self.text_states(batch)  # (B, 77, D)
         dtype = next(self.student.parameters()).dtype
@@ -143,18 +158,25 @@ class Distiller(nn.Module):
 
         t = rng.randint(cfg_.vsd_t_min, cfg_.vsd_t_max, device)  # (B,)
         alpha_bar_t = self.alphas_cumprod[t]  # (B,) fp32
-        x_t = add_noise(x0.detach(), rng.randn(x0.shape[1:], device), alpha_bar_t).to(self.unet.dtype)
-        with self.teacher_mode():
-            eps_teacher = self._guided_eps(x_t, t, text)
-        eps_lora = self._guided_eps(x_t, t, text)
+        x_t = add_noise(x0.detach(), rng.randn(x0.shape[1:], device), alpha_bar_t)  # (B, C, H, W) fp32
+        with self.teacher_mode() as teacher:
+            eps_teacher = self._guided_eps(teacher, x_t.to(self.unet.dtype), t, text, cfg_.guidance_scale)
+        eps_fake = self._guided_eps(self.fake_score, x_t.to(self.fake_score.dtype), t, text, cfg_.fake_cfg)
 
-        loss_vsd, logs = vsd_loss(x0, eps_teacher, eps_lora, alpha_bar_t)
+        loss_vsd, logs = vsd_loss(x0, x_t, eps_teacher, eps_fake, alpha_bar_t, cfg_.vsd_weighting)
         loss_kl, kl_logs = kl_loss(eps_all, cfg_.lambda_kl, cfg_.kl_reduction)
         return StudentTurn(loss_vsd + loss_kl, {**logs, **kl_logs}, x0)
 
+    @torch.no_grad()
+    def sample_x0(self, batch: dict, rng: IterationRNG) -> torch.Tensor:
+        """A fresh student sample for the prompts of ``batch`` (extra fake-score updates train on these)."""
+        dtype = next(self.student.parameters()).dtype
+        z = rng.randn(self._latent_shape(), self.alphas_cumprod.device)  # (B, C, H, W)
+        return self.student(z.to(dtype), self.text_states(batch).to(dtype))[0]
+
     def lora_teacher_turn(self, x0_detached: torch.Tensor, batch: dict, rng: IterationRNG):
-        """Step 5: denoising loss of the LoRA teacher on stopgrad(x0); the whole batch drops to the
-        empty prompt with probability lora_prompt_dropout. Gradients reach only the LoRA weights."""
+        """Step 5: denoising loss of the fake score on stopgrad(x0); the whole batch drops to the empty
+        prompt with probability lora_prompt_dropout. Gradients reach only the fake score's weights."""
         cfg_ = self.config
         text = self.text_states(batch)
         if rng.shared_uniform() < cfg_.lora_prompt_dropout:
@@ -163,9 +185,10 @@ class Distiller(nn.Module):
         t = rng.randint(cfg_.lora_t_min, cfg_.lora_t_max, device)
         alpha_bar_t = self.alphas_cumprod[t]
         eps = rng.randn(x0_detached.shape[1:], device)
-        x_t = add_noise(x0_detached.detach(), eps, alpha_bar_t).to(self.unet.dtype)
-        eps_lora = self.unet(x_t, t, encoder_hidden_states=text.to(self.unet.dtype)).sample
-        return lora_teacher_loss(eps_lora, eps, alpha_bar_t)
+        fake = self.fake_score
+        x_t = add_noise(x0_detached.detach(), eps, alpha_bar_t).to(fake.dtype)
+        eps_fake = fake(x_t, t, encoder_hidden_states=text.to(fake.dtype)).sample
+        return lora_teacher_loss(eps_fake, eps, alpha_bar_t)
 
     # -- EMA and export ------------------------------------------------------------------------
     def update_ema(self) -> None:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 KL_REDUCTIONS = ("sum", "mean")
+VSD_WEIGHTINGS = ("one_minus_alpha_bar", "x0_error")
 
 
 def fp32(device: torch.device) -> contextlib.AbstractContextManager:
@@ -36,14 +37,29 @@ def add_noise(x0: torch.Tensor, eps: torch.Tensor, alpha_bar_t: torch.Tensor) ->
         return a.sqrt() * x0.float() + (1 - a).sqrt() * eps.float()
 
 
-def vsd_loss(x0: torch.Tensor, eps_teacher: torch.Tensor, eps_lora: torch.Tensor, alpha_bar_t: torch.Tensor):
-    """Variational score distillation (SPEC.md 3.2).
+def vsd_loss(x0: torch.Tensor, x_t: torch.Tensor, eps_teacher: torch.Tensor, eps_fake: torch.Tensor,
+             alpha_bar_t: torch.Tensor, weighting: str = "one_minus_alpha_bar"):
+    """Variational score distillation (docs/method.md, "Training", step 2).
 
-    g = w(t) (e_teacher - e_lora), w(t) = 1 - a_t, NaN/Inf -> 0;
-    L_vsd = 0.5 * mean((x0 - stopgrad(x0 - g))^2), so dL/dx0 = g / N (N = number of elements).
+    The direction is the teacher's minus the fake score's noise prediction; the weighting sets its scale:
+      "one_minus_alpha_bar" (the paper): g = (1 - a_t) (e_teacher - e_fake);
+      "x0_error" (DMD, Yin et al. CVPR 2024, eq. 8; SiD): the same direction in x0 space, divided per
+        sample by how far the teacher's clean estimate is from x0:
+        g = (x0_fake - x0_teacher) / mean_CHW |x0 - x0_teacher|,  x0_* = (x_t - sqrt(1 - a_t) e_*) / sqrt(a_t),
+        where x0_fake - x0_teacher = sqrt((1 - a_t) / a_t) (e_teacher - e_fake).
+    NaN/Inf in g -> 0; L_vsd = 0.5 * mean((x0 - stopgrad(x0 - g))^2), so dL/dx0 = g / N (N elements).
     """
+    if weighting not in VSD_WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {VSD_WEIGHTINGS}, got {weighting!r}")
     with fp32(x0.device):
-        g = _per_sample(1 - alpha_bar_t) * (eps_teacher.float() - eps_lora.float())
+        a = _per_sample(alpha_bar_t)  # (B, 1, 1, 1)
+        diff = eps_teacher.float() - eps_fake.float()  # (B, C, H, W)
+        if weighting == "one_minus_alpha_bar":
+            g = (1 - a) * diff
+        else:
+            x0_teacher = (x_t.float() - (1 - a).sqrt() * eps_teacher.float()) / a.sqrt()
+            scale = (x0.detach().float() - x0_teacher).abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
+            g = ((1 - a) / a).sqrt() * diff / scale
         nonfinite = (~torch.isfinite(g)).sum()
         g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
         target = (x0.float() - g).detach()
@@ -68,9 +84,9 @@ def kl_loss(eps_all: torch.Tensor, lambda_kl: float = 0.1, reduction: str = "sum
     return loss, {"loss_kl": loss.detach(), "kl_mean_per_map": kl.mean().detach()}
 
 
-def lora_teacher_loss(eps_lora: torch.Tensor, eps: torch.Tensor, alpha_bar_t: torch.Tensor):
-    """Denoising loss of the LoRA teacher on the student's samples (SPEC.md 3.5):
-    L_lora = mean(a_t * (eps_lora(x_t, t, c) - eps)^2)."""
+def lora_teacher_loss(eps_fake: torch.Tensor, eps: torch.Tensor, alpha_bar_t: torch.Tensor):
+    """Denoising loss of the fake score (the LoRA teacher, or a full copy) on the student's samples
+    (docs/method.md, "Training", step 5): L_lora = mean(a_t * (eps_fake(x_t, t, c) - eps)^2)."""
     with fp32(eps.device):
-        loss = (_per_sample(alpha_bar_t) * (eps_lora.float() - eps.float()).square()).mean()
+        loss = (_per_sample(alpha_bar_t) * (eps_fake.float() - eps.float()).square()).mean()
     return loss, {"loss_lora": loss.detach()}

@@ -19,8 +19,8 @@ from diffusers.utils import BaseOutput
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from loopfree.presets import Components
-from loopfree.schedule import SPACINGS, DDIMPlan, ddim_plan, one_step_plan
-from loopfree.tiue import MODES, TiUEGenerator
+from loopfree.schedule import DDIMPlan, plan_for
+from loopfree.tiue import TiUEGenerator
 
 OUTPUT_TYPES = ("pil", "np", "latent")
 MAX_SEED = 2**63 - 1
@@ -33,23 +33,8 @@ class TiUEPipelineOutput(BaseOutput):
 
 
 def build_plan(scheduler: DDIMScheduler, mode: str, num_steps: int, spacing: str, timesteps: Sequence[int] | None):
-    """The DDIM plan a (mode, K, spacing, timesteps) configuration names; rejects inconsistent combinations."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    alphas = scheduler.alphas_cumprod
-    if mode == "one_step":
-        return one_step_plan(alphas, timesteps[0] if timesteps else len(alphas) - 1)
-    if spacing == "custom":
-        if not timesteps:
-            raise ValueError("spacing 'custom' needs an explicit timesteps list")
-        return ddim_plan(alphas, num_steps, list(timesteps))
-    if spacing not in SPACINGS:
-        raise ValueError(f"spacing must be one of {SPACINGS + ('custom',)}, got {spacing!r}")
-    plan = ddim_plan(alphas, num_steps, spacing, steps_offset=scheduler.config.steps_offset)
-    if timesteps is not None and list(timesteps) != list(plan.timesteps):
-        raise ValueError(f"timesteps {list(timesteps)} disagree with spacing {spacing!r} for K={num_steps}: "
-                         f"{list(plan.timesteps)}; use spacing 'custom' for an explicit list")
-    return plan
+    """The DDIM plan of a pipeline configuration, on its scheduler's noise schedule (see `plan_for`)."""
+    return plan_for(scheduler.alphas_cumprod, mode, num_steps, spacing, timesteps, scheduler.config.steps_offset)
 
 
 class TiUEPipeline(DiffusionPipeline):

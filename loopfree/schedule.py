@@ -25,6 +25,7 @@ from typing import Sequence
 import torch
 
 SPACINGS = ("leading", "trailing")
+MODES = ("tiue", "one_step")  # K-step TiUE student, or the 1-step SwiftBrush baseline (SPEC.md section 2)
 
 
 def ddim_timesteps(
@@ -142,3 +143,28 @@ def one_step_plan(alphas_cumprod: torch.Tensor, timestep: int = 999) -> DDIMPlan
     """
     check_timesteps([timestep], len(alphas_cumprod))
     return DDIMPlan.from_alphas(alphas_cumprod, [timestep], [1.0])
+
+
+def plan_for(alphas_cumprod: torch.Tensor, mode: str, num_steps: int, spacing: str,
+             timesteps: Sequence[int] | None = None, steps_offset: int = 1) -> DDIMPlan:
+    """THE plan a (mode, K, spacing, timesteps) configuration names: the Distiller, the pipeline and the
+    export all call this one function, so training and inference can never disagree.
+
+    mode "one_step": SwiftBrush's map at ``timesteps[0]`` (default t = 999); mode "tiue": spacing
+    "leading" / "trailing" (``timesteps``, if given, must agree) or "custom" with an explicit list.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "one_step":
+        return one_step_plan(alphas_cumprod, timesteps[0] if timesteps else len(alphas_cumprod) - 1)
+    if spacing == "custom":
+        if not timesteps:
+            raise ValueError("spacing 'custom' needs an explicit timesteps list")
+        return ddim_plan(alphas_cumprod, num_steps, list(timesteps))
+    if spacing not in SPACINGS:
+        raise ValueError(f"spacing must be one of {SPACINGS + ('custom',)}, got {spacing!r}")
+    plan = ddim_plan(alphas_cumprod, num_steps, spacing, steps_offset=steps_offset)
+    if timesteps is not None and list(timesteps) != list(plan.timesteps):
+        raise ValueError(f"timesteps {list(timesteps)} disagree with spacing {spacing!r} for K={num_steps}: "
+                         f"{list(plan.timesteps)}; use spacing 'custom' for an explicit list")
+    return plan

@@ -17,7 +17,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from torch import nn
 
-from loopfree.schedule import DDIMPlan
+from loopfree.schedule import MODES, DDIMPlan
 
 DOWN_BLOCKS = ("DownBlock2D", "CrossAttnDownBlock2D")
 MID_BLOCKS = ("UNetMidBlock2D", "UNetMidBlock2DCrossAttn")
@@ -25,7 +25,6 @@ UP_BLOCKS = ("UpBlock2D", "CrossAttnUpBlock2D")
 # Config switches that add inputs or change the routing of forward(); the split does not model them.
 UNSUPPORTED_CONFIG = ("class_embed_type", "num_class_embeds", "addition_embed_type", "time_cond_proj_dim",
                       "encoder_hid_dim_type", "center_input_sample")
-MODES = ("tiue", "one_step")
 
 
 class EncoderFeatures(NamedTuple):

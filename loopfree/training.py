@@ -1,8 +1,8 @@
 """One distillation iteration, and a single-process loop over it.
 
-`train_iteration` is THE loop body (SPEC.md section 3, steps numbered as there); the platform's Ray
+`train_iteration` is THE loop body (docs/method.md, "Training", steps numbered as there); the platform's Ray
 Train loop calls the same function with DeepSpeed engines in place of `LocalEngine`. An engine is
-anything with ``backward(loss)`` and ``step() -> {"grad_norm", "skipped"}``.
+anything with ``backward(loss)``, ``step() -> {"grad_norm", "skipped"}`` and ``set_lr(lr)``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ class Engine(Protocol):
 
     def backward(self, loss: torch.Tensor) -> None: ...
     def step(self) -> dict[str, float]: ...
+    def set_lr(self, lr: float) -> None: ...
     def gathered_parameters(self) -> contextlib.AbstractContextManager: ...  # full weights when sharded
 
 
@@ -31,9 +32,9 @@ class LocalEngine:
     """Single-device stand-in for a DeepSpeed engine: Adam, grad-norm clipping, and a non-finite loss or
     gradient skips the step (a NaN would poison Adam's moments) and is reported as skipped."""
 
-    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float, config: DistillConfig):
+    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float, betas: tuple[float, float], config: DistillConfig):
         self.params = list(params)
-        self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=config.adam_betas, eps=config.adam_eps,
+        self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=betas, eps=config.adam_eps,
                                           weight_decay=config.weight_decay)
         self.clip = config.grad_clip
         self._finite_loss = True
@@ -51,35 +52,52 @@ class LocalEngine:
         self.optimizer.zero_grad(set_to_none=True)
         return {"grad_norm": norm, "skipped": float(skipped)}
 
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
     def gathered_parameters(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()  # one device: parameters are never sharded
 
 
 def local_engines(distiller: Distiller) -> tuple[LocalEngine, LocalEngine]:
     cfg = distiller.config
-    return (LocalEngine(distiller.student_parameters(), cfg.student_lr, cfg),
-            LocalEngine(distiller.lora_parameters(), cfg.lora_lr, cfg))
+    return (LocalEngine(distiller.student_parameters(), cfg.student_lr, cfg.student_adam_betas, cfg),
+            LocalEngine(distiller.fake_score_parameters(), cfg.lora_lr, cfg.lora_adam_betas, cfg))
+
+
+def warmup_lr(base_lr: float, step: int, warmup_steps: int) -> float:
+    """Linear warm-up over the first ``warmup_steps`` iterations, then constant: lr * min(1, (step + 1) / W)."""
+    return base_lr if warmup_steps <= 0 else base_lr * min(1.0, (step + 1) / warmup_steps)
 
 
 def train_iteration(distiller: Distiller, student_engine: Engine, lora_engine: Engine, batch: dict,
-                    rng: IterationRNG) -> dict[str, float]:
-    # 0. text states once per iteration, shared by both turns
+                    rng: IterationRNG, step: int = 0) -> dict[str, float]:
+    cfg = distiller.config
+    # 0. text states once per iteration, shared by both turns; learning rates of this step (warm-up)
     batch = {**batch, "text_states": distiller.text_states(batch)}
-    # 1-3. student turn: x0 and eps_all with gradient; VSD (teacher vs LoRA teacher, both no-grad) + KL
+    student_engine.set_lr(warmup_lr(cfg.student_lr, step, cfg.student_warmup_steps))
+    lora_engine.set_lr(warmup_lr(cfg.lora_lr, step, cfg.lora_warmup_steps))
+    # 1-3. student turn: x0 and eps_all with gradient; VSD (teacher vs fake score, both no-grad) + KL
     turn = distiller.student_turn(batch, rng)
     # 4. student update
     student_engine.backward(turn.loss)
     student = student_engine.step()
-    # 5. LoRA-teacher update on stopgrad(x0) of this iteration (drawn before the student step)
-    lora_loss, lora_logs = distiller.lora_teacher_turn(turn.x0.detach(), batch, rng)
-    lora_engine.backward(lora_loss)
-    lora = lora_engine.step()
+    # 5. fake-score updates: the first on stopgrad(x0) of this iteration (drawn before the student step, as
+    #    in the paper); any further ones (DMD2's two time-scale rule) on fresh samples of the updated student
+    lora_skipped, lora_logs = 0.0, {}
+    for i in range(cfg.fake_score_updates):
+        x0 = turn.x0.detach() if i == 0 else distiller.sample_x0(batch, rng)
+        lora_loss, lora_logs = distiller.lora_teacher_turn(x0, batch, rng)
+        lora_engine.backward(lora_loss)
+        lora = lora_engine.step()
+        lora_skipped += lora["skipped"]
     # 6. EMA of the student (on full parameters, gathered if ZeRO-3 shards them)
     with student_engine.gathered_parameters():
         distiller.update_ema()
     logs = {k: float(v) for k, v in {**turn.logs, **lora_logs}.items()}
     return {**logs, "loss_student": float(turn.loss.detach()), "grad_norm_student": student["grad_norm"],
-            "grad_norm_lora": lora["grad_norm"], "skipped": student["skipped"] + lora["skipped"]}
+            "grad_norm_lora": lora["grad_norm"], "skipped": student["skipped"] + lora_skipped}
 
 
 def cycle_batches(input_ids: torch.Tensor, batch_size: int) -> Iterator[dict]:
@@ -96,5 +114,5 @@ def distill_local(distiller: Distiller, batches: Iterable[dict], iterations: int
     history = []
     for step, batch in zip(range(start_step, start_step + iterations), batches):
         rng = IterationRNG(seed, step, 0, len(batch["input_ids"]))
-        history.append(train_iteration(distiller, student_engine, lora_engine, batch, rng))
+        history.append(train_iteration(distiller, student_engine, lora_engine, batch, rng, step))
     return history

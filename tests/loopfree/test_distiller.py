@@ -43,8 +43,8 @@ def base_params(d):
 def test_only_student_and_lora_parameters_train(distiller):
     d, _ = distiller
     trainable = {id(p) for p in d.parameters() if p.requires_grad}
-    assert trainable == {id(p) for p in d.student_parameters()} | {id(p) for p in d.lora_parameters()}
-    assert d.lora_parameters() and all("lora_" in n for n, p in d.unet.named_parameters() if p.requires_grad)
+    assert trainable == {id(p) for p in d.student_parameters()} | {id(p) for p in d.fake_score_parameters()}
+    assert d.fake_score_parameters() and all("lora_" in n for n, p in d.unet.named_parameters() if p.requires_grad)
     assert not any(p.requires_grad for p in d.text_encoder.parameters())
 
 
@@ -70,12 +70,12 @@ def test_teacher_base_never_changes_and_turns_touch_only_their_network(distiller
     d, _ = distiller
     student_engine, lora_engine = local_engines(d)
     b, g = batch(d), IterationRNG(0, 0, 0, 2)
-    base0, lora0, student0 = snapshot(base_params(d)), snapshot(d.lora_parameters()), snapshot(d.student_parameters())
+    base0, lora0, student0 = snapshot(base_params(d)), snapshot(d.fake_score_parameters()), snapshot(d.student_parameters())
 
     turn = d.student_turn(b, g)  # student step alone: LoRA and base unchanged
     student_engine.backward(turn.loss)
     student_engine.step()
-    assert same(base0, base_params(d)) and same(lora0, d.lora_parameters())
+    assert same(base0, base_params(d)) and same(lora0, d.fake_score_parameters())
     assert not same(student0, d.student_parameters())
 
     student1 = snapshot(d.student_parameters())  # LoRA step alone: student and base unchanged
@@ -83,7 +83,7 @@ def test_teacher_base_never_changes_and_turns_touch_only_their_network(distiller
     lora_engine.backward(loss)
     lora_engine.step()
     assert same(student1, d.student_parameters()) and same(base0, base_params(d))
-    assert not same(lora0, d.lora_parameters())
+    assert not same(lora0, d.fake_score_parameters())
 
     distill_local(d, [b] * 3, 3, engines=(student_engine, lora_engine))
     assert same(base0, base_params(d))
@@ -118,7 +118,7 @@ def test_guidance_on_both_branches(distiller):
         e_c = base(x, t, encoder_hidden_states=text).sample
         e_u = base(x, t, encoder_hidden_states=d.uncond_text).sample
         with d.teacher_mode():
-            guided = d._guided_eps(x, t, text)
+            guided = d._guided_eps(d.unet, x, t, text, 4.5)
     torch.testing.assert_close(guided, e_u + 4.5 * (e_c - e_u), rtol=1e-4, atol=1e-5)
 
 
@@ -152,7 +152,7 @@ def test_student_from_a_given_unet(tiny_components):
 
 def test_nonfinite_gradients_skip_the_step():
     p = torch.nn.Parameter(torch.ones(2))
-    engine = LocalEngine([p], 0.1, DistillConfig())
+    engine = LocalEngine([p], 0.1, (0.9, 0.999), DistillConfig())
     engine.backward((p * float("nan")).sum())
     assert engine.step()["skipped"] == 1.0 and torch.equal(p.detach(), torch.ones(2))
 
@@ -169,7 +169,14 @@ def test_nonfinite_gradients_skip_the_step():
         ({"lora_prompt_dropout": 1.5}, "lora_prompt_dropout"),
         ({"student_lr": 0}, "student_lr"),
         ({"ema_decay": 1.0}, "ema_decay"),
-        ({"adam_betas": (0.9,)}, "adam_betas"),
+        ({"student_adam_betas": (0.9,)}, "student_adam_betas"),
+        ({"lora_adam_betas": (0.9, 1.0)}, "lora_adam_betas"),
+        ({"spacing": "custom", "timesteps": (999, 500)}, "num_steps is 4"),
+        ({"fake_score": "half"}, "fake_score"),
+        ({"fake_score_updates": 0}, "fake_score_updates"),
+        ({"vsd_weighting": "snr"}, "vsd_weighting"),
+        ({"student_warmup_steps": -1}, "student_warmup_steps"),
+        ({"fake_guidance_scale": -1.0}, "fake_guidance_scale"),
     ],
 )
 def test_config_errors_name_the_field(overrides, match):
@@ -188,7 +195,7 @@ def test_config_from_dict_rejects_unknown_keys_and_round_trips():
 
 def test_nonfinite_gradient_with_finite_loss_is_skipped():
     p = torch.nn.Parameter(torch.zeros(2))
-    engine = LocalEngine([p], 0.1, DistillConfig())
+    engine = LocalEngine([p], 0.1, (0.9, 0.999), DistillConfig())
     engine.backward(p.sqrt().sum())  # loss 0, gradient inf at 0
     assert engine.step()["skipped"] == 1.0 and torch.equal(p.detach(), torch.zeros(2))
 

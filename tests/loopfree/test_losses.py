@@ -9,7 +9,7 @@ def test_vsd_gradient_is_g_over_n():
     x0 = torch.randn(3, 4, 5, 5, generator=g, requires_grad=True)
     e_t, e_l = torch.randn(3, 4, 5, 5, generator=g), torch.randn(3, 4, 5, 5, generator=g)
     a = torch.tensor([0.1, 0.5, 0.9])
-    loss, logs = vsd_loss(x0, e_t, e_l, a)
+    loss, logs = vsd_loss(x0, torch.zeros_like(e_t), e_t, e_l, a)
     loss.backward()
     grad_target = (1 - a).view(-1, 1, 1, 1) * (e_t - e_l)
     torch.testing.assert_close(x0.grad, grad_target / x0.numel(), rtol=0, atol=1e-9)
@@ -17,11 +17,29 @@ def test_vsd_gradient_is_g_over_n():
     assert float(logs["vsd_nonfinite"]) == 0
 
 
+def test_vsd_x0_error_weighting_matches_the_x0_space_formula():
+    """DMD's normalisation computed independently in x0 space: (x0_fake - x0_teacher) / mean|x0 - x0_teacher|."""
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(3, 4, 5, 5, generator=g, dtype=torch.float64)
+    x_t, e_t, e_f = (torch.randn(3, 4, 5, 5, generator=g, dtype=torch.float64) for _ in range(3))
+    a = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64).view(-1, 1, 1, 1)
+    x0_teacher = (x_t - (1 - a).sqrt() * e_t) / a.sqrt()
+    x0_fake = (x_t - (1 - a).sqrt() * e_f) / a.sqrt()
+    expected = (x0_fake - x0_teacher) / (x0 - x0_teacher).abs().mean(dim=(1, 2, 3), keepdim=True)
+
+    x0_leaf = x0.float().requires_grad_(True)
+    loss, _ = vsd_loss(x0_leaf, x_t.float(), e_t.float(), e_f.float(), a.flatten().float(), "x0_error")
+    loss.backward()
+    torch.testing.assert_close(x0_leaf.grad.double(), expected / x0.numel(), rtol=1e-4, atol=1e-9)
+    with pytest.raises(ValueError, match="weighting"):
+        vsd_loss(x0_leaf, x_t.float(), e_t.float(), e_f.float(), a.flatten().float(), "snr")
+
+
 def test_vsd_zeroes_nonfinite_g():
     x0 = torch.zeros(2, 1, 2, 2, requires_grad=True)
     e_t = torch.ones(2, 1, 2, 2)
     e_t[0, 0, 0, 0], e_t[1, 0, 1, 1], e_t[1, 0, 0, 1] = float("nan"), float("inf"), -float("inf")
-    loss, logs = vsd_loss(x0, e_t, torch.zeros_like(e_t), torch.tensor([0.5, 0.5]))
+    loss, logs = vsd_loss(x0, torch.zeros_like(e_t), e_t, torch.zeros_like(e_t), torch.tensor([0.5, 0.5]))
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(x0.grad).all()
     assert x0.grad[0, 0, 0, 0] == 0 and x0.grad[1, 0, 1, 1] == 0 and x0.grad[1, 0, 0, 1] == 0
