@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import ray
-from loopfree_platform.corpus import prepare_corpus, tokenized
-from loopfree_platform.distill import ensure_ray
+from loopfree_platform.distill.corpus import prepare_corpus, tokenized
+from loopfree_platform.runtime import ensure_ray
 
 from benchmarks.common import machine, write_report
 from loopfree.tokenizer import clip_tokenizer

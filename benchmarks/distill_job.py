@@ -18,9 +18,10 @@ import time
 from pathlib import Path
 
 import yaml
-from loopfree_platform.callbacks import read_metrics
-from loopfree_platform.distill import ensure_ray, run_distill
-from loopfree_platform.job import DistillJob
+from loopfree_platform.distill.callbacks import read_metrics
+from loopfree_platform.distill.driver import run_distill
+from loopfree_platform.distill.job import DistillJob
+from loopfree_platform.runtime import ensure_ray
 
 from benchmarks.common import machine, write_report
 

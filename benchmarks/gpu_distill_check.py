@@ -1,6 +1,6 @@
 """One SD2.1-base-shaped distillation step (random weights) under DeepSpeed ZeRO-2 and ZeRO-3.
 
-Single process, world size 1, the platform's own engines (`loopfree_platform.engines`) and loop body
+Single process, world size 1, the platform's own engines (`loopfree_platform.distill.engines`) and loop body
 (`loopfree.training.train_iteration`). Prints step time (median after a warm-up) and peak memory.
 
     python -m benchmarks.gpu_distill_check --device cuda              # the GPU check (gpu_distill_check.sh)
@@ -17,7 +17,7 @@ import time
 
 import torch
 import torch.distributed as dist
-from loopfree_platform.engines import build_engines
+from loopfree_platform.distill.engines import build_engines
 
 from benchmarks.common import machine, peak_gb, reset_peak
 from loopfree.config import DistillConfig

@@ -67,8 +67,8 @@ def bf16_deviation(images: torch.Tensor) -> float:
 def ray_rows(images: torch.Tensor, layouts: list[tuple[int, int]]) -> list[tuple[str, float, float]]:
     """(layout, steady images/s after the first batch, wall s incl. actor start) for the job's feature stage."""
     import ray.data
-    from loopfree_platform.distill import ensure_ray
-    from loopfree_platform.evaluate import ExtractFeatures
+    from loopfree_platform.evaluate.stages import ExtractFeatures
+    from loopfree_platform.runtime import ensure_ray
 
     ensure_ray()
     rgb = images.expand(-1, 3, -1, -1).permute(0, 2, 3, 1).contiguous().numpy()

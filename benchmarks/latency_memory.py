@@ -55,7 +55,7 @@ def preset_rows(name: str, device: torch.device, dtype: torch.dtype) -> Iterator
 
 def job_rows(path: str, device: torch.device, dtype: str) -> Iterator[Row]:
     """Each generating system of an evaluation job, loaded one at a time (and freed before the next)."""
-    from loopfree_platform.eval_job import load_eval_job
+    from loopfree_platform.evaluate.job import load_eval_job
 
     for system in load_eval_job(path).systems:
         if system.kind == "images":

@@ -70,8 +70,8 @@ def main() -> int:
     ap.add_argument("--out", default="benchmarks/results/serving.md")
     args = ap.parse_args()
 
-    from loopfree_platform.serve import start
-    from loopfree_platform.serve_job import ServeJob
+    from loopfree_platform.serve.app import start
+    from loopfree_platform.serve.job import ServeJob
     from ray import serve
 
     folder = tempfile.mkdtemp(prefix="loopfree-serving-")

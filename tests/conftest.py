@@ -51,7 +51,7 @@ def s3_endpoint():
 def ray_local(s3_endpoint):
     """One local Ray instance per test session, bound to 127.0.0.1 (DESIGN.md)."""
     import ray
-    from loopfree_platform.distill import ensure_ray
+    from loopfree_platform.runtime import ensure_ray
 
     ensure_ray(num_cpus=8)
     ray.data.DataContext.get_current().execution_options.preserve_order = True

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from loopfree_platform.job import DistillJob, check_paths
+from loopfree_platform.distill.job import DistillJob, check_paths
 
 QUICKSTART = Path("jobs/quickstart.yaml")
 COMMAND = ".venv/bin/python -m benchmarks.fashion.compare"
@@ -62,7 +62,8 @@ def export_dir(job: DistillJob) -> Path:
 
 def distill_students(work: Path, steps: int) -> dict[str, dict[str, Any]]:
     """Train each student unless its export exists; returns name -> {export, wall_s, steps}."""
-    from loopfree_platform.distill import ensure_ray, run_distill
+    from loopfree_platform.distill.driver import run_distill
+    from loopfree_platform.runtime import ensure_ray
 
     ensure_ray()  # started before the clocks: the Ray start is not part of any student's training time
     record = work / "students.json"
@@ -128,8 +129,8 @@ def systems(students: dict[str, dict[str, Any]], guidance: float) -> list[dict[s
 
 def eval_job(system: dict[str, Any], prompts: Path, reference: Path, work: Path):
     """A one-system evaluation job (one job per row, so a crash loses at most one row)."""
-    from loopfree_platform.eval_job import EvaluateJob
-    from loopfree_platform.evaluate import _slug
+    from loopfree_platform.evaluate.job import EvaluateJob
+    from loopfree_platform.evaluate.stages import _slug
 
     return EvaluateJob.model_validate({
         "name": f"fashion-{_slug(system['name'])}", "systems": [system],
@@ -144,7 +145,8 @@ def eval_job(system: dict[str, Any], prompts: Path, reference: Path, work: Path)
 
 def evaluate_all(rows: list[dict[str, Any]], prompts: Path, reference: Path, work: Path) -> dict[str, dict[str, Any]]:
     """Run the evaluation job for each system not yet evaluated; name -> metrics and image folder."""
-    from loopfree_platform.evaluate import _slug, run_evaluate
+    from loopfree_platform.evaluate.driver import run_evaluate
+    from loopfree_platform.evaluate.stages import _slug
 
     out: dict[str, dict[str, Any]] = {}
     for system in rows:
@@ -183,7 +185,7 @@ def timings(rows: list[dict[str, Any]], prompts: Path, reference: Path, work: Pa
 
 def grids(results: dict[str, dict[str, Any]], out_dir: Path) -> dict[str, Path]:
     """One grid per system of the same 20 prompts and seeds (ids 0-19: every class twice, in class order)."""
-    from loopfree_platform.evaluate import _slug
+    from loopfree_platform.evaluate.stages import _slug
 
     from benchmarks.fashion.compare_report import grid
 
@@ -214,7 +216,8 @@ def write_report(args: argparse.Namespace, students: dict, results: dict, grid_p
         f"Regenerate everything (about 45 min on the 2 shared cores): `{COMMAND}`", "",
         f"Teacher: `{TEACHER}` (its README). Each student: `jobs/quickstart.yaml` with its method, "
         f"{args.steps} steps, global batch 8, 2 Ray Train workers (DeepSpeed ZeRO-2, fp32), through "
-        "`loopfree_platform.distill.run_distill`. Evaluation: `loopfree_platform.evaluate.run_evaluate`, one job per "
+        "`loopfree_platform.distill.driver.run_distill`. Evaluation: "
+        "`loopfree_platform.evaluate.driver.run_evaluate`, one job per "
         f"system, {args.images} prompts (class i % 10 for prompt i, the 8 caption templates in turn; "
         f"`{args.work}/prompts-{args.images}.txt`), image i with seed i for every system, against the first "
         f"{args.reference} Fashion-MNIST test images padded to 32x32 like the training images. FID on Inception "

@@ -35,7 +35,8 @@ def _demo(args: argparse.Namespace) -> int:
 def _distill(args: argparse.Namespace) -> int:
     import yaml
 
-    from loopfree_platform.job import JobError, load_job, redact
+    from loopfree_platform.distill.job import load_job
+    from loopfree_platform.jobfile import JobError, redact
 
     try:
         job = load_job(args.job)  # every check that needs no cluster happens here, before Ray starts
@@ -45,7 +46,7 @@ def _distill(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(yaml.safe_dump(redact(job.resolved()), sort_keys=False), end="")
         return 0
-    from loopfree_platform.distill import run_distill
+    from loopfree_platform.distill.driver import run_distill
 
     result = run_distill(job, address=args.address)
     print(f"distilled {result.steps} steps; corpus {result.corpus}")
@@ -59,7 +60,8 @@ def _distill(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from loopfree_platform.job import JobError, load_job
+    from loopfree_platform.distill.job import load_job
+    from loopfree_platform.jobfile import JobError
 
     try:
         load_job(args.job)  # a bad job file fails here, before anything reaches the cluster
@@ -74,8 +76,8 @@ def _submit(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import yaml
 
-    from loopfree_platform.eval_job import load_eval_job
-    from loopfree_platform.job import JobError, redact
+    from loopfree_platform.evaluate.job import load_eval_job
+    from loopfree_platform.jobfile import JobError, redact
 
     try:
         job = load_eval_job(args.job)  # bad keys and missing paths fail here, before Ray starts
@@ -85,7 +87,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(yaml.safe_dump(redact(job.model_dump(mode="json")), sort_keys=False), end="")
         return 0
-    from loopfree_platform.evaluate import run_evaluate
+    from loopfree_platform.evaluate.driver import run_evaluate
 
     _, files, run_id = run_evaluate(job, address=args.address)
     print(files["markdown"].read_text(), end="")
@@ -97,7 +99,7 @@ def _analyze_features(args: argparse.Namespace) -> int:
     from loopfree.analysis import adjacent_step_similarity
     from loopfree.pipeline import TiUEPipeline
     from loopfree.presets import load_components, preset
-    from loopfree_platform.eval_report import write_similarity
+    from loopfree_platform.evaluate.report import write_similarity
 
     if (args.model_dir is None) == (args.preset is None):
         raise SystemExit("give exactly one of --model-dir and --preset")
@@ -122,7 +124,7 @@ def _analyze_features(args: argparse.Namespace) -> int:
 
 def _load(loader, path: str):
     """A validated job, or None after printing the error: bad files fail here, before any cluster work."""
-    from loopfree_platform.job import JobError
+    from loopfree_platform.jobfile import JobError
 
     try:
         return loader(path)
@@ -132,7 +134,7 @@ def _load(loader, path: str):
 
 
 def _print_job(job) -> int:
-    from loopfree_platform.job import redact
+    from loopfree_platform.jobfile import redact
 
     print(json.dumps(redact(job.model_dump(mode="json")), indent=2))
     return 0
@@ -141,14 +143,14 @@ def _print_job(job) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import time
 
-    from loopfree_platform.serve_job import load_serve_job
+    from loopfree_platform.serve.job import load_serve_job
 
     job = _load(load_serve_job, args.job)  # a bad job file (or a missing model directory) fails before Ray starts
     if job is None:
         return 2
     if args.dry_run:
         return _print_job(job)
-    from loopfree_platform.serve import start
+    from loopfree_platform.serve.app import start
 
     url = start(job, address=args.address)
     print(f"serving {job.model.source} at {url} (POST /generate, GET /model, GET /healthz); Ctrl-C stops", flush=True)
@@ -163,14 +165,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from loopfree_platform.serve_job import load_generate_job
+    from loopfree_platform.serve.job import load_generate_job
 
     job = _load(load_generate_job, args.job)  # bad keys, a missing prompt file or model fail before Ray starts
     if job is None:
         return 2
     if args.dry_run:
         return _print_job(job)
-    from loopfree_platform.generate import GenerateError, run_generate
+    from loopfree_platform.serve.generate import GenerateError, run_generate
 
     try:
         result = run_generate(job, address=args.address)

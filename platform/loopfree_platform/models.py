@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +58,16 @@ def _cache_root() -> Path:
     return Path(os.environ.get("LOOPFREE_CACHE", Path.home() / ".cache" / "loopfree")) / "models"
 
 
+def local_model_dir(uri: str, endpoint: str | None) -> Path:
+    if not storage.is_s3(uri):
+        return Path(uri)
+    target = Path(tempfile.gettempdir()) / "loopfree-models" / uri.replace("s3://", "").replace("/", "_")
+    if not (target / ".complete").exists():
+        storage.download_dir(uri, target, endpoint)
+        (target / ".complete").touch()
+    return target
+
+
 def directory_version(local_dir: Path) -> str:
     """A cheap, stable fingerprint of a pipeline directory: its file names and sizes plus every JSON config.
     (Hashing multi-GB weights on every replica start would cost minutes; a retrained model differs in
@@ -81,7 +92,7 @@ def _from_registry(source: str, tracking_uri: str | None) -> ResolvedModel:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from loopfree_platform.tracking import fluent_tracking_uri
+    from loopfree_platform.runtime import fluent_tracking_uri
 
     match = REGISTRY.match(source)
     if not match:

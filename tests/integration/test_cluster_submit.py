@@ -152,7 +152,7 @@ def test_submit_stop_resubmit_tracks_registers_and_stores(cluster):
     assert len(client.list_artifacts(run.info.run_id, "images")) >= 2  # sample grids over time
     version = client.get_model_version_by_alias("loopfree-tiue", "candidate")
     assert version.run_id == run.info.run_id
-    from loopfree_platform.tracking import fluent_tracking_uri
+    from loopfree_platform.runtime import fluent_tracking_uri
 
     with fluent_tracking_uri(cluster["mlflow"]):  # must not leak into later tests once this server is gone
         model = mlflow.pyfunc.load_model("models:/loopfree-tiue@candidate")

@@ -10,10 +10,10 @@ import boto3
 import pytest
 import yaml
 from loopfree_platform import storage
-from loopfree_platform.callbacks import read_metrics
-from loopfree_platform.distill import run_distill
-from loopfree_platform.job import DistillJob
-from loopfree_platform.train import NonFiniteLossError
+from loopfree_platform.distill.callbacks import read_metrics
+from loopfree_platform.distill.driver import run_distill
+from loopfree_platform.distill.job import DistillJob
+from loopfree_platform.distill.train import NonFiniteLossError
 
 from loopfree.pipeline import TiUEPipeline
 from loopfree.presets import tiny

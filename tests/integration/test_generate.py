@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import ray
 import yaml
-from loopfree_platform.generate import GenerateError, read_records, run_generate
-from loopfree_platform.serve_job import GenerateJob
+from loopfree_platform.serve.generate import GenerateError, read_records, run_generate
+from loopfree_platform.serve.job import GenerateJob
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = 48
@@ -125,8 +125,9 @@ def test_s3_model_and_s3_output(ray_local, s3_endpoint, tiny_pipeline_dir, tmp_p
 def test_registry_source_resolves_to_the_aliased_version(tiny_pipeline_dir, tmp_path, monkeypatch):
     """models:/<name>@<alias> -> the registered pipeline artifact, downloaded once, with its version."""
     import mlflow
+    from loopfree_platform.distill.tracking import pyfunc_model
     from loopfree_platform.models import ModelSourceError, resolve
-    from loopfree_platform.tracking import fluent_tracking_uri, pyfunc_model
+    from loopfree_platform.runtime import fluent_tracking_uri
 
     monkeypatch.setenv("LOOPFREE_CACHE", str(tmp_path / "cache"))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -14,8 +14,8 @@ import numpy as np
 import PIL.Image
 import pytest
 import requests
-from loopfree_platform.serve import start
-from loopfree_platform.serve_job import ServeJob
+from loopfree_platform.serve.app import start
+from loopfree_platform.serve.job import ServeJob
 from ray import serve
 
 TOKEN = "s3cret-serve-token-for-tests"

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from loopfree_platform.distill import run_distill
-from loopfree_platform.job import DistillJob
-from loopfree_platform.tracking import MLflowTracking, TrackingError, flatten, start_run
+from loopfree_platform.distill.driver import run_distill
+from loopfree_platform.distill.job import DistillJob
+from loopfree_platform.distill.tracking import MLflowTracking, TrackingError, flatten, start_run
 
 ROOT = Path(__file__).resolve().parents[2]
 

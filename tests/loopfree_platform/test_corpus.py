@@ -5,7 +5,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from loopfree_platform.corpus import CorpusError, prepare_corpus, tokenized
+from loopfree_platform.distill.corpus import CorpusError, prepare_corpus, tokenized
 
 from loopfree.tokenizer import clip_tokenizer
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 import yaml
 from loopfree_platform.cli import main
-from loopfree_platform.eval_job import EvaluateJob, load_eval_job
-from loopfree_platform.evaluate import _reference_items, reference
-from loopfree_platform.job import JobError
+from loopfree_platform.evaluate.job import EvaluateJob, load_eval_job
+from loopfree_platform.evaluate.stages import _reference_items, reference
+from loopfree_platform.jobfile import JobError
 
 ROOT = Path(__file__).resolve().parents[2]
 FASHION_TEST = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
@@ -128,7 +128,7 @@ def test_analyze_features_writes_csv_and_plot(tmp_path, capsys):
 
 
 def test_folder_images_of_different_sizes(tmp_path):
-    from loopfree_platform.evaluate import ExtractFeatures, load_files
+    from loopfree_platform.evaluate.stages import ExtractFeatures, load_files
 
     PIL.Image.new("RGB", (8, 6), (1, 2, 3)).save(tmp_path / "a.png")
     PIL.Image.new("L", (5, 5), 9).save(tmp_path / "b.png")

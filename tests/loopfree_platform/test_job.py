@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from loopfree_platform.job import JobError, deepspeed_config, load_job, redact
+from loopfree_platform.distill.job import deepspeed_config, load_job
+from loopfree_platform.jobfile import JobError, redact
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,7 +27,7 @@ def test_shipped_job_files_validate(monkeypatch):
     job = load_job("jobs/smoke.yaml")
     assert job.scaling.num_workers == 2 and job.deepspeed.zero_stage == 2 and job.model.preset == "tiny"
     # jobs/distill.yaml names S3 paths that only exist on a real cluster; its schema still validates
-    from loopfree_platform.job import DistillJob
+    from loopfree_platform.distill.job import DistillJob
 
     recipe = DistillJob.model_validate(yaml.safe_load((ROOT / "jobs" / "distill.yaml").read_text()))
     assert recipe.scaling.global_batch_size == 64 and recipe.scaling.batch_per_worker == 8

@@ -7,7 +7,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_quickstart_job_distils_this_teacher_with_tiue_and_kl(monkeypatch):
-    from loopfree_platform.job import load_job
+    from loopfree_platform.distill.job import load_job
 
     monkeypatch.chdir(ROOT)
     job = load_job("jobs/quickstart.yaml")

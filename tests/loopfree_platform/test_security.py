@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 from loopfree_platform import storage
-from loopfree_platform.job import JobError, load_job, redact
-from loopfree_platform.serve_job import load_generate_job, load_serve_job
-from loopfree_platform.tracking import flatten
+from loopfree_platform.distill.job import load_job
+from loopfree_platform.distill.tracking import flatten
+from loopfree_platform.jobfile import JobError, redact
+from loopfree_platform.serve.job import load_generate_job, load_serve_job
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRETS = {"AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI-test-secret", "AWS_SESSION_TOKEN": "FwoGZXIvYXdz-session",

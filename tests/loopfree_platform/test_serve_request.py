@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from loopfree_platform.job import JobError
-from loopfree_platform.serve import RequestError, parse_request
-from loopfree_platform.serve_job import ServeApp, load_generate_job, load_serve_job
+from loopfree_platform.jobfile import JobError
+from loopfree_platform.serve.app import RequestError, parse_request
+from loopfree_platform.serve.job import ServeApp, load_generate_job, load_serve_job
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -87,7 +87,7 @@ def test_the_shipped_serve_configs_validate():
     """platform/serve_config.yaml (serve deploy) and the RayService carry args build_app accepts."""
     config = yaml.safe_load((ROOT / "platform/serve_config.yaml").read_text())
     args = config["applications"][0]["args"]
-    assert config["applications"][0]["import_path"] == "loopfree_platform.serve:build_app"
+    assert config["applications"][0]["import_path"] == "loopfree_platform.serve.app:build_app"
     assert ServeApp.model_validate(args).auth.required
     service = yaml.safe_load((ROOT / "infra/kuberay/rayservice-serve.yaml").read_text())
     app = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]
@@ -96,7 +96,7 @@ def test_the_shipped_serve_configs_validate():
 
 def test_shipped_job_files_parse_to_their_schemas():
     """jobs/serve.yaml and jobs/generate.yaml are valid apart from the model they name (made by the quickstart)."""
-    from loopfree_platform.serve_job import GenerateJob, ServeJob
+    from loopfree_platform.serve.job import GenerateJob, ServeJob
 
     for name, schema in (("serve.yaml", ServeJob), ("generate.yaml", GenerateJob)):
         raw = yaml.safe_load((ROOT / "jobs" / name).read_text())

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Sequence
 
 from loopfree.analysis import StepSimilarity
-from loopfree_platform.eval_job import EvaluateJob
-from loopfree_platform.evaluate import SystemResult
+from loopfree_platform.evaluate.job import EvaluateJob
+from loopfree_platform.evaluate.stages import SystemResult
 
 # SPEC.md section 5 order (method, steps, FID, CLIP), then the distribution metrics, then the image count.
 # Time and memory come from benchmarks/latency_memory.py, measured on one device in one run.

@@ -2,7 +2,7 @@
 
 `jobs/serve.yaml` (``loopfree serve``) and `jobs/generate.yaml` (``loopfree generate``) share the model
 section; the Serve application's arguments (`ServeApp`) are the same mapping the Serve config file
-(`platform/serve_config.yaml`, for ``serve deploy``) passes to `loopfree_platform.serve:build_app`.
+(`platform/serve_config.yaml`, for ``serve deploy``) passes to `loopfree_platform.serve.app:build_app`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from loopfree_platform import storage
-from loopfree_platform.job import JobError, Section, validate_file
+from loopfree_platform.jobfile import JobError, Section, validate_file
 from loopfree_platform.models import ModelSourceError, check_source
 
 DEFAULT_TOKEN_ENV = "LOOPFREE_SERVE_TOKEN"

@@ -19,7 +19,9 @@ import pandas as pd
 from ray.train import UserCallback
 
 from loopfree_platform import storage
-from loopfree_platform.job import DistillJob, redact
+from loopfree_platform.distill.job import DistillJob
+from loopfree_platform.jobfile import redact
+from loopfree_platform.runtime import fluent_tracking_uri
 
 RUN_ID_FILE = "mlflow_run_id"
 MAX_BUFFERED = 10_000
@@ -60,23 +62,6 @@ def _local_artifacts(uri: str) -> str | None:
     if uri.startswith("sqlite:///"):
         return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
     return None  # a tracking server decides
-
-
-@contextlib.contextmanager
-def fluent_tracking_uri(uri: str):
-    """mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI for the whole process; scope it and restore."""
-    import mlflow
-
-    saved_env, saved_uri = os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(saved_uri)
-        if saved_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = saved_env
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, str]:

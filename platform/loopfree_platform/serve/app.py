@@ -31,7 +31,7 @@ from ray import serve
 from loopfree.images import png_bytes
 from loopfree.pipeline import MAX_SEED
 from loopfree_platform.models import absolute_source
-from loopfree_platform.serve_job import ServeApp
+from loopfree_platform.serve.job import ServeApp
 
 FORMATS = ("base64", "png")
 
@@ -178,7 +178,7 @@ def token_digest(auth_env: str, required: bool) -> str | None:
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
-    """The application builder (`serve run loopfree_platform.serve:build_app`): validated args -> bound graph."""
+    """The application builder (`serve run loopfree_platform.serve.app:build_app`): validated args -> bound graph."""
     app = ServeApp.model_validate(args)
     s = app.serving
     model = TiUEModel.options(
@@ -202,7 +202,7 @@ def app_args(app: ServeApp) -> dict[str, Any]:
 
 def start(job, address: str | None = None, route_prefix: str = "/") -> str:
     """Deploy a ServeJob on a cluster (or a local Ray on 127.0.0.1); returns the application's base URL."""
-    from loopfree_platform.distill import ensure_ray
+    from loopfree_platform.runtime import ensure_ray
 
     ensure_ray(address)
     serve.start(http_options={"host": job.http.host, "port": job.http.port})

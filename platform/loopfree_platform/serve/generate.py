@@ -24,7 +24,7 @@ import numpy as np
 
 from loopfree.images import png_bytes
 from loopfree_platform import storage
-from loopfree_platform.serve_job import GenerateJob
+from loopfree_platform.serve.job import GenerateJob
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -146,8 +146,8 @@ def run_generate(job: GenerateJob, address: str | None = None) -> GenerateResult
     import ray
     from tqdm import tqdm
 
-    from loopfree_platform.distill import ensure_ray
     from loopfree_platform.models import absolute_source, resolve
+    from loopfree_platform.runtime import ensure_ray
 
     start = time.perf_counter()
     root, endpoint = job.output.root, job.output.endpoint_url

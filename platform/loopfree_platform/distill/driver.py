@@ -6,14 +6,15 @@ Everything that can fail without a cluster has failed before this runs (`job.loa
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from loopfree_platform import storage
-from loopfree_platform.job import DistillJob, redact
+from loopfree_platform.distill.job import DistillJob
+from loopfree_platform.jobfile import redact
+from loopfree_platform.runtime import ensure_ray
 
 
 @dataclass
@@ -26,28 +27,6 @@ class DistillResult:
     samples: list[str]
     mlflow_run_id: str | None = None
     model_version: str | None = None
-
-
-def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to a cluster (address or RAY_ADDRESS), or start a local instance bound to 127.0.0.1."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")  # per-operator bars drown the training log
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only (DESIGN.md)
-    # Ray Train V2 hands worker reports to the controller at its health-check poll (2 s by default), so
-    # every ray.train.report costs up to that long; a small job reporting each step spends most of its
-    # time waiting. 0.25 s measured: 40-step smoke job 134 s -> 63 s (benchmarks/results/distill_job.md).
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local instance needs no token
-    # Train workers plus Ray Data tasks: more logical CPUs than cores, or the data tasks starve (DESIGN.md).
-    ray.init(num_cpus=num_cpus or max(8, 2 * (os.cpu_count() or 2)), include_dashboard=False,
-             _node_ip_address="127.0.0.1")
 
 
 def absolute_paths(job: DistillJob) -> DistillJob:
@@ -91,7 +70,7 @@ def _tokenizer(job: DistillJob):
 
     from loopfree.presets import preset
     from loopfree.tokenizer import clip_tokenizer
-    from loopfree_platform.train import local_model_dir
+    from loopfree_platform.models import local_model_dir
 
     if job.model.preset:
         return clip_tokenizer(preset(job.model.preset).pad_token)
@@ -103,10 +82,10 @@ def run_distill(job: DistillJob, address: str | None = None) -> DistillResult:
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from loopfree_platform.callbacks import MetricsLog
-    from loopfree_platform.corpus import prepare_corpus, tokenized
-    from loopfree_platform.tracking import MLflowTracking, log_final, start_run
-    from loopfree_platform.train import train_loop_per_worker
+    from loopfree_platform.distill.callbacks import MetricsLog
+    from loopfree_platform.distill.corpus import prepare_corpus, tokenized
+    from loopfree_platform.distill.tracking import MLflowTracking, log_final, start_run
+    from loopfree_platform.distill.train import train_loop_per_worker
 
     job = absolute_paths(job)
     tracked = start_run(job) if job.tracking.enabled else None  # an unreachable server fails here, before Ray

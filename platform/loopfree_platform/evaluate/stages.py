@@ -1,4 +1,4 @@
-"""Driver of an evaluation job: generate with each system, extract features, compare with the reference.
+"""Stages of an evaluation job: generate with each system, extract features, compare with the reference.
 
 Ray Data parallelises both stages: generation actors (each holding one copy of the system) stream images
 to feature actors (each holding the Inception network, and CLIP when a CLIP folder is given); only
@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from loopfree.evaldata import list_images, load_image, read_idx, read_prompts, select
+from loopfree.evaldata import list_images, load_image, read_idx, select
 from loopfree.features import ClipEmbedder, FeatureExtractor, InceptionFeatures, bundled_inception_path
 from loopfree.metrics import GaussianStats, clip_score, frechet_distance, frechet_distance_from_stats, gaussian_stats, prdc
 from loopfree.systems import SystemConfig, load_system, steps_label
-from loopfree_platform.eval_job import EvaluateJob, SystemSection
+from loopfree_platform.evaluate.job import EvaluateJob, SystemSection
 
 # Part of the cache key: change it whenever the preprocessing changes, so old statistics are not reused.
 FEATURE_VERSION = "inception-uint8-bilinear299-v1"
@@ -52,7 +52,7 @@ class GenerateImages:
     def __init__(self, config: SystemConfig, device: str, batch_size: int, image_dir: str | None, threads: int):
         torch.set_num_threads(threads)
         if config.model_dir and config.model_dir.startswith("s3://"):
-            from loopfree_platform.train import local_model_dir  # heavy import, only for S3 models
+            from loopfree_platform.models import local_model_dir
 
             config = SystemConfig(**{**config.__dict__, "model_dir": str(local_model_dir(config.model_dir, None))})
         self.generate, _ = load_system(config, device, batch_size)
@@ -235,24 +235,3 @@ def evaluate_system(job: EvaluateJob, system: SystemSection, prompts: list[tuple
     if job.metrics.prdc and ref.features is not None:
         result.prdc = prdc(ref.features, features, k=job.metrics.nearest_k)
     return result
-
-
-def run_evaluate(job: EvaluateJob, address: str | None = None) -> tuple[list[SystemResult], dict[str, Path], str | None]:
-    """Evaluate every system of the job; returns (results, written files, MLflow run id or None)."""
-    from loopfree_platform.distill import ensure_ray
-    from loopfree_platform.eval_report import log_mlflow, write_tables
-
-    job = job.with_absolute_paths()
-    prompts = select(read_prompts(job.prompts.path, job.prompts.format), job.prompts.limit, job.prompts.seed)
-    if job.metrics.clip_dir is None:
-        print("CLIP score skipped: no metrics.clip_dir (a local transformers CLIPModel folder) was given", flush=True)
-    ensure_ray(address)
-    import ray.data
-
-    ray.data.DataContext.get_current().execution_options.preserve_order = True  # features stay in prompt order
-    ref = reference(job)
-    if job.metrics.prdc and ref.features is None:
-        print("PRDC skipped: the saved reference statistics hold no features", flush=True)
-    results = [evaluate_system(job, system, prompts, ref) for system in job.systems]
-    files = write_tables(job, results, len(prompts))
-    return results, files, log_mlflow(job, results)

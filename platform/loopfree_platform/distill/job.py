@@ -8,25 +8,13 @@ by hand (`deepspeed_config`).
 
 from __future__ import annotations
 
-import os
-import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from loopfree.config import DistillConfig
-
-SECRET_WORDS = ("key", "token", "secret", "password", "credential")
-
-
-class JobError(ValueError):
-    """A job file that cannot run; the message names the file and the key."""
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+from loopfree_platform.jobfile import JobError, Section, validate_file
 
 
 class ModelSection(Section):
@@ -166,32 +154,6 @@ class DistillJob(Section):
         return data
 
 
-def _format_errors(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
-        lines.append(f"{key}: {msg}")
-    return "\n  ".join(lines)
-
-
-def validate_file(path: str | Path, schema: type[Section]) -> Section:
-    """Read a YAML job file (safely) and validate it against a schema; errors name the file and the key."""
-    path = Path(path)
-    if not path.is_file():
-        raise JobError(f"job file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())  # safe_load: no arbitrary object construction
-    except yaml.YAMLError as err:
-        raise JobError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise JobError(f"{path}: the top level must be a mapping of sections")
-    try:
-        return schema.model_validate(raw)
-    except ValidationError as err:
-        raise JobError(f"{path}: invalid job file:\n  {_format_errors(err)}") from None
-
-
 def load_job(path: str | Path) -> DistillJob:
     """Read and validate a job file; every problem is reported with its key, before any cluster work."""
     job = validate_file(path, DistillJob)
@@ -228,32 +190,3 @@ def deepspeed_config(job: DistillJob, grad_clip: float) -> dict[str, Any]:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
-
-
-def _secret_key(key: Any) -> bool:
-    words = str(key).lower().replace("-", "_").split("_")  # "api_key" is secret, "tokenizer" is not
-    return any(w in words for w in SECRET_WORDS)
-
-
-URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*):(?P<password>[^@\s/]+)@")
-
-
-def _env_secrets() -> list[str]:
-    """Values of environment variables whose name looks secret (AWS_SECRET_ACCESS_KEY, RAY_AUTH_TOKEN,
-    MLFLOW_TRACKING_PASSWORD, LOOPFREE_SERVE_TOKEN, ...), longest first so no fragment survives."""
-    values = {v for k, v in os.environ.items() if _secret_key(k) and len(v) >= 4}
-    return sorted(values, key=len, reverse=True)
-
-
-def redact(data: Any) -> Any:
-    """Replace values whose key looks secret (keys, tokens, passwords), passwords inside URLs
-    (scheme://user:password@host), and any string value of a secret-looking environment variable."""
-    if isinstance(data, dict):
-        return {k: "***" if _secret_key(k) and v else redact(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [redact(v) for v in data]
-    if isinstance(data, str):
-        data = URL_PASSWORD.sub(lambda m: f"{m['head']}:***@", data)
-        for secret in _env_secrets():
-            data = data.replace(secret, "***")
-    return data

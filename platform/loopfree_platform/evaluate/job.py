@@ -1,6 +1,6 @@
 """The evaluation job file (`jobs/evaluate.yaml`): which systems, which prompts, which reference, which metrics.
 
-Validated in the driver before Ray starts, like the distillation job (job.py): unknown keys, wrong
+Validated in the driver before Ray starts, like the distillation job (distill/job.py): unknown keys, wrong
 types, impossible combinations and missing local paths are errors naming the file and the key.
 """
 
@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from loopfree.systems import SystemConfig
-from loopfree_platform.job import JobError, Section, validate_file
+from loopfree_platform.jobfile import JobError, Section, validate_file
 
 
 class SystemSection(Section):

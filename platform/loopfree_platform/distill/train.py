@@ -23,25 +23,17 @@ from loopfree.pipeline import TiUEPipeline
 from loopfree.presets import Components, load_components, preset
 from loopfree.rng import IterationRNG
 from loopfree.training import train_iteration
-from loopfree_platform import checkpoint, storage
-from loopfree_platform.engines import build_engines
-from loopfree_platform.job import DistillJob, deepspeed_config
+from loopfree_platform import storage
+from loopfree_platform.distill import checkpoint
+from loopfree_platform.distill.engines import build_engines
+from loopfree_platform.distill.job import DistillJob, deepspeed_config
+from loopfree_platform.models import local_model_dir
 
 LOGGED = ("loss_vsd", "loss_kl", "loss_lora", "loss_student", "grad_norm_student", "grad_norm_lora", "vsd_g_norm")
 
 
 class NonFiniteLossError(RuntimeError):
     pass
-
-
-def local_model_dir(uri: str, endpoint: str | None) -> Path:
-    if not storage.is_s3(uri):
-        return Path(uri)
-    target = Path(tempfile.gettempdir()) / "loopfree-models" / uri.replace("s3://", "").replace("/", "_")
-    if not (target / ".complete").exists():
-        storage.download_dir(uri, target, endpoint)
-        (target / ".complete").touch()
-    return target
 
 
 def build_components(job: DistillJob) -> tuple[Components, UNet2DConditionModel | None]:

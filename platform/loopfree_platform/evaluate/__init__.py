@@ -1,0 +1,1 @@
+"""Evaluation: job schema, Ray Data generation and feature stages, driver, report tables."""

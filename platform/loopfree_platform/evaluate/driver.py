@@ -1,0 +1,31 @@
+"""Driver of an evaluation job: read the prompts, start Ray, compute the reference, evaluate every system,
+write the tables and log to MLflow. The Ray Data stages are in `stages`, the tables in `report`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from loopfree.evaldata import read_prompts, select
+from loopfree_platform.evaluate.job import EvaluateJob
+from loopfree_platform.evaluate.report import log_mlflow, write_tables
+from loopfree_platform.evaluate.stages import SystemResult, evaluate_system, reference
+from loopfree_platform.runtime import ensure_ray
+
+
+def run_evaluate(job: EvaluateJob, address: str | None = None) -> tuple[list[SystemResult], dict[str, Path], str | None]:
+    """Evaluate every system of the job; returns (results, written files, MLflow run id or None)."""
+    job = job.with_absolute_paths()
+    prompts = select(read_prompts(job.prompts.path, job.prompts.format), job.prompts.limit, job.prompts.seed)
+    if job.metrics.clip_dir is None:
+        print("CLIP score skipped: no metrics.clip_dir (a local transformers CLIPModel folder) was given", flush=True)
+    ensure_ray(address)
+    import ray.data
+
+    ray.data.DataContext.get_current().execution_options.preserve_order = True  # features stay in prompt order
+    ref = reference(job)
+    if job.metrics.prdc and ref.features is None:
+        print("PRDC skipped: the saved reference statistics hold no features", flush=True)
+    results = [evaluate_system(job, system, prompts, ref) for system in job.systems]
+    files = write_tables(job, results, len(prompts))
+    return results, files, log_mlflow(job, results)
