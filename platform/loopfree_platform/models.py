@@ -2,10 +2,17 @@
 
 A model source is one of
 - a local directory in diffusers layout (what `loopfree distill` exports),
-- an ``s3://`` prefix holding such a directory (downloaded once into a local cache),
+- an ``s3://`` prefix holding such a directory (downloaded once into the local model cache),
 - an MLflow registry URI, ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` (what the tracking
   step registers; the pipeline is the pyfunc model's ``pipeline`` artifact).
 Every image written or served names the model version it came from, so results stay traceable.
+
+The model cache (``$LOOPFREE_CACHE/models``, default ``~/.cache/loopfree/models``) is the one place where
+remote models land on a machine: serve replicas, generation and evaluation actors and distillation
+workers all go through `download_once`, keyed by (endpoint, URI). Several processes on one node may fill
+the same entry at once (every Train worker of a node does): each downloads into its own temporary
+folder beside the entry and renames it into place, an atomic step, so a reader sees no entry or a
+complete one, never half a download.
 """
 
 from __future__ import annotations
@@ -14,7 +21,9 @@ import contextlib
 import hashlib
 import os
 import re
+import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,14 +67,42 @@ def _cache_root() -> Path:
     return Path(os.environ.get("LOOPFREE_CACHE", Path.home() / ".cache" / "loopfree")) / "models"
 
 
-def local_model_dir(uri: str, endpoint: str | None) -> Path:
+def cache_dir(endpoint: str | None, uri: str) -> Path:
+    """The cache entry of `uri` as read through `endpoint` (an S3 endpoint, or a tracking URI for the registry):
+    the same path in the same bucket behind two endpoints is two different models."""
+    key = hashlib.sha256(f"{endpoint or ''}|{uri}".encode()).hexdigest()[:24]
+    return _cache_root() / key
+
+
+def download_once(endpoint: str | None, uri: str, fill: Callable[[Path], object]) -> Path:
+    """The cache entry of (endpoint, uri), filled by `fill(folder)` if it is not there yet.
+
+    Safe when several processes fill the same entry at once: each fills a private temporary folder next
+    to the entry and renames it into place. Renaming a folder is atomic, and it fails when the entry
+    already exists: the process that loses the race discards its copy and uses the winner's."""
+    target = cache_dir(endpoint, uri)
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        fill(partial)
+        try:
+            os.rename(partial, target)
+        except OSError:
+            if not target.is_dir():  # not a lost race: a real error
+                raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)  # the loser's copy, or what a failed fill left
+    return target
+
+
+def local_model_dir(uri: str, endpoint_url: str | None = None) -> Path:
+    """A local directory for a model directory given as a local path or an s3:// prefix (downloaded once)."""
     if not storage.is_s3(uri):
         return Path(uri)
-    target = Path(tempfile.gettempdir()) / "loopfree-models" / uri.replace("s3://", "").replace("/", "_")
-    if not (target / ".complete").exists():
-        storage.download_dir(uri, target, endpoint)
-        (target / ".complete").touch()
-    return target
+    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")  # the endpoint storage.filesystem will use
+    return download_once(endpoint, uri, lambda folder: storage.download_dir(uri, folder, endpoint))
 
 
 def directory_version(local_dir: Path) -> str:
@@ -103,12 +140,14 @@ def _from_registry(source: str, tracking_uri: str | None) -> ResolvedModel:
         version = match["version"] or client.get_model_version_by_alias(name, match["alias"]).version
     except mlflow.exceptions.MlflowException as err:
         raise ModelSourceError(f"{source}: {err.message}") from None
-    target = _cache_root() / "registry" / name / str(version)
-    if not (target / ".complete").exists():
+    artifact_uri = f"models:/{name}/{version}"
+
+    def fill(folder: Path) -> None:
         # models:/ URIs resolve through the registry URI, which follows the fluent tracking URI, not the argument
         with fluent_tracking_uri(tracking_uri) if tracking_uri else contextlib.nullcontext():
-            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(target))
-        (target / ".complete").touch()
+            mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(folder))
+
+    target = download_once(tracking_uri or mlflow.get_tracking_uri(), artifact_uri, fill)
     return ResolvedModel(_find_pipeline(target), name, str(version), source)
 
 
@@ -117,15 +156,7 @@ def resolve(source: str, tracking_uri: str | None = None, endpoint_url: str | No
     check_source(source)
     if source.startswith("models:/"):
         return _from_registry(source, tracking_uri)
-    if storage.is_s3(source):
-        key = hashlib.sha256(f"{endpoint_url}|{source}".encode()).hexdigest()[:16]
-        target = _cache_root() / "s3" / key
-        if not (target / ".complete").exists():
-            storage.download_dir(source, target, endpoint_url)
-            (target / ".complete").touch()
-        local = target
-    else:
-        local = Path(source).resolve()
+    local = local_model_dir(source, endpoint_url) if storage.is_s3(source) else Path(source).resolve()
     name = "/".join(Path(source.rstrip("/")).parts[-2:])  # "quickstart-fashion/export" says more than "export"
     return ResolvedModel(local, name, directory_version(local), source)
 
