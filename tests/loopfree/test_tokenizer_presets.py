@@ -1,8 +1,18 @@
+import ast
+import hashlib
+import inspect
+from pathlib import Path
+
 import pytest
 import torch
+from transformers import CLIPTokenizer
 
+import loopfree.tokenizer
 from loopfree.presets import load_components, preset, sd15, sd21_base
-from loopfree.tokenizer import clip_tokenizer
+from loopfree.tokenizer import bpe_bytes, clip_tokenizer
+
+ROOT = Path(__file__).resolve().parents[2]
+CLIP_BPE_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"  # openai/CLIP's file
 
 
 def test_real_clip_token_ids():
@@ -17,6 +27,39 @@ def test_real_clip_token_ids():
 
 def test_sd15_pads_with_end_of_text():
     assert clip_tokenizer(pad_token="<|endoftext|>").pad_token_id == 49407
+
+
+def test_tokenizer_is_built_from_the_shipped_file_without_network_or_writes(tmp_path, monkeypatch):
+    """The BPE file is package data (pyproject's package-data), CLIP's own; nothing is fetched or cached."""
+    assert hashlib.sha256(bpe_bytes()).hexdigest() == CLIP_BPE_SHA256
+    tree = ast.parse(inspect.getsource(loopfree.tokenizer))
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not imported & {"subprocess", "pip", "urllib", "requests", "huggingface_hub", "zipfile", "tempfile"}
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("LOOPFREE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("LOOPFREE_CLIP_BPE", raising=False)
+    assert clip_tokenizer()("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_clip_bpe_override(tmp_path, monkeypatch):
+    copy = tmp_path / "bpe.txt.gz"
+    copy.write_bytes(bpe_bytes())
+    monkeypatch.setenv("LOOPFREE_CLIP_BPE", str(copy))
+    assert clip_tokenizer()("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+    monkeypatch.setenv("LOOPFREE_CLIP_BPE", str(tmp_path / "missing.txt.gz"))
+    with pytest.raises(FileNotFoundError, match="missing.txt.gz"):
+        clip_tokenizer()
+
+
+def test_same_ids_as_the_teachers_saved_tokenizer():
+    """models/fashion-teacher/tokenizer was saved from this tokenizer: the full CLIP vocabulary, same ids."""
+    saved, built = CLIPTokenizer.from_pretrained(ROOT / "models" / "fashion-teacher" / "tokenizer"), clip_tokenizer()
+    assert len(saved) == len(built) == 49408 and saved.get_vocab() == built.get_vocab()
+    for text in ["an ankle boot, grayscale!!", "Ünïcödé café, 東京 🚀", "word " * 100]:
+        assert saved(text, truncation=True, max_length=77).input_ids == built(text, truncation=True, max_length=77).input_ids
 
 
 def test_tiny_is_sd21_shaped(tiny_components):

@@ -14,7 +14,7 @@ from loopfree_platform.evaluate.stages import _reference_items, reference
 from loopfree_platform.jobfile import JobError
 
 ROOT = Path(__file__).resolve().parents[2]
-FASHION_TEST = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
+FASHION_TEST = str(ROOT / "data" / "fashion-mnist" / "t10k-images-idx3-ubyte.gz")  # shipped subset: 1000 images
 
 
 def minimal(**overrides) -> dict:
@@ -35,7 +35,7 @@ def test_shipped_job_files_validate(capsys):
     assert main(["evaluate", str(ROOT / "jobs" / "evaluate.yaml"), "--dry-run"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["name"] == "eval-tiny"
     job = load_eval_job(ROOT / "jobs" / "evaluate.yaml")
-    assert [s.kind for s in job.systems] == ["tiue", "teacher"] and job.reference.images == FASHION_TEST
+    assert [s.kind for s in job.systems] == ["tiue", "teacher"] and str(ROOT / job.reference.images) == FASHION_TEST
     recipe = EvaluateJob.model_validate(yaml.safe_load((ROOT / "jobs" / "evaluate_sd21_coco30k.yaml").read_text()))
     assert [s.kind for s in recipe.systems] == ["teacher", "diffusers", "tiue", "tiue", "images"]
     assert recipe.prompts.limit == 30000 and recipe.systems[0].num_inference_steps == 50
