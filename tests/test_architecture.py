@@ -54,6 +54,6 @@ def test_ci_runs_the_readme_test_command_verbatim():
 
 
 def test_lint_is_clean():
-    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "loopfree", "platform", "tests", "benchmarks"],
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "loopfree", "platform", "tests", "benchmarks", "examples"],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr

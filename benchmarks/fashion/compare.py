@@ -88,7 +88,7 @@ def distill_students(work: Path, steps: int) -> dict[str, dict[str, Any]]:
 # -- evaluation ------------------------------------------------------------------------------------
 def eval_prompts(work: Path, n: int) -> Path:
     """n captions, class i % 10 for prompt i and the templates in turn: every class n / 10 times."""
-    from benchmarks.fashion.data import CLASSES, TEMPLATES, caption
+    from examples.fashion.data import CLASSES, TEMPLATES, caption
 
     path = work / f"prompts-{n}.txt"
     lines = [caption(i % len(CLASSES), (i // len(CLASSES)) % len(TEMPLATES)) for i in range(n)]
@@ -102,7 +102,7 @@ def reference_folder(work: Path, n: int) -> Path:
     RGB), so generated and real images differ in content, not in layout."""
     import PIL.Image
 
-    from benchmarks.fashion.data import load_split, to_model_images
+    from examples.fashion.data import load_split, to_model_images
 
     folder = work / f"reference-test-{n}"
     if folder.is_dir() and len(list(folder.glob("*.png"))) == n:

@@ -30,7 +30,7 @@ def _load_images(image_dir: Path, ids: list[int]) -> torch.Tensor:
 def alignment(image_dir: Path, prompts: list[str]) -> float:
     """Accuracy of the Fashion-MNIST classifier on the generated images against the class in each prompt
     (our stand-in for the CLIP score: the evaluation job has no classifier metric)."""
-    from benchmarks.fashion.models import load_classifier
+    from examples.fashion.models import load_classifier
 
     model = load_classifier(CLASSIFIER)
     images = _load_images(image_dir, list(range(len(prompts))))

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.fashion.data import CLASSES, load_split, random_captions, to_model_images
-from benchmarks.fashion.models import load_classifier
-from benchmarks.fashion.training import limit_threads
+from examples.fashion.data import CLASSES, load_split, random_captions, to_model_images
+from examples.fashion.models import load_classifier
+from examples.fashion.training import limit_threads
 from loopfree.features import InceptionFeatures, to_uint8
 from loopfree.metrics import frechet_distance, prdc
 from loopfree.pipeline import TiUEPipeline

@@ -1,4 +1,4 @@
-"""The committed Fashion-MNIST teacher and classifier (models/, trained by benchmarks/fashion): they load,
+"""The committed Fashion-MNIST teacher and classifier (models/, trained by examples/fashion): they load,
 generate, and classify. Cheap checks only; the training scripts themselves are not run in CI."""
 
 from pathlib import Path
@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.fashion.data import CLASSES, load_split, to_model_images
-from benchmarks.fashion.models import load_classifier
 from benchmarks.fashion.teacher_fid import prompt_classes
+from examples.fashion.data import CLASSES, load_split, to_model_images
+from examples.fashion.models import load_classifier
 from loopfree.pipeline import TiUEPipeline
 from loopfree.presets import load_components
 

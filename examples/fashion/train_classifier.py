@@ -1,6 +1,6 @@
 """Train the Fashion-MNIST classifier, our stand-in for the CLIP score (issue 8).
 
-    python -m benchmarks.fashion.train_classifier --out models/fashion-classifier
+    python -m examples.fashion.train_classifier --out models/fashion-classifier
 
 It sees the same 32x32 padded images the teacher is trained on; random shifts of up to 2 pixels and
 horizontal flips make it less sensitive to the small misplacements of generated images. Prompt
@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks.fashion.data import CLASSES, load_split, to_model_images
-from benchmarks.fashion.models import FashionClassifier, save_classifier
-from benchmarks.fashion.training import Log, limit_threads
+from examples.fashion.data import CLASSES, load_split, to_model_images
+from examples.fashion.models import FashionClassifier, save_classifier
+from examples.fashion.training import Log, limit_threads
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

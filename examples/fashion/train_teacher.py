@@ -1,6 +1,6 @@
 """Train the Fashion-MNIST teacher and save it in diffusers layout (issue 8, part 1).
 
-    python -m benchmarks.fashion.train_teacher --out models/fashion-teacher --work runs/fashion-teacher
+    python -m examples.fashion.train_teacher --out models/fashion-teacher --work runs/fashion-teacher
 
 Stage 1 trains the VAE (`train_vae`); stage 2 trains the CLIP text encoder and the UNet together on
 the frozen VAE's latents with the plain epsilon-prediction loss on the SD2.1-base noise schedule
@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 from diffusers import DDIMScheduler
 
-from benchmarks.fashion.data import CLASSES, TEMPLATES, all_captions, load_split
-from benchmarks.fashion.models import components, new_text_encoder, new_unet, save_teacher
-from benchmarks.fashion.train_vae import VAEConfig, encode_all, reconstruction_mse, train_vae
-from benchmarks.fashion.training import EMA, Log, learning_rate, limit_threads, load_checkpoint, save_checkpoint
+from examples.fashion.data import CLASSES, TEMPLATES, all_captions, load_split
+from examples.fashion.models import components, new_text_encoder, new_unet, save_teacher
+from examples.fashion.train_vae import VAEConfig, encode_all, reconstruction_mse, train_vae
+from examples.fashion.training import EMA, Log, learning_rate, limit_threads, load_checkpoint, save_checkpoint
 from loopfree.images import image_grid
 from loopfree.pipeline import TiUEPipeline
 from loopfree.presets import SD_SCHEDULER

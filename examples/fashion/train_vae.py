@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 
-from benchmarks.fashion.data import to_model_images
-from benchmarks.fashion.models import new_vae
-from benchmarks.fashion.training import Log, learning_rate, load_checkpoint, save_checkpoint
+from examples.fashion.data import to_model_images
+from examples.fashion.models import new_vae
+from examples.fashion.training import Log, learning_rate, load_checkpoint, save_checkpoint
 
 
 @dataclass(frozen=True)
