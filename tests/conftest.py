@@ -1,7 +1,14 @@
+import copy
+import socket
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
 from loopfree.presets import tiny
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +64,52 @@ def ray_local(s3_endpoint):
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """free_port() -> a TCP port on 127.0.0.1 that was free a moment ago (a function, usable from any scope)."""
+
+    def pick() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    return pick
+
+
+@pytest.fixture
+def write_job(tmp_path):
+    """write_job(data, name="job.yaml", folder=tmp_path) writes a dict as YAML and returns the file's path."""
+
+    def write(data: dict, name: str = "job.yaml", folder: Path | None = None) -> Path:
+        path = Path(folder or tmp_path) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    return write
+
+
+def merged(base: dict, overrides: dict) -> dict:
+    """base with overrides merged in, nested dicts key by key; any other value replaces (copies, no aliasing)."""
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        both_dicts = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merged(out[key], value) if both_dicts else copy.deepcopy(value)
+    return out
+
+
+@pytest.fixture(scope="session")
+def smoke_job():
+    """smoke_job(overrides=None) -> jobs/smoke.yaml as a fresh dict with nested overrides merged in.
+
+    data.paths are made absolute, so the job does not depend on the working directory; pass
+    {"data": {"paths": [...]}} to change them."""
+    base = yaml.safe_load((ROOT / "jobs" / "smoke.yaml").read_text())
+    base["data"]["paths"] = [str(ROOT / p) for p in base["data"]["paths"]]
+
+    def make(overrides: dict | None = None) -> dict:
+        return merged(base, overrides or {})
+
+    return make

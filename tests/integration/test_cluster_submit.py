@@ -15,16 +15,9 @@ from pathlib import Path
 
 import boto3
 import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(url: str, timeout: float = 90) -> None:
@@ -49,7 +42,7 @@ def wait_port(port: int, timeout: float = 90) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, s3_endpoint):
+def cluster(tmp_path_factory, s3_endpoint, free_port):
     tmp = tmp_path_factory.mktemp("cluster")
     mlflow_port, dash_port = free_port(), free_port()
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled",
@@ -76,17 +69,22 @@ def cluster(tmp_path_factory, s3_endpoint):
     shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def working_dir(cluster, name: str, **training) -> Path:
-    wd = cluster["tmp"] / name
-    (wd / "data").mkdir(parents=True)
-    shutil.copy(ROOT / "data" / "PartiPrompts.tsv", wd / "data")
-    data = yaml.safe_load((ROOT / "jobs" / "smoke.yaml").read_text())
-    data.update(name=name, storage={"path": "s3://loopfree-test/cluster-runs"})
-    data["training"] = {"log_every": 1, **training}
-    data["checkpoint"] = {"every_steps": 2, "num_to_keep": 2}
-    data["sampling"]["every_steps"] = 2
-    (wd / "job.yaml").write_text(yaml.safe_dump(data))
-    return wd
+@pytest.fixture
+def working_dir(cluster, smoke_job, write_job):
+    """working_dir(name, **training) -> a folder with job.yaml (the smoke job, S3 storage) and its prompts."""
+
+    def make(name: str, **training) -> Path:
+        wd = cluster["tmp"] / name
+        (wd / "data").mkdir(parents=True)
+        shutil.copy(ROOT / "data" / "PartiPrompts.tsv", wd / "data")
+        data = smoke_job({"name": name, "data": {"paths": ["data/PartiPrompts.tsv"]},  # relative: uploaded with wd
+                          "storage": {"path": "s3://loopfree-test/cluster-runs"}, "sampling": {"every_steps": 2}})
+        data["training"] = {"log_every": 1, **training}
+        data["checkpoint"] = {"every_steps": 2, "num_to_keep": 2}
+        write_job(data, folder=wd)
+        return wd
+
+    return make
 
 
 def ray_job(cluster, *args, check=True) -> subprocess.CompletedProcess:
@@ -101,7 +99,7 @@ def submit_cmd(cluster, wd: Path, *extra) -> list[str]:
             "python", "-m", "loopfree_platform.cli", "distill", "job.yaml"]
 
 
-def test_submit_stop_resubmit_tracks_registers_and_stores(cluster):
+def test_submit_stop_resubmit_tracks_registers_and_stores(cluster, working_dir):
     """The plain `ray job submit`, stopped after its first checkpoint, then `loopfree submit --follow`: the job
     resumes into the same MLflow run, registers its model and leaves checkpoints and the export in S3."""
     import mlflow
@@ -109,7 +107,7 @@ def test_submit_stop_resubmit_tracks_registers_and_stores(cluster):
     from mlflow.tracking import MlflowClient
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    wd = working_dir(cluster, "stopped", max_steps=12)
+    wd = working_dir("stopped", max_steps=12)
     sid = "loopfree-stop-test"
     t0 = time.time()
     ray_job(cluster, *submit_cmd(cluster, wd, "--submission-id", sid, "--no-wait"))
@@ -163,7 +161,7 @@ def test_submit_stop_resubmit_tracks_registers_and_stores(cluster):
     assert any("/checkpoint_00000012/" in k for k in keys) and "cluster-runs/stopped/export/model_index.json" in keys
 
 
-def test_submit_passes_the_token_of_a_token_cluster(cluster, tmp_path):
+def test_submit_passes_the_token_of_a_token_cluster(cluster, working_dir, free_port):
     """A cluster with token authentication: `loopfree submit` gets in with RAY_AUTH_MODE=token and the token in
     the environment, is refused without it, and never prints the token."""
     token = "loopfree-test-token-" + os.urandom(8).hex()
@@ -178,7 +176,7 @@ def test_submit_passes_the_token_of_a_token_cluster(cluster, tmp_path):
                     "--ray-client-server-port", str(free_port()),
                     "--temp-dir", ray_tmp, "--disable-usage-stats"], env=env, check=True, capture_output=True)
     try:
-        wd = working_dir(cluster, "token", max_steps=1)
+        wd = working_dir("token", max_steps=1)
         address = f"http://127.0.0.1:{dash}"
         wait_port(dash)
         submit = [str(BIN / "loopfree"), "submit", "job.yaml", "--address", address]

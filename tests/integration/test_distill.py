@@ -3,12 +3,10 @@
 Runs are shared through module-scoped fixtures so the whole file costs a handful of TorchTrainer runs.
 """
 
-import copy
 from pathlib import Path
 
 import boto3
 import pytest
-import yaml
 from loopfree_platform import storage
 from loopfree_platform.distill.callbacks import read_metrics
 from loopfree_platform.distill.driver import run_distill
@@ -23,18 +21,22 @@ LOSSES = ("loss_vsd", "loss_kl", "loss_lora", "grad_norm_student")
 pytestmark = pytest.mark.usefixtures("ray_local")
 
 
-def job(tmp_path, name, **sections) -> DistillJob:
-    """jobs/smoke.yaml with local storage under tmp_path and the given sections merged in."""
-    data = yaml.safe_load((ROOT / "jobs" / "smoke.yaml").read_text())
-    data["data"]["paths"] = [str(ROOT / "data" / "PartiPrompts.tsv")]
-    data["storage"] = {"path": str(tmp_path / "runs")}
-    data["method"]["kl_reduction"] = "mean"  # "sum" is per-rank (paper parity), so only "mean" is layout-free
-    data["sampling"]["every_steps"] = 100
-    data["tracking"] = {"enabled": False}  # MLflow has its own tests; here it would only cost time
-    data["name"] = name
-    for section, values in sections.items():
-        data[section] = {**data.get(section, {}), **values} if isinstance(values, dict) else values
-    return DistillJob.model_validate(data)
+@pytest.fixture(scope="session")
+def job(smoke_job):
+    """job(folder, name, **sections) -> jobs/smoke.yaml with local storage under folder and the given sections merged in."""
+
+    def make(folder, name, **sections) -> DistillJob:
+        data = smoke_job({
+            "storage": {"path": str(folder / "runs")},
+            "method": {"kl_reduction": "mean"},  # "sum" is per-rank (paper parity), so only "mean" is layout-free
+            "sampling": {"every_steps": 100},
+            "tracking": {"enabled": False},  # MLflow has its own tests; here it would only cost time
+            "name": name})
+        for section, values in sections.items():
+            data[section] = {**data.get(section, {}), **values} if isinstance(values, dict) else values
+        return DistillJob.model_validate(data)
+
+    return make
 
 
 def losses(j: DistillJob) -> dict[int, tuple]:
@@ -47,7 +49,7 @@ def runs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(runs):
+def uninterrupted(runs, job):
     j = job(runs, "uninterrupted", training={"max_steps": 6, "log_every": 1}, checkpoint={"every_steps": 2})
     return j, run_distill(j)
 
@@ -65,7 +67,7 @@ def test_uninterrupted_run_checkpoints_and_exports(uninterrupted):
     assert pipe(["a cat"], seeds=[0]).images[0].size == (64, 64)
 
 
-def test_parity_two_workers_equal_one_worker_with_the_global_batch(runs, uninterrupted):
+def test_parity_two_workers_equal_one_worker_with_the_global_batch(runs, uninterrupted, job):
     single = job(runs, "single", training={"max_steps": 3}, scaling={"num_workers": 1, "global_batch_size": 4})
     run_distill(single)
     two, one = losses(uninterrupted[0]), losses(single)
@@ -73,7 +75,7 @@ def test_parity_two_workers_equal_one_worker_with_the_global_batch(runs, uninter
         assert one[step] == pytest.approx(two[step], rel=1e-4, abs=1e-6), step
 
 
-def test_resume_continues_with_the_same_losses(runs, uninterrupted):
+def test_resume_continues_with_the_same_losses(runs, uninterrupted, job):
     # ZeRO stage 0 here (the reference ran ZeRO-2): checkpoints of stage 0 restore too, and stages agree
     first = job(runs, "resumed", training={"max_steps": 4}, checkpoint={"every_steps": 2}, deepspeed={"zero_stage": 0})
     run_distill(first)
@@ -86,7 +88,7 @@ def test_resume_continues_with_the_same_losses(runs, uninterrupted):
         assert resumed[step] == pytest.approx(reference[step], rel=1e-5, abs=1e-7), step
 
 
-def test_crashed_worker_restarts_from_the_last_checkpoint(runs, uninterrupted):
+def test_crashed_worker_restarts_from_the_last_checkpoint(runs, uninterrupted, job):
     # ZeRO-3 here: sharded parameters, gathered EMA, per-rank model shards in the checkpoint
     crashing = job(runs, "crashing", training={"max_steps": 6, "fail_at_step": 3}, checkpoint={"every_steps": 2},
                    deepspeed={"zero_stage": 3})
@@ -99,12 +101,11 @@ def test_crashed_worker_restarts_from_the_last_checkpoint(runs, uninterrupted):
         assert got[step] == pytest.approx(reference[step], rel=1e-5, abs=1e-7), step
 
 
-def test_s3_smoke_job_with_bad_records_and_a_nan_step(s3_endpoint, tmp_path):
+def test_s3_smoke_job_with_bad_records_and_a_nan_step(s3_endpoint, tmp_path, smoke_job):
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     lines = [line.split("\t")[0] for line in (ROOT / "data" / "PartiPrompts.tsv").read_text().splitlines()[1:41]]
     s3.put_object(Bucket="loopfree-test", Key="corpus/smoke/prompts.txt", Body="\n".join(lines + ["", "  "]).encode())
-    data = yaml.safe_load((ROOT / "jobs" / "smoke.yaml").read_text())
-    data = copy.deepcopy(data) | {"name": "s3-smoke"}
+    data = smoke_job({"name": "s3-smoke"})
     data["data"] = {"paths": ["s3://loopfree-test/corpus/smoke/prompts.txt"], "format": "text"}
     data["storage"] = {"path": "s3://loopfree-test/runs"}
     data["training"] = {"max_steps": 4, "inject_nonfinite_at": [1]}
@@ -126,7 +127,7 @@ def test_s3_smoke_job_with_bad_records_and_a_nan_step(s3_endpoint, tmp_path):
     assert result.mlflow_run_id and result.model_version  # tracked, with S3 run storage
 
 
-def test_nonfinite_losses_in_a_row_stop_with_a_clear_error(runs):
+def test_nonfinite_losses_in_a_row_stop_with_a_clear_error(runs, job):
     j = job(runs, "nan-stop", training={"max_steps": 4, "inject_nonfinite_at": [1, 2], "max_nonfinite_in_a_row": 2},
             checkpoint={"max_failures": 0})
     with pytest.raises(Exception, match="2 non-finite steps in a row at step 2") as err:

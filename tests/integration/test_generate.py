@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import ray
-import yaml
 from loopfree_platform.serve.generate import GenerateError, read_records, run_generate
 from loopfree_platform.serve.job import GenerateJob
 
@@ -29,10 +28,9 @@ def parts(out: Path) -> list[Path]:
     return sorted((out / "manifest").glob("part-*.jsonl")) if (out / "manifest").exists() else []
 
 
-def test_interrupted_job_resumes_and_writes_each_image_once(ray_local, tiny_pipeline_dir, tmp_path):
+def test_interrupted_job_resumes_and_writes_each_image_once(ray_local, tiny_pipeline_dir, tmp_path, write_job):
     out = tmp_path / "out"
-    job_file = tmp_path / "generate.yaml"
-    job_file.write_text(yaml.safe_dump(job_dict(tiny_pipeline_dir, out)))
+    job_file = write_job(job_dict(tiny_pipeline_dir, out), "generate.yaml")
     address = ray.get_runtime_context().gcs_address
     driver = subprocess.Popen([sys.executable, "-m", "loopfree_platform.cli", "generate", str(job_file), "--address", address],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

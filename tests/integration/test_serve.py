@@ -6,7 +6,6 @@ Two applications share one Serve instance: an open one ("/") and one behind a be
 import base64
 import io
 import json
-import socket
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,14 +20,8 @@ from ray import serve
 TOKEN = "s3cret-serve-token-for-tests"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(ray_local, tiny_pipeline_dir, monkeypatch_module):
+def server(ray_local, tiny_pipeline_dir, monkeypatch_module, free_port):
     port = free_port()
     serving = {"max_batch_size": 8, "batch_wait_timeout_s": 0.3, "max_prompts_per_request": 4, "max_prompt_chars": 50}
     job = {"model": {"source": str(tiny_pipeline_dir)}, "serving": serving, "http": {"port": port}}

@@ -4,38 +4,38 @@ import warnings
 from pathlib import Path
 
 import pytest
-import yaml
 from loopfree_platform.distill.driver import run_distill
 from loopfree_platform.distill.job import DistillJob
 from loopfree_platform.distill.tracking import MLflowTracking, TrackingError, flatten, start_run
 
-ROOT = Path(__file__).resolve().parents[2]
+
+@pytest.fixture
+def job(tmp_path, smoke_job):
+    """job(**tracking) -> the smoke job, 2 steps, runs under tmp_path, with this tracking section."""
+
+    def make(**tracking) -> DistillJob:
+        data = smoke_job({"storage": {"path": str(tmp_path / "runs")}, "tracking": tracking})
+        data["training"] = {"max_steps": 2}
+        return DistillJob.model_validate(data)
+
+    return make
 
 
-def job(tmp_path, **tracking) -> DistillJob:
-    data = yaml.safe_load((ROOT / "jobs" / "smoke.yaml").read_text())
-    data["data"]["paths"] = [str(ROOT / "data" / "PartiPrompts.tsv")]
-    data["storage"] = {"path": str(tmp_path / "runs")}
-    data["tracking"] = tracking
-    data["training"] = {"max_steps": 2}
-    return DistillJob.model_validate(data)
-
-
-def test_unreachable_server_fails_before_training(tmp_path):
-    j = job(tmp_path, mlflow_uri="http://127.0.0.1:9/")  # discard port: nothing listens
+def test_unreachable_server_fails_before_training(job):
+    j = job(mlflow_uri="http://127.0.0.1:9/")  # discard port: nothing listens
     with pytest.raises(TrackingError, match="tracking.mlflow_uri: MLflow at http://127.0.0.1:9/ is not usable"):
         run_distill(j)
     assert not list(Path(j.run_dir()).glob("checkpoint_*"))
 
 
-def test_optional_tracking_only_warns(tmp_path):
-    j = job(tmp_path, mlflow_uri="http://127.0.0.1:9/", optional=True)
+def test_optional_tracking_only_warns(job):
+    j = job(mlflow_uri="http://127.0.0.1:9/", optional=True)
     with pytest.warns(UserWarning, match="training continues without MLflow"):
         assert start_run(j) is None
 
 
-def test_outage_mid_run_buffers_metrics_and_keeps_going(tmp_path):
-    j = job(tmp_path)
+def test_outage_mid_run_buffers_metrics_and_keeps_going(job):
+    j = job()
     uri, run_id = start_run(j)
     callback = MLflowTracking(j, "http://127.0.0.1:9/", run_id)  # the server "goes away"
     with warnings.catch_warnings(record=True) as caught:

@@ -25,12 +25,6 @@ def minimal(**overrides) -> dict:
     return job
 
 
-def write(tmp_path: Path, data: dict) -> Path:
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
 def test_shipped_job_files_validate(capsys):
     assert main(["evaluate", str(ROOT / "jobs" / "evaluate.yaml"), "--dry-run"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["name"] == "eval-tiny"
@@ -50,8 +44,8 @@ def test_shipped_job_files_validate(capsys):
     (dict(scaling={"dtype": "fp16"}), "fp16 needs scaling.use_gpu"),
     (dict(prompts={"path": "/nonexistent.tsv", "format": "parti"}), "prompts.path: '/nonexistent.tsv' does not exist"),
 ])
-def test_bad_jobs_name_file_and_key(tmp_path, change, message):
-    path = write(tmp_path, minimal(**change))
+def test_bad_jobs_name_file_and_key(write_job, change, message):
+    path = write_job(minimal(**change))
     with pytest.raises(JobError) as err:
         load_eval_job(path)
     assert str(path) in str(err.value) and message.replace("Value error, ", "") in str(err.value)
@@ -79,7 +73,7 @@ def test_saved_reference_statistics(tmp_path):
 
 
 @pytest.mark.usefixtures("ray_local")
-def test_evaluate_job_end_to_end(tmp_path, capsys):
+def test_evaluate_job_end_to_end(tmp_path, capsys, write_job):
     """Tiny TiUE against 12 real Fashion-MNIST images; then the TiUE images the job saved, read back as a folder
     system, must score exactly like the generated ones (the same uint8 images). The teacher and diffusers kinds
     share the generation stage and are tested without Ray (tests/loopfree/test_systems.py)."""
@@ -93,7 +87,7 @@ def test_evaluate_job_end_to_end(tmp_path, capsys):
                 reference={"images": FASHION_TEST, "limit": 12}, scaling={"batch_size": 6, "cpus_per_worker": 2},
                 output={"dir": str(out), "cache_dir": str(tmp_path / "cache")},
                 tracking={"mlflow_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"})
-    assert main(["evaluate", str(write(tmp_path, data))]) == 0
+    assert main(["evaluate", str(write_job(data))]) == 0
     printed = capsys.readouterr()
     assert "CLIP score skipped" in printed.out and "| TiUE | 1 enc + 4 dec |" in printed.out
     assert len(list(saved.glob("*.png"))) == 12

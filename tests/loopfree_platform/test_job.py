@@ -10,18 +10,6 @@ from loopfree_platform.jobfile import JobError, redact
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def write(tmp_path, data) -> Path:
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def smoke() -> dict:
-    data = yaml.safe_load((ROOT / "jobs" / "smoke.yaml").read_text())
-    data["data"]["paths"] = [str(ROOT / "data" / "PartiPrompts.tsv")]
-    return data
-
-
 def test_shipped_job_files_validate(monkeypatch):
     monkeypatch.chdir(ROOT)
     job = load_job("jobs/smoke.yaml")
@@ -56,11 +44,11 @@ def test_shipped_job_files_validate(monkeypatch):
         (lambda d: d.update(name="bad name/.."), "name"),
     ],
 )
-def test_bad_job_files_name_the_key(tmp_path, edit, key):
-    data = smoke()
+def test_bad_job_files_name_the_key(tmp_path, smoke_job, write_job, edit, key):
+    data = smoke_job()
     edit(data)
     with pytest.raises(JobError) as err:
-        load_job(write(tmp_path, data))
+        load_job(write_job(data))
     assert key in str(err.value) and str(tmp_path / "job.yaml") in str(err.value)
 
 
@@ -79,10 +67,8 @@ def test_missing_and_non_mapping_files(tmp_path):
         load_job(tmp_path / "list.yaml")
 
 
-def test_deepspeed_config_is_generated_from_the_job(tmp_path):
-    data = smoke()
-    data["deepspeed"] = {"zero_stage": 3, "precision": "bf16"}
-    job = load_job(write(tmp_path, data))
+def test_deepspeed_config_is_generated_from_the_job(smoke_job, write_job):
+    job = load_job(write_job(smoke_job({"deepspeed": {"zero_stage": 3, "precision": "bf16"}})))
     ds = deepspeed_config(job, grad_clip=1.0)
     assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
     assert ds["train_micro_batch_size_per_gpu"] * 2 == ds["train_batch_size"] == 4
@@ -94,14 +80,13 @@ def test_redaction():
     assert out == {"aws_secret_access_key": "***", "api-token": "***", "tokenizer": "kept", "nested": [{"password": "***"}]}
 
 
-def test_cli_dry_run_and_bad_file_fail_before_any_cluster_work(tmp_path):
+def test_cli_dry_run_and_bad_file_fail_before_any_cluster_work(smoke_job, write_job):
     ok = subprocess.run([sys.executable, "-m", "loopfree_platform.cli", "distill", "jobs/smoke.yaml", "--dry-run"],
                         cwd=ROOT, capture_output=True, text=True)
     assert ok.returncode == 0 and "lambda_kl: 0.1" in ok.stdout and "global_batch_size: 4" in ok.stdout
-    data = smoke()
-    data["scaling"]["global_batch_size"] = 3
+    data = smoke_job({"scaling": {"global_batch_size": 3}})
     code = ("import sys; from loopfree_platform.cli import main; rc = main(['distill', sys.argv[1]]); "
             "print('ray loaded' if 'ray' in sys.modules else 'no ray'); sys.exit(rc)")
-    bad = subprocess.run([sys.executable, "-c", code, str(write(tmp_path, data))], cwd=ROOT, capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, "-c", code, str(write_job(data))], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "scaling.global_batch_size" in bad.stderr
     assert bad.stdout.strip() == "no ray"  # failed in the driver before Ray was even imported

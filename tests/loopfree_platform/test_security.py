@@ -4,17 +4,14 @@ MLflow params and job logs of a real cluster run in tests/integration/test_clust
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import yaml
 from loopfree_platform import storage
 from loopfree_platform.distill.job import load_job
 from loopfree_platform.distill.tracking import flatten
 from loopfree_platform.jobfile import JobError, redact
 from loopfree_platform.serve.job import load_generate_job, load_serve_job
 
-ROOT = Path(__file__).resolve().parents[2]
 SECRETS = {"AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI-test-secret", "AWS_SESSION_TOKEN": "FwoGZXIvYXdz-session",
            "RAY_AUTH_TOKEN": "ray-cluster-token-123", "MLFLOW_TRACKING_PASSWORD": "mlflow-pass-456",
            "LOOPFREE_SERVE_TOKEN": "serve-token-789"}
@@ -30,18 +27,9 @@ def test_redact_env_secrets_url_passwords_and_secret_keys(monkeypatch):
     assert out["nested"][0]["tokenizer"] == "kept"
 
 
-def smoke_with(tmp_path, **tracking) -> Path:
-    job = yaml.safe_load((ROOT / "jobs/smoke.yaml").read_text())
-    job["data"]["paths"] = [str(ROOT / "data/PartiPrompts.tsv")]
-    job["tracking"] = tracking
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(job))
-    return path
-
-
-def test_credentials_in_a_job_never_reach_dry_run_output_or_mlflow_params(tmp_path, monkeypatch):
+def test_credentials_in_a_job_never_reach_dry_run_output_or_mlflow_params(tmp_path, monkeypatch, smoke_job, write_job):
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", SECRETS["MLFLOW_TRACKING_PASSWORD"])
-    path = smoke_with(tmp_path, mlflow_uri="http://alice:hunter2pass@127.0.0.1:5999")
+    path = write_job(smoke_job({"tracking": {"mlflow_uri": "http://alice:hunter2pass@127.0.0.1:5999"}}))
     params = flatten(redact(load_job(path).resolved()))
     assert "hunter2pass" not in str(params) and params["tracking.mlflow_uri"] == "http://alice:***@127.0.0.1:5999"
     out = subprocess.run([sys.executable, "-m", "loopfree_platform.cli", "distill", str(path), "--dry-run"],
@@ -49,9 +37,8 @@ def test_credentials_in_a_job_never_reach_dry_run_output_or_mlflow_params(tmp_pa
     assert out.returncode == 0 and "hunter2pass" not in out.stdout + out.stderr
 
 
-def test_bad_job_errors_name_the_key_not_the_secret_value(tmp_path):
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump({"model": {"source": "models:/x@y"}, "serving": {"aws_secret_key": "AKIAXYZSECRET"}}))
+def test_bad_job_errors_name_the_key_not_the_secret_value(write_job):
+    path = write_job({"model": {"source": "models:/x@y"}, "serving": {"aws_secret_key": "AKIAXYZSECRET"}})
     with pytest.raises(JobError) as err:
         load_serve_job(path)
     assert "serving.aws_secret_key" in str(err.value) and "AKIAXYZSECRET" not in str(err.value)

@@ -50,15 +50,9 @@ def test_bad_requests_get_a_status_and_a_message_naming_the_field(body, status, 
     assert words in str(err.value)
 
 
-def write(tmp_path, data) -> Path:
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def test_serve_job_validation_names_the_key(tmp_path, tiny_pipeline_dir):
+def test_serve_job_validation_names_the_key(tmp_path, tiny_pipeline_dir, write_job):
     good = {"model": {"source": str(tiny_pipeline_dir)}, "serving": {"max_batch_size": 4}}
-    assert load_serve_job(write(tmp_path, good)).serving.max_batch_size == 4
+    assert load_serve_job(write_job(good)).serving.max_batch_size == 4
     for bad, key in [({"model": {"source": str(tmp_path / "nope")}}, "model.source"),
                      ({"model": {"source": "models:/x"}}, "model.source"),
                      ({**good, "serving": {"max_batch_size": 0}}, "serving.max_batch_size"),
@@ -66,20 +60,20 @@ def test_serve_job_validation_names_the_key(tmp_path, tiny_pipeline_dir):
                      ({**good, "http": {"port": 70000}}, "http.port"),
                      ({**good, "auth": {"token": "x"}}, "auth.token")]:
         with pytest.raises(JobError) as err:
-            load_serve_job(write(tmp_path, bad))
+            load_serve_job(write_job(bad))
         assert key in str(err.value), (key, str(err.value))
 
 
-def test_generate_job_validation(tmp_path, tiny_pipeline_dir):
+def test_generate_job_validation(tmp_path, tiny_pipeline_dir, write_job):
     good = {"model": {"source": str(tiny_pipeline_dir)}, "prompts": {"path": str(ROOT / "data/PartiPrompts.tsv")},
             "output": {"root": str(tmp_path / "out")}}
-    assert load_generate_job(write(tmp_path, good)).generation.batch_size == 8
+    assert load_generate_job(write_job(good)).generation.batch_size == 8
     for bad, key in [({**good, "prompts": {"path": str(tmp_path / "missing.txt")}}, "prompts.path"),
                      ({**good, "output": {"root": "s3://"}}, "output.root"),
                      ({**good, "generation": {"replicas": 0}}, "generation.replicas"),
                      ({**good, "prompts": {"path": "x", "format": "csv"}}, "prompts.format")]:
         with pytest.raises(JobError) as err:
-            load_generate_job(write(tmp_path, bad))
+            load_generate_job(write_job(bad))
         assert key in str(err.value), (key, str(err.value))
 
 
@@ -105,15 +99,14 @@ def test_shipped_job_files_parse_to_their_schemas():
         schema.model_validate(raw)
 
 
-def test_cli_validates_serve_and_generate_jobs_before_any_cluster_work(tmp_path, tiny_pipeline_dir, capsys):
+def test_cli_validates_serve_and_generate_jobs_before_any_cluster_work(tmp_path, tiny_pipeline_dir, capsys, write_job):
     from loopfree_platform.cli import main
 
-    serve_job = write(tmp_path, {"model": {"source": str(tiny_pipeline_dir)}})
+    serve_job = write_job({"model": {"source": str(tiny_pipeline_dir)}})
     assert main(["serve", str(serve_job), "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out)["serving"]["max_batch_size"] == 8
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"model": {"source": str(tmp_path / "missing")}, "prompts": {"path": "x"},
-                                   "output": {"root": str(tmp_path)}}))
+    bad = write_job({"model": {"source": str(tmp_path / "missing")}, "prompts": {"path": "x"},
+                     "output": {"root": str(tmp_path)}}, "bad.yaml")
     for command in ("serve", "generate"):
         assert main([command, str(bad)]) == 2
         assert "model.source" in capsys.readouterr().err
