@@ -57,3 +57,128 @@ def test_lint_is_clean():
     proc = subprocess.run([sys.executable, "-m", "ruff", "check", "loopfree", "platform", "tests", "benchmarks", "examples"],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# -- the platform's layout: products (distill, serve, evaluate) over shared top-level modules -------------
+PLATFORM = ROOT / "platform" / "loopfree_platform"
+PRODUCTS = ("distill", "serve", "evaluate")
+ENTRY_POINTS = {"loopfree_platform.cli"}  # the one top-level module that dispatches to every product
+
+
+def module_graph(package_dir: Path, package: str) -> dict[str, set[str]]:
+    """Module -> the modules of the same package it imports, from the source (imports inside functions too:
+    a lazy import is still a dependency). `from pkg import name` counts as importing pkg.name when that is
+    a module, else pkg itself."""
+    files = {}
+    for path in package_dir.rglob("*.py"):
+        parts = [package, *path.relative_to(package_dir).with_suffix("").parts]
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def known(name: str) -> str | None:
+        while name and name not in files:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {}
+    for module, path in files.items():
+        base = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+        targets = []
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                origin = node.module or ""
+                if node.level:  # relative: from . import x, from ..y import z
+                    origin = ".".join(base[:len(base) - node.level + 1] + ([node.module] if node.module else []))
+                targets += [f"{origin}.{alias.name}" for alias in node.names]
+        graph[module] = {t for t in map(known, targets) if t and t != module}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as [a, b, ..., a], or None (depth-first search)."""
+    state: dict[str, str] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = "open"
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        state[node] = "done"
+        path.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def _product(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in PRODUCTS else None
+
+
+def layout_violations(graph: dict[str, set[str]]) -> list[str]:
+    """A product imports no other product; a shared top-level module imports no product (only the CLI does)."""
+    found = []
+    for module, deps in sorted(graph.items()):
+        for dep in sorted(deps):
+            mine, theirs = _product(module), _product(dep)
+            if theirs and mine and mine != theirs:
+                found.append(f"{module} (product {mine}) imports {dep} (product {theirs})")
+            elif theirs and not mine and module not in ENTRY_POINTS:
+                found.append(f"shared module {module} imports {dep} (product {theirs})")
+    return found
+
+
+def test_the_platform_is_grouped_by_product():
+    for product in PRODUCTS:
+        assert (PLATFORM / product / "__init__.py").is_file(), product
+    graph = module_graph(PLATFORM, "loopfree_platform")
+    # the builder sees real imports: module-level, lazy (inside functions) and `from package import module`
+    assert "loopfree_platform.runtime" in graph["loopfree_platform.serve.app"]
+    assert "loopfree_platform.evaluate.driver" in graph["loopfree_platform.cli"]
+    assert "loopfree_platform.distill.checkpoint" in graph["loopfree_platform.distill.train"]
+
+
+def test_the_platform_has_no_import_cycles():
+    graph = module_graph(PLATFORM, "loopfree_platform")
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_no_product_imports_another_product():
+    assert layout_violations(module_graph(PLATFORM, "loopfree_platform")) == []
+
+
+def test_the_rules_catch_a_cycle_and_a_cross_product_import(tmp_path):
+    """The checks above can fail: a synthetic package with a lazy-import cycle (relative imports too) and a
+    product that imports another product's driver."""
+    files = {
+        "__init__.py": "",
+        "storage.py": "def f():\n    from pkg.evaluate import report\n",  # shared -> product
+        "serve/__init__.py": "",
+        "serve/app.py": "from pkg.distill.driver import ensure_ray\n",  # product -> another product
+        "distill/__init__.py": "",
+        "distill/driver.py": "from . import train\n",
+        "distill/train.py": "def g():\n    from .driver import ensure_ray\n",  # cycle through a lazy import
+        "evaluate/__init__.py": "",
+        "evaluate/report.py": "from pkg import storage\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    graph = module_graph(tmp_path, "pkg")
+    assert graph["pkg.distill.driver"] == {"pkg.distill.train"} and graph["pkg.evaluate.report"] == {"pkg.storage"}
+    cycle = find_cycle(graph)
+    assert cycle is not None and set(cycle) in ({"pkg.distill.driver", "pkg.distill.train"},
+                                                {"pkg.storage", "pkg.evaluate.report"})
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert layout_violations(graph) == [
+        "pkg.serve.app (product serve) imports pkg.distill.driver (product distill)",
+        "shared module pkg.storage imports pkg.evaluate.report (product evaluate)",
+    ]
