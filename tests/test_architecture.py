@@ -182,3 +182,12 @@ def test_the_rules_catch_a_cycle_and_a_cross_product_import(tmp_path):
         "pkg.serve.app (product serve) imports pkg.distill.driver (product distill)",
         "shared module pkg.storage imports pkg.evaluate.report (product evaluate)",
     ]
+
+
+def test_every_platform_package_is_packaged():
+    """pyproject.toml lists packages explicitly (platform/ is not a package): a new product folder must be added."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(["loopfree_platform", *p.parent.relative_to(PLATFORM).parts]) for p in PLATFORM.rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)
