@@ -21,9 +21,9 @@ class DeepSpeedEngine:
     """backward/step over a DeepSpeed engine; a non-finite loss on ANY rank skips the step on every rank
     (ranks must agree, or ZeRO's collectives would deadlock)."""
 
-    def __init__(self, module: torch.nn.Module, params: list[torch.nn.Parameter], lr: float, config: DistillConfig,
-                 ds_config: dict):
-        optimizer = torch.optim.Adam(params, lr=lr, betas=config.adam_betas, eps=config.adam_eps,
+    def __init__(self, module: torch.nn.Module, params: list[torch.nn.Parameter], lr: float, betas: tuple[float, float],
+                 config: DistillConfig, ds_config: dict):
+        optimizer = torch.optim.Adam(params, lr=lr, betas=betas, eps=config.adam_eps,
                                      weight_decay=config.weight_decay)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config)
         self.zero_stage = int(ds_config["zero_optimization"]["stage"])
@@ -64,6 +64,10 @@ class DeepSpeedEngine:
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
     def save(self, directory: str) -> None:
         self.engine.save_checkpoint(directory, tag="state")  # collective: every rank writes its shard
 
@@ -75,9 +79,11 @@ class DeepSpeedEngine:
 
 
 def build_engines(distiller: Distiller, ds_config: dict) -> tuple[DeepSpeedEngine, DeepSpeedEngine]:
-    """Two engines, two optimizers (DESIGN.md principle 6): the student generator, and the shared UNet
-    whose only trainable parameters are the LoRA weights."""
+    """Two engines, two optimizers: the student generator, and the fake score (the shared UNet whose only
+    trainable parameters are the LoRA weights, or a full trainable copy of the teacher)."""
     cfg = distiller.config
-    student = DeepSpeedEngine(distiller.student, distiller.student_parameters(), cfg.student_lr, cfg, ds_config)
-    lora = DeepSpeedEngine(distiller.unet, distiller.lora_parameters(), cfg.lora_lr, cfg, ds_config)
+    student = DeepSpeedEngine(distiller.student, distiller.student_parameters(), cfg.student_lr, cfg.student_adam_betas,
+                              cfg, ds_config)
+    lora = DeepSpeedEngine(distiller.fake_score, distiller.fake_score_parameters(), cfg.lora_lr, cfg.lora_adam_betas,
+                           cfg, ds_config)
     return student, lora

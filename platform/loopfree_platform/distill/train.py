@@ -140,7 +140,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if rank == 0 and step in job.training.inject_nonfinite_at:  # test only: poison this rank's text states
             batch["text_states"] = torch.full_like(distiller.text_states(batch), math.nan)
         # 4. one iteration: student turn + update, LoRA turn + update, EMA (SPEC.md 3, steps 1-6)
-        logs = train_iteration(distiller, student_engine, lora_engine, batch, IterationRNG(job.data.seed, step, rank * b, b))
+        logs = train_iteration(distiller, student_engine, lora_engine, batch, IterationRNG(job.data.seed, step, rank * b, b), step)
         state.step, state.rows_consumed = step + 1, (step + 1) * job.scaling.global_batch_size
         nonfinite_in_a_row = nonfinite_in_a_row + 1 if logs["skipped"] else 0
         state.nonfinite_total += int(logs["skipped"] > 0)
