@@ -30,9 +30,9 @@ def _load_images(image_dir: Path, ids: list[int]) -> torch.Tensor:
 def alignment(image_dir: Path, prompts: list[str]) -> float:
     """Accuracy of the Fashion-MNIST classifier on the generated images against the class in each prompt
     (our stand-in for the CLIP score: the evaluation job has no classifier metric)."""
-    from examples.fashion.models import load_classifier
+    from loopfree.classifier import load_classifier
 
-    model = load_classifier(CLASSIFIER)
+    model, _ = load_classifier(CLASSIFIER)
     images = _load_images(image_dir, list(range(len(prompts))))
     predicted = torch.cat([model(b.float() / 127.5 - 1).argmax(1) for b in images.split(250)])
     return (predicted == prompt_classes(prompts)).float().mean().item()

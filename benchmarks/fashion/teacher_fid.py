@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from examples.fashion.data import CLASSES, load_split, random_captions, to_model_images
-from examples.fashion.models import load_classifier
 from examples.fashion.training import limit_threads
+from loopfree.classifier import load_classifier
 from loopfree.features import InceptionFeatures, to_uint8
 from loopfree.metrics import frechet_distance, prdc
 from loopfree.pipeline import TiUEPipeline
@@ -55,7 +55,7 @@ def main() -> None:
     fake = to_uint8(fake)  # (N, 3, 32, 32)
     real = ((to_model_images(load_split("test", args.reference)[0]) + 1) * 127.5).round().to(torch.uint8)
     with torch.no_grad():
-        hits = load_classifier(args.classifier)(fake.float() / 127.5 - 1).argmax(1) == prompt_classes(prompts)
+        hits = load_classifier(args.classifier)[0](fake.float() / 127.5 - 1).argmax(1) == prompt_classes(prompts)
     inception = InceptionFeatures(batch_size=50)
     f_fake, f_real = inception(fake), inception(real)
     result = {"teacher": str(args.teacher), "steps": args.steps, "guidance_scale": args.guidance,

@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from safetensors.torch import load_file, save_file
-from torch import nn
+from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from loopfree.classifier import SmallImageClassifier
 from loopfree.presets import SD_SCHEDULER, Components
 from loopfree.tokenizer import clip_tokenizer
 
@@ -70,37 +69,8 @@ def save_teacher(parts: Components, directory: str | Path) -> None:
         "requires_safety_checker": False}, indent=2) + "\n")
 
 
-class FashionClassifier(nn.Module):
-    """A small CNN over 32x32 grayscale in [-1, 1] (RGB inputs are averaged): 10 Fashion-MNIST classes."""
-
-    def __init__(self, width: int = 16):
-        super().__init__()
-        w = width
-
-        def block(c_in: int, c_out: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(),
-                                 nn.Conv2d(c_out, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2))
-
-        self.features = nn.Sequential(block(1, w), block(w, 2 * w), block(2 * w, 4 * w))  # 32 -> 4
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.3), nn.Linear(4 * w * 16, 128), nn.ReLU(), nn.Linear(128, 10))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """images (N, 1 or 3, 32, 32) in [-1, 1] -> logits (N, 10)."""
-        x = images.mean(dim=1, keepdim=True) if images.shape[1] == 3 else images
-        return self.head(self.features(x))
-
-
-def save_classifier(model: FashionClassifier, directory: str | Path, info: dict) -> None:
+def save_classifier(model: SmallImageClassifier, directory: str | Path, info: dict) -> None:
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, root / "model.safetensors")
     (root / "config.json").write_text(json.dumps(info, indent=2) + "\n")
-
-
-def load_classifier(directory: str | Path) -> FashionClassifier:
-    """The committed classifier (models/fashion-classifier), in eval mode."""
-    root = Path(directory)
-    info = json.loads((root / "config.json").read_text())
-    model = FashionClassifier(width=info["width"])
-    model.load_state_dict(load_file(root / "model.safetensors"))
-    return model.eval()

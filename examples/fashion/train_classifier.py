@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from examples.fashion.data import CLASSES, load_split, to_model_images
-from examples.fashion.models import FashionClassifier, save_classifier
+from examples.fashion.models import save_classifier
 from examples.fashion.training import Log, limit_threads
+from loopfree.classifier import SmallImageClassifier
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -29,7 +30,7 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 @torch.no_grad()
-def accuracy(model: FashionClassifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+def accuracy(model: SmallImageClassifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
     """Top-1 accuracy on uint8 (N, 1, 28, 28) images."""
     model.eval()
     hits = sum((model(to_model_images(images[i:i + batch_size])).argmax(1) == labels[i:i + batch_size]).sum().item()
@@ -40,7 +41,7 @@ def accuracy(model: FashionClassifier, images: torch.Tensor, labels: torch.Tenso
 def train(images: torch.Tensor, labels: torch.Tensor, epochs: int, batch_size: int, width: int, log: Log, seed: int = 0):
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = FashionClassifier(width)
+    model = SmallImageClassifier(width)
     steps = epochs * (len(images) // batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)  # converges in few epochs

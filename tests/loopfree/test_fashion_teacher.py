@@ -8,7 +8,7 @@ import torch
 
 from benchmarks.fashion.teacher_fid import prompt_classes
 from examples.fashion.data import CLASSES, load_split, to_model_images
-from examples.fashion.models import load_classifier
+from loopfree.classifier import load_classifier
 from loopfree.pipeline import TiUEPipeline
 from loopfree.presets import load_components
 
@@ -41,7 +41,7 @@ def test_teacher_runs_as_tiue_and_as_the_multistep_teacher(teacher):
 def test_classifier_recognises_real_test_images():
     images, labels = load_split("test", limit=200, data_dir=FASHION_SUBSET)
     with torch.no_grad():
-        predicted = load_classifier(CLASSIFIER)(to_model_images(images)).argmax(1)
+        predicted = load_classifier(CLASSIFIER)[0](to_model_images(images)).argmax(1)
     assert (predicted == labels).float().mean() >= 0.85
 
 
@@ -55,7 +55,7 @@ def test_teacher_draws_what_the_prompt_names(teacher):
     images = pipe.sample_multistep(prompts, num_inference_steps=10, guidance_scale=4.5, seeds=list(range(20)),
                                    batch_size=20, output_type="np").images
     with torch.no_grad():
-        predicted = load_classifier(CLASSIFIER)(torch.as_tensor(images).permute(0, 3, 1, 2) * 2 - 1).argmax(1)
+        predicted = load_classifier(CLASSIFIER)[0](torch.as_tensor(images).permute(0, 3, 1, 2) * 2 - 1).argmax(1)
     assert (predicted == prompt_classes(prompts)).float().mean() >= 0.5
 
 

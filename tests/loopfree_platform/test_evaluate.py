@@ -10,7 +10,8 @@ import torch
 import yaml
 from loopfree_platform.cli import main
 from loopfree_platform.evaluate.job import EvaluateJob, load_eval_job
-from loopfree_platform.evaluate.stages import _reference_items, reference
+from loopfree_platform.evaluate.stages import reference
+from loopfree_platform.reference import reference_items
 from loopfree_platform.jobfile import JobError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,14 +56,14 @@ def test_reference_cache_key_follows_content_and_selection(tmp_path):
     for i in range(4):
         PIL.Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / f"{i}.png")
     job = EvaluateJob.model_validate(minimal(reference={"images": str(tmp_path)}))
-    items, key = _reference_items(job)
-    assert [it["id"] for it in items] == ["0", "1", "2", "3"] and _reference_items(job)[1] == key
+    items, key = reference_items(job.reference, job.metrics.inception_path)
+    assert [it["id"] for it in items] == ["0", "1", "2", "3"] and reference_items(job.reference, job.metrics.inception_path)[1] == key
     (tmp_path / "0.png").rename(tmp_path / "renamed.png")  # same content: same key
-    assert _reference_items(job)[1] == key
+    assert reference_items(job.reference, job.metrics.inception_path)[1] == key
     limited = EvaluateJob.model_validate(minimal(reference={"images": str(tmp_path), "limit": 2}))
-    assert _reference_items(limited)[1] != key
+    assert reference_items(limited.reference, limited.metrics.inception_path)[1] != key
     PIL.Image.new("RGB", (8, 8), (9, 9, 9)).save(tmp_path / "1.png")
-    assert _reference_items(job)[1] != key
+    assert reference_items(job.reference, job.metrics.inception_path)[1] != key
 
 
 def test_saved_reference_statistics(tmp_path):

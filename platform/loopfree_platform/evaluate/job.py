@@ -13,6 +13,7 @@ from pydantic import Field, model_validator
 
 from loopfree.systems import SystemConfig
 from loopfree_platform.jobfile import JobError, Section, validate_file
+from loopfree_platform.reference import ReferenceSection
 
 
 class SystemSection(Section):
@@ -49,19 +50,6 @@ class PromptsSection(Section):
     format: Literal["coco", "parti", "text"]
     limit: int | None = Field(None, ge=2, description="draw this many prompts with seed (COCO-30K: 30000)")
     seed: int = 0
-
-
-class ReferenceSection(Section):
-    images: str | None = Field(None, description="a folder of images or an IDX file (MNIST layout, .gz ok)")
-    stats: str | None = Field(None, description="saved statistics .npz (mu, sigma; features enable PRDC)")
-    limit: int | None = Field(None, ge=2, description="use this many reference images, drawn with seed")
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _one(self):
-        if (self.images is None) == (self.stats is None):
-            raise ValueError("set exactly one of reference.images and reference.stats")
-        return self
 
 
 class MetricsSection(Section):

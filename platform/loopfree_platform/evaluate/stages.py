@@ -11,7 +11,6 @@ cluster, point `output.dir` at a shared file system.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,14 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from loopfree.evaldata import list_images, load_image, read_idx, select
-from loopfree.features import ClipEmbedder, FeatureExtractor, InceptionFeatures, bundled_inception_path
-from loopfree.metrics import GaussianStats, clip_score, frechet_distance, frechet_distance_from_stats, gaussian_stats, prdc
+from loopfree.evaldata import list_images, load_image
+from loopfree.features import ClipEmbedder, FeatureExtractor, InceptionFeatures
+from loopfree.metrics import clip_score, frechet_distance, frechet_distance_from_stats, gaussian_stats, prdc
 from loopfree.systems import SystemConfig, load_system, steps_label
 from loopfree_platform.evaluate.job import EvaluateJob, SystemSection
-
-# Part of the cache key: change it whenever the preprocessing changes, so old statistics are not reused.
-FEATURE_VERSION = "inception-uint8-bilinear299-v1"
+from loopfree_platform.reference import Reference, cache_path, load_stats, reference_items, save_features
 
 
 @dataclass
@@ -37,12 +34,6 @@ class SystemResult:
     fid: float
     clip: float | None = None
     prdc: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class Reference:
-    stats: GaussianStats
-    features: torch.Tensor | None  # PRDC needs them; saved statistics may lack them
 
 
 # -- Ray Data stages (constructed inside actors) ----------------------------------------------------
@@ -160,47 +151,19 @@ def _slug(name: str) -> str:
 
 
 # -- reference --------------------------------------------------------------------------------------
-def _reference_items(job: EvaluateJob) -> tuple[list[dict], str]:
-    """Rows of the selected reference images and a hash of their content, the extractor and the preprocessing."""
-    r, m = job.reference, job.metrics
-    digest = hashlib.sha256(FEATURE_VERSION.encode())
-    inception = Path(m.inception_path) if m.inception_path else bundled_inception_path()
-    digest.update(hashlib.sha256(inception.read_bytes()).digest())
-    path = Path(r.images)
-    if path.is_file():  # an IDX file: small enough to read in the driver (Fashion-MNIST test set: 8 MB)
-        images = read_idx(path)
-        keep = select(list(range(len(images))), r.limit, r.seed)
-        chosen = images[keep].expand(-1, 3, -1, -1).permute(0, 2, 3, 1).contiguous().numpy()  # (N, H, W, 3)
-        digest.update(np.asarray(chosen.shape).tobytes() + chosen.tobytes())
-        return [{"id": str(i), "prompt": "", "image": im} for i, im in zip(keep, chosen)], digest.hexdigest()[:32]
-    files = select(list_images(path), r.limit, r.seed)
-    # Content, not names, dates or order (the statistics ignore order): a renamed copy hits the cache,
-    # an edited image does not.
-    for file_digest in sorted(hashlib.sha256(f.read_bytes()).digest() for f in files):
-        digest.update(file_digest)
-    return [{"id": f.stem, "prompt": "", "path": str(f)} for f in files], digest.hexdigest()[:32]
-
-
 def reference(job: EvaluateJob) -> Reference:
-    """Saved statistics (.npz with mu, sigma, optional features), or features of the reference images."""
-    r = job.reference
-    if r.stats:
-        saved = np.load(r.stats)
-        features = torch.from_numpy(saved["features"]) if "features" in saved else None
-        count = int(saved["count"]) if "count" in saved else (len(features) if features is not None else 0)
-        return Reference(GaussianStats(torch.from_numpy(saved["mu"]), torch.from_numpy(saved["sigma"]), count), features)
-    items, digest = _reference_items(job)
-    cache = Path(job.output.cache_dir) / f"reference-{digest}.npz"
+    """Saved statistics (.npz with mu, sigma, optional features), or features of the reference images,
+    computed by the Ray Data feature stage and cached (`loopfree_platform.reference`)."""
+    if job.reference.stats:
+        return load_stats(job.reference.stats)
+    items, digest = reference_items(job.reference, job.metrics.inception_path)
+    cache = cache_path(job.output.cache_dir, digest)
     if cache.is_file():
         print(f"reference statistics: cached, {cache}", flush=True)
-        features = torch.from_numpy(np.load(cache)["features"])
-        return Reference(gaussian_stats(features), features)
+        return load_stats(str(cache))
     features = torch.from_numpy(_features(job, _image_dataset(items), len(items), "reference", clip=False)["inception"])
-    stats = gaussian_stats(features)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, mu=stats.mu.numpy(), sigma=stats.sigma.numpy(), features=features.numpy(), count=len(features))
     print(f"reference statistics: {len(features)} images, cached as {cache}", flush=True)
-    return Reference(stats, features)
+    return save_features(cache, features)
 
 
 # -- systems ----------------------------------------------------------------------------------------
