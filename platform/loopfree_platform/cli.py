@@ -59,6 +59,33 @@ def _distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    import yaml
+
+    from loopfree_platform.distill.sweep import load_sweep
+    from loopfree_platform.jobfile import redact
+
+    loaded = _load(load_sweep, args.job)  # the sweep and EVERY variant are validated here, before Ray starts
+    if loaded is None:
+        return 2
+    sweep, runs = loaded
+    if args.dry_run:
+        plan = {"sweep": sweep.model_dump(mode="json"),
+                "runs": [{"name": job.name, "variant": name, "seed": seed, "method": job.resolved()["method"]}
+                         for name, seed, job in runs]}
+        print(yaml.safe_dump(redact(plan), sort_keys=False), end="")
+        return 0
+    from loopfree_platform.distill.sweep_driver import run_sweep
+
+    from loopfree_platform.distill.sweep import tables
+
+    result = run_sweep(sweep, runs, address=args.address)
+    print(tables(result.rows)[0], end="")
+    print(f"{len(result.rows)} runs; summary: {result.markdown} and {result.csv}"
+          + (f"; MLflow parent run {result.parent_run_id}" if result.parent_run_id else ""))
+    return 0
+
+
 def _submit(args: argparse.Namespace) -> int:
     from loopfree_platform.distill.job import load_job
     from loopfree_platform.jobfile import JobError
@@ -198,6 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--dry-run", action="store_true", help="validate and print the resolved job, run nothing")
     distill.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
     distill.set_defaults(func=_distill)
+    sweep = sub.add_parser("sweep", help="run a sweep job file: variants of a distillation job as Ray Tune trials")
+    sweep.add_argument("job", help="sweep job file, e.g. jobs/sweep_quickstart.yaml")
+    sweep.add_argument("--dry-run", action="store_true", help="validate every variant and print them, run nothing")
+    sweep.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local instance)")
+    sweep.set_defaults(func=_sweep)
     submit = sub.add_parser("submit", help="submit a distillation job to a Ray cluster through the Jobs API")
     submit.add_argument("job", help="job file, relative to --working-dir")
     submit.add_argument("--address", default=None, help="Ray dashboard address (default: RAY_ADDRESS or http://127.0.0.1:8265)")

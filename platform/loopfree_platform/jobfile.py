@@ -26,7 +26,7 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-def _format_errors(err: ValidationError) -> str:
+def format_errors(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
@@ -49,7 +49,7 @@ def validate_file(path: str | Path, schema: type[Section]) -> Section:
     try:
         return schema.model_validate(raw)
     except ValidationError as err:
-        raise JobError(f"{path}: invalid job file:\n  {_format_errors(err)}") from None
+        raise JobError(f"{path}: invalid job file:\n  {format_errors(err)}") from None
 
 
 def _secret_key(key: Any) -> bool:

@@ -6,18 +6,24 @@ Runs are shared through module-scoped fixtures so the whole file costs a handful
 from pathlib import Path
 
 import boto3
+import PIL.Image
 import pytest
+import torch
 from loopfree_platform import storage
 from loopfree_platform.distill.callbacks import read_metrics
 from loopfree_platform.distill.driver import run_distill
 from loopfree_platform.distill.job import DistillJob
 from loopfree_platform.distill.train import NonFiniteLossError
 
+from loopfree.evaldata import load_image, read_idx
+from loopfree.features import InceptionFeatures, to_uint8
+from loopfree.metrics import frechet_distance
 from loopfree.pipeline import TiUEPipeline
 from loopfree.presets import tiny
 
 ROOT = Path(__file__).resolve().parents[2]
 LOSSES = ("loss_vsd", "loss_kl", "loss_lora", "grad_norm_student")
+EVAL_PROMPTS = ["a photo of a sneaker", "a photo of a bag", "a photo of a dress", "a photo of a coat"]
 pytestmark = pytest.mark.usefixtures("ray_local")
 
 
@@ -40,7 +46,8 @@ def job(smoke_job):
 
 
 def losses(j: DistillJob) -> dict[int, tuple]:
-    return {r["step"]: tuple(r[k] for k in LOSSES) for r in read_metrics(storage.join(j.run_dir(), "metrics.jsonl"))}
+    rows = read_metrics(storage.join(j.run_dir(), "metrics.jsonl"))
+    return {r["step"]: tuple(r[k] for k in LOSSES) for r in rows if r["step"] > 0}  # step 0: the initial evaluation only
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +57,34 @@ def runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def uninterrupted(runs, job):
-    j = job(runs, "uninterrupted", training={"max_steps": 6, "log_every": 1}, checkpoint={"every_steps": 2})
+    """Also evaluates during training (steps 0, 3, 6): 6 images split over the 2 workers, against 8 real
+    Fashion-MNIST images; the evaluation does not touch the training randomness (parity test below)."""
+    reference = runs / "reference"
+    reference.mkdir()
+    for i, image in enumerate(read_idx(ROOT / "data" / "fashion-mnist" / "t10k-images-idx3-ubyte.gz", limit=8)):
+        PIL.Image.fromarray(image[0].numpy()).save(reference / f"{i}.png")
+    evaluation = {"every_steps": 3, "num_images": 6, "prompts": EVAL_PROMPTS, "seed": 100,
+                  "reference": {"images": str(reference)}, "cache_dir": str(runs / "eval-cache")}
+    j = job(runs, "uninterrupted", training={"max_steps": 6, "log_every": 1}, checkpoint={"every_steps": 2},
+            evaluation=evaluation)
     return j, run_distill(j)
+
+
+def test_evaluation_during_training_logs_eval_metrics_at_its_steps(uninterrupted, runs):
+    j, result = uninterrupted
+    rows = {r["step"]: r for r in read_metrics(storage.join(j.run_dir(), "metrics.jsonl"))}
+    assert [s for s in sorted(rows) if "eval/fid" in rows[s]] == [0, 3, 6]
+    for key in ("eval/precision", "eval/recall", "eval/coverage", "eval/density", "eval/seconds"):
+        assert key in rows[6]
+    # independent recomputation: the exported EMA student (= the student of step 6), the same prompts and
+    # seeds, the library's Inception and FID (checked against scipy in tests/loopfree/test_metrics.py)
+    pipe = TiUEPipeline.from_pretrained(result.export_dir)
+    prompts = [EVAL_PROMPTS[i % len(EVAL_PROMPTS)] for i in range(6)]
+    images = pipe(prompts, seeds=[100 + i for i in range(6)], output_type="np").images
+    inception = InceptionFeatures()
+    reference = torch.stack([load_image(p) for p in sorted((runs / "reference").glob("*.png"))])
+    expected = frechet_distance(inception(reference), inception(to_uint8(images)))
+    assert rows[6]["eval/fid"] == pytest.approx(expected, rel=1e-3)
 
 
 def test_uninterrupted_run_checkpoints_and_exports(uninterrupted):

@@ -34,8 +34,15 @@ def absolute_paths(job: DistillJob) -> DistillJob:
     def fix(p):
         return p if p is None or storage.is_s3(p) else str(Path(p).resolve())
     model = job.model.model_copy(update={"teacher_dir": fix(job.model.teacher_dir), "student_dir": fix(job.model.student_dir)})
-    return job.model_copy(update={"model": model, "storage": job.storage.model_copy(update={"path": fix(job.storage.path)}),
-                                  "data": job.data.model_copy(update={"paths": [fix(p) for p in job.data.paths]})})
+    update = {"model": model, "storage": job.storage.model_copy(update={"path": fix(job.storage.path)}),
+              "data": job.data.model_copy(update={"paths": [fix(p) for p in job.data.paths]})}
+    if job.evaluation:
+        ev = job.evaluation
+        keys = ("prompts_path", "classifier_dir", "clip_dir", "inception_path", "cache_dir")
+        update["evaluation"] = ev.model_copy(update={
+            **{k: fix(getattr(ev, k)) for k in keys},
+            "reference": ev.reference.model_copy(update={"images": fix(ev.reference.images), "stats": fix(ev.reference.stats)})})
+    return job.model_copy(update=update)
 
 
 def latest_checkpoint_state(job: DistillJob) -> dict | None:

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from loopfree.config import DistillConfig
 from loopfree_platform.jobfile import JobError, Section, validate_file
+from loopfree_platform.reference import ReferenceSection
 
 
 class ModelSection(Section):
@@ -83,6 +84,7 @@ class TrackingSection(Section):
     optional: bool = Field(False, description="an unreachable server only warns instead of failing the job")
     registered_model: str | None = Field("loopfree-tiue", description="register the exported model under this name")
     alias: str = "candidate"
+    parent_run_id: str | None = Field(None, description="nest the run under this MLflow run (set by sweeps)")
 
 
 class CheckpointSection(Section):
@@ -112,6 +114,37 @@ class SamplingSection(Section):
         return self
 
 
+class EvaluationSection(Section):
+    """Evaluation during training (docs/evaluation.md): every `every_steps` steps and at the end, the EMA
+    student generates `num_images` images on fixed prompts and seeds, split over the workers, and rank 0
+    logs FID, PRDC and alignment as `eval/...` metrics at that step."""
+
+    every_steps: int = Field(ge=1)
+    num_images: int = Field(200, ge=2, description="images per evaluation (image i: prompt i mod P, seed seed + i)")
+    prompts: list[str] | None = Field(None, min_length=1, description="default: sampling.prompts")
+    prompts_path: str | None = Field(None, description="a text file, one prompt per line (instead of prompts)")
+    seed: int = Field(0, ge=0)
+    at_start: bool = Field(True, description="also evaluate the initial student (step 0) of a fresh run")
+    reference: ReferenceSection
+    classifier_dir: str | None = Field(None, description="alignment: classifier folder (loopfree.classifier)")
+    clip_dir: str | None = Field(None, description="alignment: local transformers CLIPModel folder (CLIP score)")
+    inception_path: str | None = Field(None, description="FID Inception TorchScript (default: the bundled one)")
+    nearest_k: int = Field(5, ge=1)
+    batch_size: int = Field(50, ge=1)
+    cache_dir: str = Field("runs/eval-cache", description="reference features, keyed by content hash")
+
+    @model_validator(mode="after")
+    def _prompt_source(self):
+        if self.prompts is not None and self.prompts_path is not None:
+            raise ValueError("set at most one of evaluation.prompts and evaluation.prompts_path")
+        return self
+
+    def local_paths(self) -> list[tuple[str, str | None]]:
+        return [("evaluation.prompts_path", self.prompts_path), ("evaluation.reference.images", self.reference.images),
+                ("evaluation.reference.stats", self.reference.stats), ("evaluation.classifier_dir", self.classifier_dir),
+                ("evaluation.clip_dir", self.clip_dir), ("evaluation.inception_path", self.inception_path)]
+
+
 class DistillJob(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="run name; re-running it resumes")
     model: ModelSection
@@ -124,6 +157,7 @@ class DistillJob(Section):
     checkpoint: CheckpointSection = CheckpointSection()
     training: TrainingSection
     sampling: SamplingSection = SamplingSection()
+    evaluation: EvaluationSection | None = None
 
     @field_validator("method")
     @classmethod
@@ -173,6 +207,9 @@ def check_paths(job: DistillJob) -> None:
     for i, p in enumerate(job.data.paths):
         if not p.startswith("s3://") and not Path(p).exists():
             raise JobError(f"data.paths[{i}]: {p!r} does not exist")
+    for key, value in job.evaluation.local_paths() if job.evaluation else []:
+        if value and not Path(value).exists():
+            raise JobError(f"{key}: {value!r} does not exist")
 
 
 def deepspeed_config(job: DistillJob, grad_clip: float) -> dict[str, Any]:

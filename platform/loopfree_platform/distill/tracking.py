@@ -70,6 +70,11 @@ def flatten(data: Any, prefix: str = "") -> dict[str, str]:
     return {prefix.rstrip("."): str(data)[:6000]}
 
 
+def experiment_id(client, name: str, uri: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp else client.create_experiment(name, artifact_location=_local_artifacts(uri))
+
+
 def start_run(job: DistillJob) -> tuple[str, str] | None:
     """(tracking URI, run id): the job's existing run when resuming, else a new run with its params."""
     from mlflow.tracking import MlflowClient
@@ -83,10 +88,11 @@ def start_run(job: DistillJob) -> tuple[str, str] | None:
                 run_id = storage.read_bytes(id_file, job.storage.endpoint_url).decode().strip()
                 client.get_run(run_id)  # must still exist, and the server must answer
                 return uri, run_id
-            exp = client.get_experiment_by_name(job.tracking.experiment)
-            exp_id = exp.experiment_id if exp else client.create_experiment(
-                job.tracking.experiment, artifact_location=_local_artifacts(uri))
-            run = client.create_run(exp_id, run_name=job.name, tags={"loopfree.job": job.name})
+            exp_id = experiment_id(client, job.tracking.experiment, uri)
+            tags = {"loopfree.job": job.name}
+            if job.tracking.parent_run_id:
+                tags["mlflow.parentRunId"] = job.tracking.parent_run_id  # shows as a child in the MLflow UI
+            run = client.create_run(exp_id, run_name=job.name, tags=tags)
     except Exception as err:  # noqa: BLE001 - any client failure means the same to the user
         message = f"tracking.mlflow_uri: MLflow at {redact(uri)} is not usable ({type(err).__name__}: {redact(str(err))[:300]})"
         if job.tracking.optional:
@@ -125,7 +131,7 @@ class MLflowTracking(UserCallback):
                 for i in range(0, len(self.pending), 500):
                     client.log_batch(self.run_id, metrics=self.pending[i:i + 500])
                 self.pending = []
-                if step % self.job.sampling.every_steps == 0:
+                if step and step % self.job.sampling.every_steps == 0:
                     self._log_grid(client, step)
         except Exception as err:  # noqa: BLE001 - an outage must never stop training
             warnings.warn(f"MLflow logging failed at step {step} ({type(err).__name__}); "

@@ -26,6 +26,7 @@ from loopfree.training import train_iteration
 from loopfree_platform import storage
 from loopfree_platform.distill import checkpoint
 from loopfree_platform.distill.engines import build_engines
+from loopfree_platform.distill.evaluation import TrainingEvaluator
 from loopfree_platform.distill.job import DistillJob, deepspeed_config
 from loopfree_platform.models import local_model_dir
 
@@ -127,6 +128,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         with resume_from.as_directory() as d:
             state = checkpoint.restore(Path(d), distiller, student_engine, lora_engine)
     batches = _rank_batches(ray.train.get_dataset_shard("train"), job, rank, skip_steps=state.step)
+    evaluator = TrainingEvaluator(job, device, rank, world) if job.evaluation else None
+    if evaluator and state.step == 0 and job.evaluation.at_start:  # the curve's starting point: the initial student
+        ray.train.report({"step": 0, **evaluator(_export_pipeline(distiller, components))})
 
     nonfinite_in_a_row, t_start, first_step, data_wait, first_batch_s = 0, time.perf_counter(), state.step, 0.0, 0.0
     startup_s = t_start - t_enter  # models, engines, checkpoint restore: the fixed cost of every (re)start
@@ -140,7 +144,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if rank == 0 and step in job.training.inject_nonfinite_at:  # test only: poison this rank's text states
             batch["text_states"] = torch.full_like(distiller.text_states(batch), math.nan)
         # 4. one iteration: student turn + update, LoRA turn + update, EMA (SPEC.md 3, steps 1-6)
-        logs = train_iteration(distiller, student_engine, lora_engine, batch, IterationRNG(job.data.seed, step, rank * b, b), step)
+        rng = IterationRNG(job.data.seed, step, rank * b, b)
+        logs = train_iteration(distiller, student_engine, lora_engine, batch, rng, step)
         state.step, state.rows_consumed = step + 1, (step + 1) * job.scaling.global_batch_size
         nonfinite_in_a_row = nonfinite_in_a_row + 1 if logs["skipped"] else 0
         state.nonfinite_total += int(logs["skipped"] > 0)
@@ -154,7 +159,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if rank == 0 and (done or (step + 1) % job.sampling.every_steps == 0):
             _write_samples(job, distiller, components, step + 1)
         save = done or (step + 1) % job.checkpoint.every_steps == 0
-        if save or (step + 1) % job.training.log_every == 0:
+        evaluate = evaluator is not None and evaluator.due(step + 1, total_steps)  # every rank takes part
+        eval_metrics = evaluator(_export_pipeline(distiller, components)) if evaluate else {}
+        if save or evaluate or (step + 1) % job.training.log_every == 0:
             step_time = time.perf_counter() - t0
             rate = (step + 1 - first_step) / (time.perf_counter() - t_start)
             metrics = {**_mean_over_ranks(logs), "step": step + 1, "step_time_s": step_time,
@@ -162,7 +169,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                        "lr_student": student_engine.lr(), "lr_lora": lora_engine.lr(),
                        "peak_memory_gb": _peak_memory_gb(), "skipped_total": state.nonfinite_total,
                        "data_wait_s_per_step": data_wait / max(1, step - first_step), "first_batch_s": first_batch_s,
-                       "worker_startup_s": startup_s}
+                       "worker_startup_s": startup_s, **eval_metrics}
             if save:
                 state.metrics = metrics
                 with tempfile.TemporaryDirectory() as d:

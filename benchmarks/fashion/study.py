@@ -1,0 +1,150 @@
+"""The distillation study on the Fashion-MNIST teacher (issue 14): recipes x seeds, FID curves on a
+VALIDATION reference drawn from the training images (never the test images of the final table).
+
+Each run is one process with one thread running the library's training step (`loopfree.training.
+train_iteration`, the loop body every platform worker runs) and evaluating the EMA student every
+`--eval-every` steps with `loopfree.evaluation` (the code the platform's in-training evaluation uses):
+    .venv/bin/python -m benchmarks.fashion.study --recipe paper --seed 0 --steps 1500
+    .venv/bin/python -m benchmarks.fashion.study --report            # table + FID-over-steps PNG
+Resumable per run: a run whose curve reaches --steps is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+
+WORK = Path("runs/fashion-study")
+TEACHER = Path("models/fashion-teacher")
+CLASSIFIER = Path("models/fashion-classifier")
+# The quickstart's small-model settings (student lr 1e-4: a 3M-parameter UNet needs a larger step than the
+# paper's 1e-6 for 865M; EMA 0.99 for a few thousand steps) with the paper's LoRA (rank 64, alpha 108).
+BASE = dict(num_steps=4, spacing="leading", lambda_kl=0.1, student_lr=1e-4, lora_lr=1e-3, lora_rank=64,
+            lora_alpha=108.0, ema_decay=0.99)
+RECIPES: dict[str, dict] = {
+    "paper": {},
+    "ttur5": {"fake_score_updates": 5},
+    "full": {"fake_score": "full", "lora_lr": 1e-4},
+    "guid2-1": {"guidance_scale": 2.0, "fake_guidance_scale": 1.0},
+    "x0err": {"vsd_weighting": "x0_error"},
+    "warmup": {"student_warmup_steps": 200, "lora_warmup_steps": 200},
+    "full-ttur5-guid2-1": {"fake_score": "full", "lora_lr": 1e-4, "fake_score_updates": 5, "guidance_scale": 2.0,
+                           "fake_guidance_scale": 1.0},
+    "full-ttur5-guid2-1-x0err": {"fake_score": "full", "lora_lr": 1e-4, "fake_score_updates": 5, "guidance_scale": 2.0,
+                                 "fake_guidance_scale": 1.0, "vsd_weighting": "x0_error"},
+    "sb-paper": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0},
+    "sb-full-ttur5-guid2-1": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0, "fake_score": "full",
+                              "lora_lr": 1e-4, "fake_score_updates": 5, "guidance_scale": 2.0, "fake_guidance_scale": 1.0},
+}
+
+
+def reference_features(split: str, n: int, seed: int, inception) -> torch.Tensor:
+    """Inception features of n Fashion-MNIST images of `split` in the teacher's framing, cached."""
+    from examples.fashion.data import load_split, to_model_images
+    from loopfree.features import to_uint8
+
+    cache = WORK / f"reference-{split}-{n}-seed{seed}.pt"
+    if cache.is_file():
+        return torch.load(cache)
+    images, _ = load_split(split)
+    keep = sorted(random.Random(seed).sample(range(len(images)), n))
+    model_images = to_model_images(images[keep])  # (n, 3, 32, 32) in [-1, 1]
+    feats = torch.cat([inception(to_uint8((b + 1) / 2)) for b in model_images.split(50)])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(feats, cache)
+    return feats
+
+
+def batches(tokenize, prompts: list[str], batch_size: int, seed: int):
+    """Endless batches over the captions, reshuffled every epoch with (seed, epoch)."""
+    epoch = 0
+    while True:
+        order = list(range(len(prompts)))
+        random.Random(seed * 1000 + epoch).shuffle(order)
+        for s in range(0, len(order) - batch_size + 1, batch_size):
+            yield {"input_ids": tokenize([prompts[i] for i in order[s:s + batch_size]])}
+        epoch += 1
+
+
+def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_size: int) -> Path:
+    from examples.fashion.data import all_captions
+    from loopfree.classifier import load_classifier
+    from loopfree.config import DistillConfig
+    from loopfree.distiller import Distiller
+    from loopfree.evaluation import EvalSet, generate_features, metrics
+    from loopfree.features import InceptionFeatures
+    from loopfree.pipeline import TiUEPipeline
+    from loopfree.presets import load_components
+    from loopfree.rng import IterationRNG
+    from loopfree.training import local_engines, train_iteration
+
+    out = WORK / f"{recipe}-s{seed}"
+    curve = out / "curve.jsonl"
+    rows = [json.loads(x) for x in curve.read_text().splitlines()] if curve.is_file() else []
+    if rows and rows[-1]["step"] >= steps:
+        return curve
+    out.mkdir(parents=True, exist_ok=True)
+    curve.write_text("")  # a partial run starts over: nothing random is checkpointed here
+    torch.manual_seed(seed)
+    components = load_components(TEACHER)
+    config = DistillConfig(**{**BASE, **RECIPES[recipe]})
+    distiller = Distiller(components, config)
+    engines = local_engines(distiller)
+    inception = InceptionFeatures(batch_size=50)
+    ref = reference_features("train", 1000, 0, inception)  # validation reference
+    classifier, classes = load_classifier(CLASSIFIER)
+    captions = all_captions()
+    eval_set = EvalSet.cycle([captions[(i % 10) * 8 + (i // 10) % 8] for i in range(80)], images, seed=10_000)
+    data = batches(distiller.tokenize, captions, batch_size, seed)
+
+    def evaluate(step: int, train_s: float) -> None:
+        pipe = TiUEPipeline(distiller.export_unet(), components.vae, distiller.text_encoder, distiller.tokenizer,
+                            components.scheduler, num_steps=distiller.student.plan.num_steps, mode=config.mode)
+        t0 = time.perf_counter()
+        gen = generate_features(pipe, eval_set, range(images), inception, classifier, classes)
+        row = {"step": step, **metrics(gen, ref), "train_s": round(train_s, 1), "eval_s": round(time.perf_counter() - t0, 1)}
+        with curve.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"{recipe} s{seed} step {step}: " + " ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "step"), flush=True)
+
+    train_s = 0.0
+    evaluate(0, train_s)
+    for step in range(steps):
+        t0 = time.perf_counter()
+        batch = next(data)
+        train_iteration(distiller, *engines, batch, IterationRNG(seed, step, 0, batch_size), step)
+        train_s += time.perf_counter() - t0
+        if (step + 1) % eval_every == 0 or step + 1 == steps:
+            evaluate(step + 1, train_s)
+    return curve
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", choices=sorted(RECIPES))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--eval-every", type=int, default=250)
+    parser.add_argument("--images", type=int, default=400, help="generated images per evaluation")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--report", action="store_true", help="write benchmarks/results/fashion_study.md and the PNG")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.report:
+        from benchmarks.fashion.study_report import write_report
+
+        print(write_report(WORK, RECIPES))
+        return
+    if not args.recipe:
+        parser.error("--recipe is required (or --report)")
+    run(args.recipe, args.seed, args.steps, args.eval_every, args.images, args.batch_size)
+
+
+if __name__ == "__main__":
+    main()

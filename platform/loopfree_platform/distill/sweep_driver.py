@@ -1,0 +1,96 @@
+"""Run a sweep (`loopfree_platform.distill.sweep`): one Ray Tune trial per variant, each driving its own
+Ray Train run through `run_distill`, all under one MLflow parent run; then the summary table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loopfree_platform import storage
+from loopfree_platform.distill.driver import absolute_paths, run_distill
+from loopfree_platform.distill.job import DistillJob
+from loopfree_platform.distill.sweep import SweepJob, summary_row, tables
+from loopfree_platform.runtime import ensure_ray
+
+
+@dataclass
+class SweepResult:
+    rows: list[dict[str, Any]]
+    markdown: str  # URI of summary.md
+    csv: str  # URI of summary.csv
+    parent_run_id: str | None
+
+
+def _trial(config: dict) -> None:
+    """One Tune trial: a whole distillation job (its own TorchTrainer, corpus and MLflow run)."""
+    from ray import tune
+
+    run = config["run"]
+    job = DistillJob.model_validate(run["job"])
+    run_distill(job)
+    tune.report(summary_row(run["variant"], run["seed"], job))
+
+
+def _parent_run(sweep: SweepJob, first: DistillJob) -> tuple[str, str] | None:
+    if not first.tracking.enabled:
+        return None
+    from mlflow.tracking import MlflowClient
+
+    from loopfree_platform.distill.tracking import experiment_id, tracking_uri
+
+    uri = tracking_uri(first)
+    client = MlflowClient(uri)
+    run = client.create_run(experiment_id(client, first.tracking.experiment, uri), run_name=sweep.name,
+                            tags={"loopfree.sweep": sweep.name, "mlflow.note.content": f"sweep of {sweep.base}"})
+    return uri, run.info.run_id
+
+
+def run_sweep(sweep: SweepJob, runs: list[tuple[str, int, DistillJob]], address: str | None = None) -> SweepResult:
+    from ray import tune
+
+    ensure_ray(address)
+    runs = [(name, seed, absolute_paths(job)) for name, seed, job in runs]
+    parent = _parent_run(sweep, runs[0][2])
+    if parent:
+        runs = [(n, s, j.model_copy(update={"tracking": j.tracking.model_copy(update={"parent_run_id": parent[1]})}))
+                for n, s, j in runs]
+    first = runs[0][2]
+    sweep_dir = storage.join(first.storage.path, sweep.name)
+    space = [{"variant": n, "seed": s, "job": j.model_dump(mode="json")} for n, s, j in runs]
+    local_tune_dir = Path(first.storage.path if not storage.is_s3(first.storage.path) else "runs").resolve() / sweep.name
+    tuner = tune.Tuner(
+        tune.with_resources(_trial, {"CPU": sweep.cpus_per_trial}),
+        param_space={"run": tune.grid_search(space)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=sweep.max_concurrent or 0),
+        run_config=tune.RunConfig(name="tune", storage_path=str(local_tune_dir), verbose=0),
+    )
+    results = tuner.fit()
+    errors = [r.error for r in results if r.error]
+    rows = [summary_row(n, s, j) for n, s, j in runs]
+    markdown, csv_text = tables(rows)
+    endpoint = first.storage.endpoint_url
+    md_uri, csv_uri = storage.join(sweep_dir, "summary.md"), storage.join(sweep_dir, "summary.csv")
+    storage.write_bytes(md_uri, markdown.encode(), endpoint)
+    storage.write_bytes(csv_uri, csv_text.encode(), endpoint)
+    if parent:
+        _log_parent(parent, rows, markdown, csv_text)
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {len(runs)} sweep trials failed; first: {errors[0]}")
+    return SweepResult(rows, md_uri, csv_uri, parent[1] if parent else None)
+
+
+def _log_parent(parent: tuple[str, str], rows: list[dict[str, Any]], markdown: str, csv_text: str) -> None:
+    """The summary as artifacts of the parent run, and the best final FID as its metric."""
+    import math
+
+    from mlflow.tracking import MlflowClient
+
+    uri, run_id = parent
+    client = MlflowClient(uri)
+    client.log_text(run_id, markdown, "summary.md")
+    client.log_text(run_id, csv_text, "summary.csv")
+    finals = [r["final_fid"] for r in rows if not math.isnan(r["final_fid"])]
+    if finals:
+        client.log_metric(run_id, "eval/best_final_fid", min(finals))
+    client.set_terminated(run_id)
