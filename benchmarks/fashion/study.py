@@ -119,6 +119,8 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
         batch = next(data)
         train_iteration(distiller, *engines, batch, IterationRNG(seed, step, 0, batch_size), step)
         train_s += time.perf_counter() - t0
+        if (step + 1) % 50 == 0:
+            print(f"{recipe} s{seed} step {step + 1}/{steps}: {train_s / (step + 1):.2f} s/step", flush=True)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             evaluate(step + 1, train_s)
     return curve

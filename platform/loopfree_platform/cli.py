@@ -75,9 +75,8 @@ def _sweep(args: argparse.Namespace) -> int:
                          for name, seed, job in runs]}
         print(yaml.safe_dump(redact(plan), sort_keys=False), end="")
         return 0
-    from loopfree_platform.distill.sweep_driver import run_sweep
-
     from loopfree_platform.distill.sweep import tables
+    from loopfree_platform.distill.sweep_driver import run_sweep
 
     result = run_sweep(sweep, runs, address=args.address)
     print(tables(result.rows)[0], end="")
