@@ -1,4 +1,4 @@
-"""The paper's "Inference: Time (ms), Memory (GB)" columns (SPEC.md section 5): end-to-end time per image
+"""The paper's "Inference: Time (ms), Memory (GB)" columns (the paper's Table 1, docs/method.md): end-to-end time per image
 (text encoding + UNet work + VAE decode, batch 1) and peak memory, for each system, on one device, in one run.
 
 Systems come from an evaluation job file (every system that generates; image folders have no timing), or

@@ -1,6 +1,6 @@
 """Loopfree: the TiUE method (One-Way Ticket, CVPR 2025) as plain single-device PyTorch.
 
-This package never imports ray, deepspeed, mlflow, boto3 or loopfree_platform (DESIGN.md).
+This package never imports ray, deepspeed, mlflow, boto3 or loopfree_platform (docs/architecture.md).
 """
 
 from loopfree.pipeline import TiUEPipeline, TiUEPipelineOutput

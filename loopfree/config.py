@@ -19,7 +19,7 @@ FAKE_SCORES = ("lora", "full")
 
 @dataclass(frozen=True)
 class DistillConfig:
-    # student (SPEC.md sections 1-2)
+    # student (docs/method.md: the student, the closed-form DDIM map, the 1-step mode)
     mode: str = "tiue"  # "tiue" or "one_step" (SwiftBrush baseline)
     num_steps: int = 4  # K decoder timesteps
     spacing: str = "leading"  # "leading" (paper parity), "trailing", or "custom" with `timesteps`

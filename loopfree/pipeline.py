@@ -1,6 +1,6 @@
 """TiUEPipeline: prompts -> images with a TiUE (or 1-step) student, plus the teacher's DDIM+CFG sampler.
 
-Inference uses no classifier-free guidance for the student (it is distilled in, SPEC.md section 2).
+Inference uses no classifier-free guidance for the student (it is distilled in, docs/method.md).
 The multi-step sampler (`sample_multistep`) runs the same components as a plain SD sampler, so the
 "teacher, N steps, cfg s" rows of the paper's tables come from the same code path.
 """

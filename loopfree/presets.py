@@ -18,7 +18,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from loopfree.tokenizer import clip_tokenizer
 
-# SD2.1-base / SD1.5 scheduler (SPEC.md section 2): scaled_linear 0.00085..0.012, 1000 steps.
+# SD2.1-base / SD1.5 scheduler (docs/method.md, the closed-form DDIM map): scaled_linear 0.00085..0.012, 1000 steps.
 SD_SCHEDULER = dict(
     num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
     clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",

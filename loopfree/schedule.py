@@ -1,4 +1,4 @@
-"""DDIM timesteps and the closed form of K deterministic DDIM steps (SPEC.md section 2).
+"""DDIM timesteps and the closed form of K deterministic DDIM steps (docs/method.md).
 
 Notation (diffusers / DDIM paper): ``alpha_bar_t = alphas_cumprod[t]``. One DDIM step with eta = 0
 from timestep t to its predecessor ``t_prev`` with noise prediction eps is
@@ -25,7 +25,7 @@ from typing import Sequence
 import torch
 
 SPACINGS = ("leading", "trailing")
-MODES = ("tiue", "one_step")  # K-step TiUE student, or the 1-step SwiftBrush baseline (SPEC.md section 2)
+MODES = ("tiue", "one_step")  # K-step TiUE student, or the 1-step SwiftBrush baseline (docs/method.md)
 
 
 def ddim_timesteps(
@@ -100,7 +100,7 @@ class DDIMPlan:
     def apply(self, z: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """z: (B, C, H, W); eps: (K, B, C, H, W) -> z_final (B, C, H, W) = S*z + sum_k E_k*eps_k.
 
-        Coefficients stay fp32 (SPEC.md section 3) whatever the dtype of eps.
+        Coefficients stay fp32 (docs/method.md, "Training") whatever the dtype of eps.
         """
         if eps.dim() != z.dim() + 1 or eps.shape[0] != self.num_steps or eps.shape[1:] != z.shape:
             raise ValueError(f"eps must have shape (K={self.num_steps}, *z.shape={tuple(z.shape)}), got {tuple(eps.shape)}")

@@ -1,6 +1,6 @@
 """The text-to-image systems the paper's tables compare, behind one call: (prompts, seeds) -> uint8 images.
 
-Kinds (the rows of SPEC.md section 5):
+Kinds (the rows of the paper's Table 1, docs/method.md):
 - "tiue": a TiUE pipeline directory (also the 1-step SwiftBrush mode, whatever the directory's config says);
 - "teacher": a diffusers-layout model run for N DDIM steps with classifier-free guidance s
   (the "SD2.1, 50 steps, cfg 7.5" row), through `TiUEPipeline.sample_multistep`;

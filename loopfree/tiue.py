@@ -1,4 +1,4 @@
-"""The TiUE generator: a stock diffusers UNet split into encoder and decoder (SPEC.md section 1).
+"""The TiUE generator: a stock diffusers UNet split into encoder and decoder (docs/method.md).
 
 The UNet's parameters and modules are untouched; these functions only route its forward pass:
 encoder = conv_in + down blocks + mid block, run ONCE at the first timestep t_0; decoder = up blocks

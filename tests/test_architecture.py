@@ -1,4 +1,4 @@
-"""Architecture rules from DESIGN.md, as tests."""
+"""Architecture rules from docs/architecture.md, as tests."""
 
 import ast
 import re

@@ -1,4 +1,4 @@
-"""Local folders and s3:// URIs behind one small interface (pyarrow's filesystems; no s3fs, DESIGN.md).
+"""Local folders and s3:// URIs behind one small interface (pyarrow's filesystems; no s3fs, docs/architecture.md).
 
 The S3 endpoint comes from standard settings only: an explicit ``endpoint_url`` from the job file, else
 ``AWS_ENDPOINT_URL``, else AWS itself. Credentials come from the standard AWS chain (environment,

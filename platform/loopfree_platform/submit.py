@@ -2,7 +2,7 @@
 
 Token authentication passes through: with RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH)
 in the environment, Ray's JobSubmissionClient adds the bearer header itself; we never print the token.
-Equivalent plain command (README):
+Equivalent plain command (docs/cluster.md):
     ray job submit --address URL --working-dir . -- python -m loopfree_platform.cli distill jobs/smoke.yaml
 """
 

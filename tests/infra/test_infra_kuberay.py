@@ -110,7 +110,7 @@ def test_distill_job_fits_its_gpu_workers(ray_docs):
     assert scaling["use_gpu"] and groups
     assert sum(n * gpus for n, gpus, _ in groups) >= scaling["num_workers"], "fewer GPUs than Train workers"
     assert sum(n * cpus for n, _, cpus in groups) > scaling["num_workers"] * scaling["cpus_per_worker"], \
-        "no CPU left for Ray Data beside the Train workers (DESIGN.md)"
+        "no CPU left for Ray Data beside the Train workers (docs/architecture.md)"
 
 
 def serve_config(ray_docs) -> dict:

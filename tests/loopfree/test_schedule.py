@@ -11,7 +11,7 @@ def alphas():
     return DDIMScheduler(**SD_SCHEDULER).alphas_cumprod
 
 
-# SPEC.md section 2 table. The trailing row is printed to 2 decimals, so its tolerance is half the
+# The reference values table of docs/method.md. The trailing row is printed to 2 decimals, so its tolerance is half the
 # last printed digit on top of the 1e-3 asked for.
 @pytest.mark.parametrize(
     "spacing, timesteps, S, E, tol",

@@ -1,4 +1,4 @@
-"""DeepSpeed engines for the two trainable networks. The only module that imports deepspeed (DESIGN.md).
+"""DeepSpeed engines for the two trainable networks. The only module that imports deepspeed (docs/architecture.md).
 
 `DeepSpeedEngine` gives a DeepSpeed engine the interface of `loopfree.training.Engine`, so the loop body
 (`loopfree.training.train_iteration`) is the same on one CPU and on a GPU cluster.

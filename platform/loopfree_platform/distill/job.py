@@ -223,7 +223,7 @@ def deepspeed_config(job: DistillJob, grad_clip: float) -> dict[str, Any]:
         "zero_optimization": {"stage": ds.zero_stage},
         "bf16": {"enabled": ds.precision == "bf16"},
         "fp16": {"enabled": ds.precision == "fp16", "initial_scale_power": 16, "loss_scale_window": 1000},
-        "zero_allow_untested_optimizer": True,  # torch.optim.Adam as the client optimizer (DESIGN.md)
+        "zero_allow_untested_optimizer": True,  # torch.optim.Adam as the client optimizer (docs/architecture.md)
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }

@@ -1,7 +1,7 @@
 """Distributed distillation with Ray Train: the worker loop and the driver.
 
 `train_loop_per_worker` is the one training loop of the platform; the maths of an iteration is
-`loopfree.training.train_iteration` (SPEC.md section 3), here driven by two DeepSpeed engines.
+`loopfree.training.train_iteration` (docs/method.md, "Training"), here driven by two DeepSpeed engines.
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             data_wait += time.perf_counter() - t0
         if rank == 0 and step in job.training.inject_nonfinite_at:  # test only: poison this rank's text states
             batch["text_states"] = torch.full_like(distiller.text_states(batch), math.nan)
-        # 4. one iteration: student turn + update, LoRA turn + update, EMA (SPEC.md 3, steps 1-6)
+        # 4. one iteration: student turn + update, LoRA turn + update, EMA (docs/method.md, "Training", steps 1-6)
         rng = IterationRNG(job.data.seed, step, rank * b, b)
         logs = train_iteration(distiller, student_engine, lora_engine, batch, rng, step)
         state.step, state.rows_consumed = step + 1, (step + 1) * job.scaling.global_batch_size

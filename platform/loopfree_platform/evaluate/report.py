@@ -12,7 +12,7 @@ from loopfree.analysis import StepSimilarity
 from loopfree_platform.evaluate.job import EvaluateJob
 from loopfree_platform.evaluate.stages import SystemResult
 
-# SPEC.md section 5 order (method, steps, FID, CLIP), then the distribution metrics, then the image count.
+# The paper's Table 1 order (method, steps, FID, CLIP; docs/method.md), then the distribution metrics, then the image count.
 # Time and memory come from benchmarks/latency_memory.py, measured on one device in one run.
 COLUMNS = ("method", "steps", "FID", "CLIP", "precision", "recall", "F1", "density", "coverage", "images")
 PRDC_KEYS = ("precision", "recall", "f1", "density", "coverage")
