@@ -88,7 +88,7 @@ def main() -> int:
              f"Machine: {machine(torch.device('cpu'))}.",
              f"Command: `python -m benchmarks.distill_iteration {' '.join(sys.argv[1:])}`. Median of the timed iterations "
              f"after warm-up; SD2.1-base: trainable weights, Adam and EMA fp32, frozen teacher and text encoder "
-             f"{args.frozen_dtype}, gradient checkpointing on the student, SPEC.md defaults (K=4, LoRA rank 64).", "",
+             f"{args.frozen_dtype}, gradient checkpointing on the student, defaults of docs/method.md (K=4, LoRA rank 64).", "",
              "| model | latents | time per iteration (ms) | peak resident memory (GB) |", "|---|---|---|---|",
              f"| tiny preset | 8x8 | {tiny_ms:.1f} | - |",
              f"| SD2.1-base architecture ({n_unet:.0f}M-parameter UNet) | 32x32 | {sd_ms:.0f} | {sd_peak:.2f} |", "",

@@ -90,7 +90,7 @@ def main() -> int:
              f"Fréchet distance between pooled final latents (64-d) of {args.samples} samples, same prompts and seeds; "
              "lower is closer to the teacher's 50-step DDIM + CFG "
              f"{config.guidance_scale} distribution. Student lr {args.student_lr}, LoRA lr {config.lora_lr}, batch "
-             f"{args.batch_size}, other settings SPEC.md defaults. Reference point: the teacher itself with 4 DDIM "
+             f"{args.batch_size}, other settings docs/method.md defaults. Reference point: the teacher itself with 4 DDIM "
              f"steps + CFG scores **{fd_four:.4f}**; a second set of 50-step teacher samples with other seeds (the "
              f"noise floor of this measure) scores **{floor:.4f}**.", "",
              f"Command: `python -m benchmarks.distill_learns {' '.join(sys.argv[1:])}`", "",
