@@ -56,7 +56,7 @@ def s3_endpoint():
 
 @pytest.fixture(scope="session")
 def ray_local(s3_endpoint):
-    """One local Ray instance per test session, bound to 127.0.0.1 (DESIGN.md)."""
+    """One local Ray instance per test session, bound to 127.0.0.1 (docs/architecture.md)."""
     import ray
     from loopfree_platform.runtime import ensure_ray
 

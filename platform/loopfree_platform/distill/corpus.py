@@ -8,7 +8,7 @@ counted; with ``on_bad_record: error`` the first bad record stops the job, namin
 Order: every (prompt, epoch) pair gets the key blake2b(seed, epoch, prompt) and the table is sorted by
 (epoch, key). The order is therefore a pure function of the prompt set, the seed and the epoch count,
 independent of files, blocks and cluster size, which is what exact resume and worker-count parity need.
-Token ids (not text states: those would be ~220 GB for 1.4M prompts, SPEC.md section 4) stream to the
+Token ids (not text states: those would be ~220 GB for 1.4M prompts, docs/method.md, "Data") stream to the
 workers; the frozen text encoder runs in the worker.
 """
 
