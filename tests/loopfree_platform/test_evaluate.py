@@ -11,8 +11,8 @@ import yaml
 from loopfree_platform.cli import main
 from loopfree_platform.evaluate.job import EvaluateJob, load_eval_job
 from loopfree_platform.evaluate.stages import reference
-from loopfree_platform.reference import reference_items
 from loopfree_platform.jobfile import JobError
+from loopfree_platform.reference import reference_items
 
 ROOT = Path(__file__).resolve().parents[2]
 FASHION_TEST = str(ROOT / "data" / "fashion-mnist" / "t10k-images-idx3-ubyte.gz")  # shipped subset: 1000 images
@@ -57,7 +57,8 @@ def test_reference_cache_key_follows_content_and_selection(tmp_path):
         PIL.Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / f"{i}.png")
     job = EvaluateJob.model_validate(minimal(reference={"images": str(tmp_path)}))
     items, key = reference_items(job.reference, job.metrics.inception_path)
-    assert [it["id"] for it in items] == ["0", "1", "2", "3"] and reference_items(job.reference, job.metrics.inception_path)[1] == key
+    assert [it["id"] for it in items] == ["0", "1", "2", "3"]
+    assert reference_items(job.reference, job.metrics.inception_path)[1] == key
     (tmp_path / "0.png").rename(tmp_path / "renamed.png")  # same content: same key
     assert reference_items(job.reference, job.metrics.inception_path)[1] == key
     limited = EvaluateJob.model_validate(minimal(reference={"images": str(tmp_path), "limit": 2}))

@@ -27,7 +27,8 @@ def test_variants_grid_and_seeds_expand_into_named_validated_jobs(sweep_file):
 
 
 @pytest.mark.parametrize("sweep, message", [
-    ({"variants": [{"name": "bad", "overrides": {"method.fake_scor": "full"}}]}, r"variant 'bad' \(seed 0\): method: .*fake_scor"),
+    ({"variants": [{"name": "bad", "overrides": {"method.fake_scor": "full"}}]},
+     r"variant 'bad' \(seed 0\): method: .*fake_scor"),
     ({"variants": [{"name": "bad", "overrides": {"method.fake_score_updates": 0}}]}, "variant 'bad'.*updates"),
     ({"variants": [{"name": "x"}, {"name": "x"}]}, "distinct"),
     ({}, "variants, a grid, or both"),

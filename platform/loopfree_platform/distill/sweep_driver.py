@@ -22,14 +22,22 @@ class SweepResult:
     parent_run_id: str | None
 
 
+def _run_variant(job_data: dict) -> None:
+    run_distill(DistillJob.model_validate(job_data))
+
+
 def _trial(config: dict) -> None:
-    """One Tune trial: a whole distillation job (its own TorchTrainer, corpus and MLflow run)."""
+    """One Tune trial: a whole distillation job (its own corpus, TorchTrainer and MLflow run). The job runs in
+    a task outside the trial's placement group: Tune captures a trial's child tasks into its small bundle by
+    default, where the corpus's Ray Data tasks would never fit."""
+    import ray
     from ray import tune
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     run = config["run"]
-    job = DistillJob.model_validate(run["job"])
-    run_distill(job)
-    tune.report(summary_row(run["variant"], run["seed"], job))
+    escape = PlacementGroupSchedulingStrategy(placement_group=None)
+    ray.get(ray.remote(_run_variant).options(num_cpus=0, scheduling_strategy=escape, max_retries=0).remote(run["job"]))
+    tune.report(summary_row(run["variant"], run["seed"], DistillJob.model_validate(run["job"])))
 
 
 def _parent_run(sweep: SweepJob, first: DistillJob) -> tuple[str, str] | None:
