@@ -60,6 +60,30 @@ def reference_features(split: str, n: int, seed: int, inception) -> torch.Tensor
     return feats
 
 
+def test_reference(inception) -> torch.Tensor:
+    """The final table's reference: the first 1000 Fashion-MNIST TEST images in the teacher's framing, as in
+    benchmarks/results/fashion.md (compare.reference_folder), so the teacher rows there stay comparable."""
+    from examples.fashion.data import load_split, to_model_images
+    from loopfree.features import to_uint8
+
+    cache = WORK / "reference-test-first1000.pt"
+    if cache.is_file():
+        return torch.load(cache)
+    model_images = to_model_images(load_split("test", 1000)[0])
+    feats = torch.cat([inception(to_uint8((b + 1) / 2)) for b in model_images.split(50)])
+    torch.save(feats, cache)
+    return feats
+
+
+def test_set(n: int):
+    """fashion.md's protocol: prompt i names class i % 10 with template (i // 10) % 8, seed i."""
+    from examples.fashion.data import CLASSES, TEMPLATES, caption
+    from loopfree.evaluation import EvalSet
+
+    prompts = tuple(caption(i % len(CLASSES), (i // len(CLASSES)) % len(TEMPLATES)) for i in range(n))
+    return EvalSet(prompts, tuple(range(n)))
+
+
 def batches(tokenize, prompts: list[str], batch_size: int, seed: int):
     """Endless batches over the captions, reshuffled every epoch with (seed, epoch)."""
     epoch = 0
@@ -71,7 +95,7 @@ def batches(tokenize, prompts: list[str], batch_size: int, seed: int):
         epoch += 1
 
 
-def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_size: int) -> Path:
+def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_size: int, test_images: int) -> Path:
     from examples.fashion.data import all_captions
     from loopfree.classifier import load_classifier
     from loopfree.config import DistillConfig
@@ -113,7 +137,13 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
         print(f"{recipe} s{seed} step {step}: " + " ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "step"), flush=True)
 
     train_s = 0.0
-    evaluate(0, train_s)
+    initial = WORK / f"initial-{config.mode}-{images}.json"  # the same student for every recipe of a mode
+    if initial.is_file():
+        with curve.open("a") as f:
+            f.write(initial.read_text().strip() + "\n")
+    else:
+        evaluate(0, train_s)
+        initial.write_text(curve.read_text().splitlines()[0])
     for step in range(steps):
         t0 = time.perf_counter()
         batch = next(data)
@@ -123,6 +153,14 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
             print(f"{recipe} s{seed} step {step + 1}/{steps}: {train_s / (step + 1):.2f} s/step", flush=True)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             evaluate(step + 1, train_s)
+    if test_images:  # the final row: the TEST reference, never used for choosing recipes or steps
+        pipe = TiUEPipeline(distiller.export_unet(), components.vae, distiller.text_encoder, distiller.tokenizer,
+                            components.scheduler, num_steps=distiller.student.plan.num_steps, mode=config.mode)
+        pipe.save_pretrained(out / "export", safe_serialization=True)
+        gen = generate_features(pipe, test_set(test_images), range(test_images), inception, classifier, classes)
+        result = {"recipe": recipe, "seed": seed, "steps": steps, "images": test_images, **metrics(gen, test_reference(inception))}
+        (out / "test.json").write_text(json.dumps(result, indent=1))
+        print(f"{recipe} s{seed} TEST: " + json.dumps(result), flush=True)
     return curve
 
 
@@ -134,6 +172,7 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--images", type=int, default=400, help="generated images per evaluation")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--test-images", type=int, default=0, help="at the end: export, and this many images vs the test set")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--report", action="store_true", help="write benchmarks/results/fashion_study.md and the PNG")
     args = parser.parse_args()
@@ -145,7 +184,7 @@ def main() -> None:
         return
     if not args.recipe:
         parser.error("--recipe is required (or --report)")
-    run(args.recipe, args.seed, args.steps, args.eval_every, args.images, args.batch_size)
+    run(args.recipe, args.seed, args.steps, args.eval_every, args.images, args.batch_size, args.test_images)
 
 
 if __name__ == "__main__":
