@@ -158,7 +158,8 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
                             components.scheduler, num_steps=distiller.student.plan.num_steps, mode=config.mode)
         pipe.save_pretrained(out / "export", safe_serialization=True)
         gen = generate_features(pipe, test_set(test_images), range(test_images), inception, classifier, classes)
-        result = {"recipe": recipe, "seed": seed, "steps": steps, "images": test_images, **metrics(gen, test_reference(inception))}
+        result = {"recipe": recipe, "seed": seed, "steps": steps, "images": test_images,
+                  **metrics(gen, test_reference(inception))}
         (out / "test.json").write_text(json.dumps(result, indent=1))
         print(f"{recipe} s{seed} TEST: " + json.dumps(result), flush=True)
     return curve
