@@ -27,6 +27,7 @@ CLASSIFIER = Path("models/fashion-classifier")
 BASE = dict(num_steps=4, spacing="leading", lambda_kl=0.1, student_lr=1e-4, lora_lr=1e-3, lora_rank=64,
             lora_alpha=108.0, ema_decay=0.99)
 RECIPES: dict[str, dict] = {
+    "init": {},  # run with --steps 0: the initial student (the teacher's UNet in the TiUE pipeline)
     "paper": {},
     "ttur5": {"fake_score_updates": 5},
     "full": {"fake_score": "full", "lora_lr": 1e-4},
