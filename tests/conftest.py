@@ -9,6 +9,26 @@ import yaml
 from loopfree.presets import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
+INTEGRATION = ROOT / "tests" / "integration"
+CLUSTER_FILES = {"test_cluster_submit.py"}  # ray start + ray job submit
+RAY_FIXTURES = {"ray_local"}  # a test that starts Ray is an integration test wherever it lives
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection
+def pytest_collection_modifyitems(config, items):
+    """Test tiers: all of tests/integration is `integration`, its ray-start files also `cluster`; elsewhere a
+    test that uses the local Ray instance is `integration` too, and other slow tests say so explicitly
+    (@pytest.mark.integration). `pytest -m "not integration"` is the fast tier."""
+    for item in items:
+        path = Path(item.path)
+        if INTEGRATION in path.parents:
+            item.add_marker(pytest.mark.integration)
+            if path.name in CLUSTER_FILES:
+                item.add_marker(pytest.mark.cluster)
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("integration"):
+            item.add_marker(pytest.mark.integration)
+        if item.get_closest_marker("cluster") and not item.get_closest_marker("integration"):
+            item.add_marker(pytest.mark.integration)  # every cluster test is an integration test
 
 
 @pytest.fixture(scope="session")

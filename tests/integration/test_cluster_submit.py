@@ -18,6 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.timeout(600)  # a cluster, an MLflow server and two or three submitted jobs per test
 
 
 def wait_http(url: str, timeout: float = 90) -> None:

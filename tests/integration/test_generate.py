@@ -28,6 +28,7 @@ def parts(out: Path) -> list[Path]:
     return sorted((out / "manifest").glob("part-*.jsonl")) if (out / "manifest").exists() else []
 
 
+@pytest.mark.timeout(600)  # waits up to 240 s for the first parts, then generates the rest
 def test_interrupted_job_resumes_and_writes_each_image_once(ray_local, tiny_pipeline_dir, tmp_path, write_job):
     out = tmp_path / "out"
     job_file = write_job(job_dict(tiny_pipeline_dir, out), "generate.yaml")

@@ -66,6 +66,7 @@ def test_teacher_mode_equals_untouched_base_and_lora_teacher_starts_equal(distil
         assert not torch.allclose(d.unet(x, t, encoder_hidden_states=text).sample, reference)
 
 
+@pytest.mark.integration  # slow: several distillation turns on the tiny model
 def test_teacher_base_never_changes_and_turns_touch_only_their_network(distiller):
     d, _ = distiller
     student_engine, lora_engine = local_engines(d)
@@ -134,6 +135,7 @@ def test_prompt_dropout_uses_the_empty_prompt(tiny_components):
     assert kept != pytest.approx(explicit, rel=1e-6)
 
 
+@pytest.mark.integration  # slow: trains a one-step student
 def test_one_step_student_trains_through_the_same_distiller(tiny_components):
     d, _ = make(tiny_components, mode="one_step")
     assert d.student.mode == "one_step" and d.student.plan.timesteps == (999,)

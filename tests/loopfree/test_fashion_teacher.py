@@ -45,6 +45,7 @@ def test_classifier_recognises_real_test_images():
     assert (predicted == labels).float().mean() >= 0.85
 
 
+@pytest.mark.integration  # slow: 20 images x 10 CFG steps
 def test_teacher_draws_what_the_prompt_names(teacher):
     """Honest floor: on 200 random captions the 50-step CFG samples are classified right 70% of the time
     (chance: 10%); here 20 prompts, 10 DDIM steps, fixed seeds."""

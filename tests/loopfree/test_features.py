@@ -33,6 +33,7 @@ def test_read_idx_layout(fashion):
     assert fashion.float().mean() > 20  # real clothing images, not an empty buffer
 
 
+@pytest.mark.integration  # slow: 3 x 32 images through Inception at 299x299 (~20 s on 2 cores)
 def test_fid_separates_real_from_noise(inception, fashion):
     a, b = inception(fashion[:N]), inception(fashion[N:])
     noise = inception(torch.randint(0, 256, (N, 1, 28, 28), generator=torch.Generator().manual_seed(0), dtype=torch.uint8))

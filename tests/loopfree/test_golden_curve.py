@@ -29,6 +29,7 @@ def curve(**overrides) -> list[list[float]]:
     return [[row[k] for k in KEYS] for row in history]
 
 
+@pytest.mark.integration  # slow: 10 distillation iterations per curve
 @pytest.mark.parametrize("name, overrides", [("tiue_k4", {}), ("one_step", {"mode": "one_step"})])
 def test_golden_curve(name, overrides):
     got = curve(**overrides)

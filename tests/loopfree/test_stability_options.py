@@ -30,6 +30,7 @@ def adam_steps(engine: LocalEngine) -> int:
     return int(engine.optimizer.state[engine.params[0]]["step"])
 
 
+@pytest.mark.integration  # slow: distillation iterations
 def test_fake_score_updates_per_student_update(tiny_components):
     d = make(tiny_components, fake_score_updates=3)
     student_engine, fake_engine = local_engines(d)
@@ -45,6 +46,7 @@ def test_extra_fake_updates_train_on_fresh_student_samples(tiny_components):
     assert first.shape == (2, 4, 8, 8) and not torch.allclose(first, second)
 
 
+@pytest.mark.integration  # slow: distillation iterations with a full-copy fake score
 def test_full_copy_fake_score_trains_all_its_weights_and_never_the_teacher(tiny_components):
     d = make(tiny_components, fake_score="full")
     base0 = snapshot(d.unet.parameters())
@@ -81,6 +83,7 @@ def test_guidance_scale_one_is_the_conditional_prediction_alone(tiny_components)
         torch.testing.assert_close(d._guided_eps(d.unet, x, t, text, 1.0), cond, rtol=0, atol=0)
 
 
+@pytest.mark.integration  # slow: 5 training iterations
 def test_warmup_and_betas_reach_the_optimizers(tiny_components):
     d = make(tiny_components, student_lr=1e-4, lora_lr=1e-3, student_warmup_steps=4, lora_warmup_steps=2,
              student_adam_betas=(0.0, 0.99), lora_adam_betas=(0.5, 0.9))
@@ -95,6 +98,7 @@ def test_warmup_and_betas_reach_the_optimizers(tiny_components):
     assert warmup_lr(1.0, 0, 0) == 1.0
 
 
+@pytest.mark.integration  # slow: 5 student updates per sign
 @pytest.mark.parametrize("offset", [1.0, -1.0])
 def test_student_samples_move_from_the_fake_score_toward_the_teacher(tiny_components, offset):
     """A teacher and fake score with known scores: the fake's noise prediction is the teacher's plus a
