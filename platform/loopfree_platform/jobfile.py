@@ -7,6 +7,8 @@ reach a printed or logged job (`redact`).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import re
 from pathlib import Path
@@ -35,8 +37,68 @@ def format_errors(err: ValidationError) -> str:
     return "\n  ".join(lines)
 
 
+# `--set section.key=value` overrides of the command line, applied by `validate_file` to the job file it reads
+# (the one the command names; a sweep's base job is not read through it).
+_OVERRIDES: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("job_overrides", default=None)
+
+
+def parse_sets(items: list[str] | None) -> dict[str, Any]:
+    """``["training.max_steps=20", "method.guidance_scale=2.0"]`` -> {dotted key: value parsed as YAML}."""
+    sets: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not all(part.strip() for part in key.split(".")):
+            raise JobError(f"--set {item!r}: expected section.key=value, e.g. training.max_steps=20")
+        try:
+            sets[key] = yaml.safe_load(text)  # safe_load: 20 -> int, 2.0 -> float, [a, b] -> list, null -> None
+        except yaml.YAMLError as err:
+            raise JobError(f"--set {key}: the value is not valid YAML: {err}") from None
+    return sets
+
+
+def apply_sets(raw: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:
+    """The job dict with dotted keys set; a missing section is created, a non-mapping on the way is an error."""
+    out = dict(raw)
+    for dotted, value in sets.items():
+        *parents, leaf = dotted.split(".")
+        node, done = out, []
+        for part in parents:
+            done.append(part)
+            child = node.get(part)
+            if child is None:
+                child = {}
+            elif not isinstance(child, dict):
+                raise JobError(f"--set {dotted}: {'.'.join(done)} is not a section")
+            node[part] = child = dict(child)  # copies: the caller's dict is left as it was
+            node = child
+        node[leaf] = value
+    return out
+
+
+@contextlib.contextmanager
+def overrides(sets: dict[str, Any]):
+    """Within the block, `validate_file` applies these ``--set`` overrides before it validates."""
+    token = _OVERRIDES.set(dict(sets))
+    try:
+        yield
+    finally:
+        _OVERRIDES.reset(token)
+
+
+def _error_lines(err: ValidationError, sets: dict[str, Any]) -> list[str]:
+    """``key: message`` per error, marked when the key came from (or lies under) a --set override."""
+    lines = []
+    for line in format_errors(err).split("\n  "):
+        key = line.split(": ", 1)[0]
+        hit = next((s for s in sets if s == key or s.startswith(key + ".") or key.startswith(s + ".")), None)
+        lines.append(f"{line} (from --set {hit})" if hit else line)
+    return lines
+
+
 def validate_file(path: str | Path, schema: type[Section]) -> Section:
-    """Read a YAML job file (safely) and validate it against a schema; errors name the file and the key."""
+    """Read a YAML job file (safely), apply the ``--set`` overrides in effect (`overrides`) and validate it
+    against a schema; every error is one line ``<file>: <key>: <message>``."""
     path = Path(path)
     if not path.is_file():
         raise JobError(f"job file {path} does not exist")
@@ -46,10 +108,15 @@ def validate_file(path: str | Path, schema: type[Section]) -> Section:
         raise JobError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise JobError(f"{path}: the top level must be a mapping of sections")
+    sets = _OVERRIDES.get() or {}
+    try:
+        raw = apply_sets(raw, sets)
+    except JobError as err:
+        raise JobError(f"{path}: {err}") from None
     try:
         return schema.model_validate(raw)
     except ValidationError as err:
-        raise JobError(f"{path}: invalid job file:\n  {format_errors(err)}") from None
+        raise JobError("\n".join(f"{path}: {line}" for line in _error_lines(err, sets))) from None
 
 
 def _secret_key(key: Any) -> bool:

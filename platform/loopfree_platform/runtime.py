@@ -9,13 +9,17 @@ from __future__ import annotations
 import contextlib
 import os
 
+_connected_here = False  # ensure_ray started or connected Ray in this process (release_ray undoes it)
+
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to a cluster (address or RAY_ADDRESS), or start a local instance bound to 127.0.0.1."""
+    global _connected_here
     import ray
 
     if ray.is_initialized():
         return
+    _connected_here = True
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
@@ -30,6 +34,19 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     # Train workers plus Ray Data tasks: more logical CPUs than cores, or the data tasks starve (docs/architecture.md).
     ray.init(num_cpus=num_cpus or max(8, 2 * (os.cpu_count() or 2)), include_dashboard=False,
              _node_ip_address="127.0.0.1")
+
+
+
+def release_ray() -> None:
+    """Disconnect from Ray (stopping a local instance) if `ensure_ray` connected this process; a Ray that
+    was already up (a test session's, a caller's) is left running."""
+    global _connected_here
+    if not _connected_here:
+        return
+    _connected_here = False
+    import ray
+
+    ray.shutdown()
 
 
 @contextlib.contextmanager

@@ -1,8 +1,13 @@
-"""`loopfree submit`: a job file to a Ray cluster through the Jobs API.
+"""`loopfree submit`: a job file of any kind to a Ray cluster through the Jobs API.
+
+The job file is validated on this machine first, relative to the folder that is uploaded (`--working-dir`,
+the job's working directory on the cluster), then the same `loopfree <kind> <job> [--set ...]` command
+runs as the job's entrypoint. Like `ray job submit`, the command waits and streams the job's output and
+exits with its status; `--no-wait` detaches.
 
 Token authentication passes through: with RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH)
 in the environment, Ray's JobSubmissionClient adds the bearer header itself; we never print the token.
-Equivalent plain command (docs/cluster.md):
+Equivalent plain command (README):
     ray job submit --address URL --working-dir . -- python -m loopfree_platform.cli distill jobs/smoke.yaml
 """
 
@@ -10,27 +15,60 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import sys
+from pathlib import Path
 
-from ray.job_submission import JobStatus, JobSubmissionClient
+import yaml
 
 # Settings a job needs on the cluster, passed from the submitting shell when set there.
 PASSED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
 EXCLUDES = [".venv", "runs", ".git", "**/__pycache__", "*.egg-info"]
+KINDS = ("distill", "sweep", "evaluate", "generate")
 
 
-def entrypoint(job_path: str) -> str:
-    return f"python -m loopfree_platform.cli distill {job_path}"
+def detect_kind(path: str | Path) -> str | None:
+    """The job kind from a job file's top-level keys (None when they do not tell, or the file is unreadable):
+    a sweep names its `base` job, an evaluation lists `systems`, a generation has `prompts` and `output`,
+    a distillation has `training`."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(raw, dict):
+        return None
+    if "base" in raw:
+        return "sweep"
+    if "systems" in raw:
+        return "evaluate"
+    if "prompts" in raw and "output" in raw:
+        return "generate"
+    if "training" in raw or "data" in raw:
+        return "distill"
+    return None
 
 
-def submit(job_path: str, address: str | None = None, follow: bool = False, working_dir: str = ".") -> int:
+def entrypoint(kind: str, job_path: str, sets: list[str] | tuple[str, ...] = (), verbose: bool = False) -> str:
+    args = ["python", "-m", "loopfree_platform.cli", kind, job_path]
+    for item in sets:
+        args += ["--set", item]
+    return shlex.join(args + (["--verbose"] if verbose else []))
+
+
+def submit(command: str, address: str | None = None, wait: bool = True, working_dir: str = ".") -> int:
+    """Submit `command` (an `entrypoint`) with `working_dir` uploaded; with `wait`, stream its output until it
+    ends and return 0 if it succeeded, else 1."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
     address = address or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
     client = JobSubmissionClient(address)
     env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
-    submission_id = client.submit_job(entrypoint=entrypoint(job_path),
+    submission_id = client.submit_job(entrypoint=command,
                                       runtime_env={"working_dir": working_dir, "excludes": EXCLUDES, "env_vars": env})
     print(f"submitted {submission_id}", flush=True)
-    if not follow:
+    hint = f"--address {shlex.quote(address)} {submission_id}"
+    if not wait:
+        print(f"follow: ray job logs --follow {hint}\nstop:   ray job stop {hint}", flush=True)
         return 0
 
     async def stream() -> None:
@@ -38,7 +76,11 @@ def submit(job_path: str, address: str | None = None, follow: bool = False, work
             sys.stdout.write(lines)
             sys.stdout.flush()
 
-    asyncio.run(stream())
+    try:
+        asyncio.run(stream())
+    except KeyboardInterrupt:
+        print(f"\nstopped following; the job keeps running (stop it with: ray job stop {hint})", flush=True)
+        return 130
     status = client.get_job_status(submission_id)
     print(f"job {submission_id} ended: {status}", flush=True)
     return 0 if status == JobStatus.SUCCEEDED else 1

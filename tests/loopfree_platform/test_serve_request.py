@@ -104,7 +104,7 @@ def test_cli_validates_serve_and_generate_jobs_before_any_cluster_work(tmp_path,
 
     serve_job = write_job({"model": {"source": str(tiny_pipeline_dir)}})
     assert main(["serve", str(serve_job), "--dry-run"]) == 0
-    assert json.loads(capsys.readouterr().out)["serving"]["max_batch_size"] == 8
+    assert yaml.safe_load(capsys.readouterr().out)["serving"]["max_batch_size"] == 8
     bad = write_job({"model": {"source": str(tmp_path / "missing")}, "prompts": {"path": "x"},
                      "output": {"root": str(tmp_path)}}, "bad.yaml")
     for command in ("serve", "generate"):

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from loopfree_platform import storage
+from loopfree_platform.console import Progress
 from loopfree_platform.distill.job import DistillJob
 from loopfree_platform.jobfile import redact
 from loopfree_platform.runtime import ensure_ray
@@ -84,18 +85,52 @@ def _tokenizer(job: DistillJob):
     return CLIPTokenizer.from_pretrained(local_model_dir(job.model.teacher_dir, job.storage.endpoint_url) / "tokenizer")
 
 
-def run_distill(job: DistillJob, address: str | None = None) -> DistillResult:
+def step_bar(progress: Progress, totals: list[int], batch: int | None, after: list[int]):
+    """on_rows for `MetricsFeed`: the bar counts reported steps of one run (or of a sweep's runs, summed)
+    from the first step after `after` (the steps an earlier attempt already logged), with the main losses,
+    the latest eval/fid, samples/s (one run) or runs done (a sweep) as its postfix."""
+    started = False
+
+    def on_rows(tables: list[list[dict]]) -> None:
+        nonlocal started
+        steps = [min(max((int(r["step"]) for r in rows), default=0), total) for rows, total in zip(tables, totals)]
+        if not started:
+            if all(s <= a for s, a in zip(steps, after)):
+                return
+            progress.start(sum(totals), done=sum(steps))
+            started = True
+        progress.to(sum(steps))
+        running = [t for t, s, total in zip(tables, steps, totals) if t and s < total]
+        rows = (running or [t for t in tables if t] or [[]])[0]  # the run in progress (a sweep's first unfinished)
+        last = rows[-1] if rows else {}
+        fid = next((r["eval/fid"] for r in reversed(rows) if "eval/fid" in r), None)
+        shown = {"loss_vsd": last.get("loss_vsd"), "loss_lora": last.get("loss_lora"), "eval/fid": fid}
+        if batch is not None:
+            shown["samples/s"] = progress.rate * batch if progress.rate else None
+        else:
+            shown["runs"] = f"{sum(s >= t for s, t in zip(steps, totals))}/{len(totals)}"
+        progress.show(**shown)
+
+    return on_rows
+
+
+def run_distill(job: DistillJob, address: str | None = None, progress: Progress | None = None) -> DistillResult:
+    """Run a distillation job; `progress` (the command's bar) shows its phases and steps."""
     from ray.data import ExecutionOptions
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from loopfree_platform.distill.callbacks import MetricsLog
+    from loopfree_platform.distill.callbacks import MetricsFeed, MetricsLog, read_metrics
     from loopfree_platform.distill.corpus import prepare_corpus, tokenized
     from loopfree_platform.distill.tracking import MLflowTracking, log_final, start_run
     from loopfree_platform.distill.train import train_loop_per_worker
 
+    progress = progress or Progress("distill", enabled=False)
     job = absolute_paths(job)
+    if job.tracking.enabled:
+        progress.phase("starting the MLflow run")
     tracked = start_run(job) if job.tracking.enabled else None  # an unreachable server fails here, before Ray
+    progress.phase("starting Ray")
     ensure_ray(address)
     from ray.data import DataContext
 
@@ -104,6 +139,7 @@ def run_distill(job: DistillJob, address: str | None = None) -> DistillResult:
     storage.write_bytes(storage.join(job.run_dir(), "job.resolved.yaml"),
                         yaml.safe_dump(redact(job.resolved()), sort_keys=False).encode(), endpoint)
     d = job.data
+    progress.phase("preparing the corpus")
     ordered, stats = prepare_corpus(d.paths, d.format, d.column, d.on_bad_record, d.epochs, d.seed, endpoint)
     print(f"corpus: {stats.as_dict()}", flush=True)
     steps = total_steps(job, ordered.count())
@@ -125,11 +161,17 @@ def run_distill(job: DistillJob, address: str | None = None) -> DistillResult:
         # a deterministic assignment (streaming_split hands out blocks dynamically), so runs resume exactly.
         dataset_config=DataConfig(datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True)),
     )
-    result = trainer.fit()
+    progress.phase("starting the workers")
+    metrics_uri = storage.join(job.run_dir(), "metrics.jsonl")
+    logged = max((int(r["step"]) for r in read_metrics(metrics_uri, endpoint)), default=0)
+    with MetricsFeed([metrics_uri], endpoint, step_bar(progress, [steps], job.scaling.global_batch_size, [logged])):
+        result = trainer.fit()
     if result.error:
         raise result.error
     samples = _list(storage.join(job.run_dir(), "samples"), endpoint)
     export_dir = storage.join(job.run_dir(), "export")
+    if tracked:
+        progress.phase("logging the model to MLflow")
     version = log_final(job, *tracked, export_dir) if tracked else None
     return DistillResult(run_dir=job.run_dir(), export_dir=export_dir, steps=steps, corpus=stats.as_dict(),
                          metrics=dict(result.metrics or {}), samples=samples, mlflow_run_id=tracked[1] if tracked else None,

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from loopfree.evaldata import read_prompts, select
+from loopfree_platform.console import active, say
 from loopfree_platform.evaluate.job import EvaluateJob
 from loopfree_platform.evaluate.report import log_mlflow, write_tables
 from loopfree_platform.evaluate.stages import SystemResult, evaluate_system, reference
@@ -18,14 +19,21 @@ def run_evaluate(job: EvaluateJob, address: str | None = None) -> tuple[list[Sys
     job = job.with_absolute_paths()
     prompts = select(read_prompts(job.prompts.path, job.prompts.format), job.prompts.limit, job.prompts.seed)
     if job.metrics.clip_dir is None:
-        print("CLIP score skipped: no metrics.clip_dir (a local transformers CLIPModel folder) was given", flush=True)
+        say("CLIP score skipped: no metrics.clip_dir (a local transformers CLIPModel folder) was given")
+    bar = active()  # the command's bar: every stage's images on one count
+    bar.plan(len(prompts) * len(job.systems))
+    bar.phase("starting Ray")
     ensure_ray(address)
     import ray.data
 
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # features stay in prompt order
     ref = reference(job)
     if job.metrics.prdc and ref.features is None:
-        print("PRDC skipped: the saved reference statistics hold no features", flush=True)
-    results = [evaluate_system(job, system, prompts, ref) for system in job.systems]
+        say("PRDC skipped: the saved reference statistics hold no features")
+    results = []
+    for system in job.systems:
+        results.append(evaluate_system(job, system, prompts, ref))
+        bar.show(**{f"FID {r.name}": r.fid for r in results[-3:]})
+    bar.phase("writing the tables")
     files = write_tables(job, results, len(prompts))
     return results, files, log_mlflow(job, results)

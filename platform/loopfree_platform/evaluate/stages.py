@@ -11,7 +11,6 @@ cluster, point `output.dir` at a shared file system.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,7 +128,8 @@ def _generated_dataset(job: EvaluateJob, system: SystemSection, prompts: list[tu
 def _features(job: EvaluateJob, ds, total: int, desc: str, clip: bool) -> dict[str, np.ndarray]:
     """Run the feature stage; collect the features in the driver, in prompt order, with a progress bar."""
     import ray.data
-    from tqdm import tqdm
+
+    from loopfree_platform.console import task
 
     m = job.metrics
     ds = ds.map_batches(ExtractFeatures, batch_size=m.inception_batch_size,
@@ -138,7 +138,7 @@ def _features(job: EvaluateJob, ds, total: int, desc: str, clip: bool) -> dict[s
                                                    clip_dir=m.clip_dir if clip else None, device=_device(job),
                                                    threads=job.scaling.cpus_per_worker))
     parts: dict[str, list[np.ndarray]] = {}
-    with tqdm(total=total, desc=desc, unit="img", file=sys.stderr, mininterval=1.0) as bar:
+    with task(total, desc, unit="img") as bar:  # the command's one bar, or a bar of its own
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for key, value in batch.items():
                 parts.setdefault(key, []).append(value)

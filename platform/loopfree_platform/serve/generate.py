@@ -144,8 +144,8 @@ def _check_model(rows: dict[str, dict], version: str, root: str) -> None:
 
 def run_generate(job: GenerateJob, address: str | None = None) -> GenerateResult:
     import ray
-    from tqdm import tqdm
 
+    from loopfree_platform.console import active, task
     from loopfree_platform.models import absolute_source, resolve
     from loopfree_platform.runtime import ensure_ray
 
@@ -159,13 +159,14 @@ def run_generate(job: GenerateJob, address: str | None = None) -> GenerateResult
     todo = [r for r in records if r["id"] not in done]
     print(f"{len(records)} prompts: {len(records) - len(todo)} already done, {len(todo)} to generate", flush=True)
     if todo:
+        active().phase("starting Ray")
         ensure_ray(address)
         g = job.generation
         ds = ray.data.from_items(todo).map_batches(
             GeneratorReplica, fn_constructor_kwargs={"model": model, "root": root, "endpoint_url": endpoint},
             batch_size=g.batch_size, compute=ray.data.ActorPoolStrategy(size=g.replicas),
             num_cpus=g.num_cpus, num_gpus=g.num_gpus or None)
-        with tqdm(total=len(todo), unit="img", desc="generate", mininterval=2) as bar:
+        with task(len(todo), "generate", unit="img") as bar:  # the command's bar, or one of its own
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 bar.update(len(batch["id"]))
     rows = done_rows(root, endpoint)
