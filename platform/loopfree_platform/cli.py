@@ -115,9 +115,12 @@ def _quietly(args: argparse.Namespace, log, desc: str, unit: str, run, expected:
     except Exception as err:
         if args.verbose:
             raise
-        lines = str(err).strip().splitlines() or [""]
-        _error(f"{type(err).__name__}: {lines[0]}" + "".join(f"\n  {line}" for line in lines[1:4]))
-        print(f"log: {log.shown()}", file=sys.stderr)
+        import re
+
+        lines = [line.rstrip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip().splitlines() if line.strip()]
+        lines = lines or [""]  # first and last line: Ray's wrapped errors end with the cause (TypeError: ...)
+        _error(f"{type(err).__name__}: {lines[0][:300]}" + (f"\n  ... {lines[-1][:300].strip()}" if len(lines) > 1 else ""))
+        print(f"full traceback in the log: {log.shown()}", file=sys.stderr)
         return None, 1
 
 

@@ -191,12 +191,16 @@ class Progress:
             self.bar.refresh()
 
     def begin(self, name: str, total: int) -> None:
-        """A stage of `total` items starts: counted on the same bar, its name as the phase."""
+        """A stage of `total` items starts: counted on the same bar, its name as the phase (timing starts with
+        the first stage)."""
+        first = self._started == 0
         self._planned = max(0, self._planned - total)
         self._started += total
-        if self.bar is not None:
+        if first:
+            self.start(self._started + self._planned)
+        elif self.bar is not None:
             self.bar.total = self._started + self._planned
-            self.phase(name)
+        self.phase("" if name == self.desc else name)
 
     def update(self, n: int = 1) -> None:
         if self.bar is not None:

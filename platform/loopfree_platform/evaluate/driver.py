@@ -33,7 +33,7 @@ def run_evaluate(job: EvaluateJob, address: str | None = None) -> tuple[list[Sys
     results = []
     for system in job.systems:
         results.append(evaluate_system(job, system, prompts, ref))
-        bar.show(**{f"FID {r.name}": r.fid for r in results[-3:]})
+        bar.show(systems=f"{len(results)}/{len(job.systems)}", last_FID=results[-1].fid)
     bar.phase("writing the tables")
     files = write_tables(job, results, len(prompts))
     return results, files, log_mlflow(job, results)
