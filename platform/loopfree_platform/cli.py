@@ -232,7 +232,8 @@ def _submit(args: argparse.Namespace) -> int:
         print_plan(kind, job)
         print(f"would submit: {command} (working dir {working_dir.resolve()})", file=sys.stderr)
         return 0
-    return jobs.submit(command, address=args.address, wait=not args.no_wait, working_dir=args.working_dir)
+    return jobs.submit(command, address=args.address, wait=not args.no_wait, working_dir=args.working_dir,
+                       verbose=args.verbose)
 
 
 def _evaluate(args: argparse.Namespace) -> int:

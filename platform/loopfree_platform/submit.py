@@ -55,13 +55,27 @@ def entrypoint(kind: str, job_path: str, sets: list[str] | tuple[str, ...] = (),
     return shlex.join(args + (["--verbose"] if verbose else []))
 
 
-def submit(command: str, address: str | None = None, wait: bool = True, working_dir: str = ".") -> int:
+def submit(command: str, address: str | None = None, wait: bool = True, working_dir: str = ".",
+           verbose: bool = False) -> int:
     """Submit `command` (an `entrypoint`) with `working_dir` uploaded; with `wait`, stream its output until it
-    ends and return 0 if it succeeded, else 1."""
+    ends and return 0 if it succeeded, else 1. The SDK's own progress lines (packaging, uploading) show with
+    `verbose` only."""
+    import logging
+
     from ray.job_submission import JobStatus, JobSubmissionClient
 
+    if not verbose:  # these set their own level (INFO) when imported
+        for name in ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk",
+                     "ray._private.runtime_env.packaging"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
     address = address or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
-    client = JobSubmissionClient(address)
+    try:
+        client = JobSubmissionClient(address)
+    except ConnectionError as err:
+        print(f"error: cannot use the Ray Jobs API at {address}: {err} (--address or RAY_ADDRESS: the dashboard URL)",
+              file=sys.stderr)
+        return 1
     env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
     submission_id = client.submit_job(entrypoint=command,
                                       runtime_env={"working_dir": working_dir, "excludes": EXCLUDES, "env_vars": env})

@@ -180,7 +180,7 @@ def test_submit_passes_the_token_of_a_token_cluster(cluster, working_dir, free_p
         wd = working_dir("token", max_steps=1)
         address = f"http://127.0.0.1:{dash}"
         wait_port(dash)
-        submit = [str(BIN / "loopfree"), "submit", "job.yaml", "--address", address]
+        submit = [str(BIN / "loopfree"), "submit", "job.yaml", "--address", address, "--no-wait"]
         deadline = time.time() + 120
         while True:  # the head answers before its job agent is up ("No available agent"): retry until it is
             accepted = subprocess.run(submit, cwd=wd, env=env, capture_output=True, text=True, timeout=120)
