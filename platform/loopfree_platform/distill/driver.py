@@ -173,6 +173,7 @@ def run_distill(job: DistillJob, address: str | None = None, progress: Progress 
     if tracked:
         progress.phase("logging the model to MLflow")
     version = log_final(job, *tracked, export_dir) if tracked else None
+    progress.phase()  # done: the bar ends as "distill: 100%|...", not on the last phase
     return DistillResult(run_dir=job.run_dir(), export_dir=export_dir, steps=steps, corpus=stats.as_dict(),
                          metrics=dict(result.metrics or {}), samples=samples, mlflow_run_id=tracked[1] if tracked else None,
                          model_version=version)
