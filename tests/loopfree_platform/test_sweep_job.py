@@ -26,6 +26,11 @@ def test_variants_grid_and_seeds_expand_into_named_validated_jobs(sweep_file):
     assert all(job.tracking.registered_model is None for job in by_name.values())
 
 
+def test_variants_without_a_grid_expand_to_exactly_those_variants(sweep_file):
+    _, runs = load_sweep(sweep_file(variants=[{"name": "paper"}, {"name": "ttur"}]))
+    assert [job.name for _, _, job in runs] == ["s-paper-s0", "s-ttur-s0"]
+
+
 @pytest.mark.parametrize("sweep, message", [
     ({"variants": [{"name": "bad", "overrides": {"method.fake_scor": "full"}}]},
      r"variant 'bad' \(seed 0\): method: .*fake_scor"),

@@ -137,6 +137,9 @@ class EvaluationSection(Section):
     def _prompt_source(self):
         if self.prompts is not None and self.prompts_path is not None:
             raise ValueError("set at most one of evaluation.prompts and evaluation.prompts_path")
+        if self.nearest_k >= self.num_images:  # precision/recall need k neighbours among the generated images
+            raise ValueError(f"evaluation.nearest_k ({self.nearest_k}) must be below evaluation.num_images "
+                             f"({self.num_images})")
         return self
 
     def local_paths(self) -> list[tuple[str, str | None]]:

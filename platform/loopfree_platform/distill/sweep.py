@@ -57,6 +57,8 @@ class SweepJob(Section):
         return self
 
     def _grid_variants(self) -> list[tuple[str, dict[str, Any]]]:
+        if not self.grid:  # the product of no axes is one empty combination, not "no grid"
+            return []
         keys = list(self.grid)
         combos = itertools.product(*(self.grid[k] for k in keys))
         return [("_".join(f"{k.split('.')[-1]}-{v}" for k, v in zip(keys, values)).replace("/", "-"), dict(zip(keys, values)))

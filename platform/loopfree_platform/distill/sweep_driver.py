@@ -26,7 +26,7 @@ def _run_variant(job_data: dict) -> None:
     run_distill(DistillJob.model_validate(job_data))
 
 
-def _trial(config: dict) -> None:
+def _trial(config: dict, runs: list[dict]) -> None:
     """One Tune trial: a whole distillation job (its own corpus, TorchTrainer and MLflow run). The job runs in
     a task outside the trial's placement group: Tune captures a trial's child tasks into its small bundle by
     default, where the corpus's Ray Data tasks would never fit."""
@@ -34,7 +34,7 @@ def _trial(config: dict) -> None:
     from ray import tune
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    run = config["run"]
+    run = runs[config["index"]]
     escape = PlacementGroupSchedulingStrategy(placement_group=None)
     ray.get(ray.remote(_run_variant).options(num_cpus=0, scheduling_strategy=escape, max_retries=0).remote(run["job"]))
     tune.report(summary_row(run["variant"], run["seed"], DistillJob.model_validate(run["job"])))
@@ -67,10 +67,11 @@ def run_sweep(sweep: SweepJob, runs: list[tuple[str, int, DistillJob]], address:
     sweep_dir = storage.join(first.storage.path, sweep.name)
     space = [{"variant": n, "seed": s, "job": j.model_dump(mode="json")} for n, s, j in runs]
     local_tune_dir = Path(first.storage.path if not storage.is_s3(first.storage.path) else "runs").resolve() / sweep.name
+    # Trials are indices into the runs: Tune would try to resolve (and expand) values nested in a job dict.
     tuner = tune.Tuner(
-        tune.with_resources(_trial, {"CPU": sweep.cpus_per_trial}),
-        param_space={"run": tune.grid_search(space)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=sweep.max_concurrent or 0),
+        tune.with_resources(tune.with_parameters(_trial, runs=space), {"CPU": sweep.cpus_per_trial}),
+        param_space={"index": tune.grid_search(list(range(len(space))))},
+        tune_config=tune.TuneConfig(max_concurrent_trials=sweep.max_concurrent),
         run_config=tune.RunConfig(name="tune", storage_path=str(local_tune_dir), verbose=0),
     )
     results = tuner.fit()
