@@ -7,5 +7,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 export PYTHONPATH="$PWD:$PWD/platform${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-timeout 420 python3 -m benchmarks.gpu_distill_check --device cuda --preset sd21_base --precision bf16 --stages 2 3 \
+timeout 420 python3 -m benchmarks.gpu_distill_check --device cuda --preset sd21_base --job jobs/distill.yaml --stages 2 3 \
   | tee "${OUT:-benchmarks/results}/gpu_distill_check.txt"

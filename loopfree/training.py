@@ -2,7 +2,8 @@
 
 `train_iteration` is THE loop body (docs/method.md, "Training", steps numbered as there); the platform's Ray
 Train loop calls the same function with DeepSpeed engines in place of `LocalEngine`. An engine is
-anything with ``backward(loss)``, ``step() -> {"grad_norm", "skipped"}`` and ``set_lr(lr)``.
+anything with ``backward(loss)``, ``step() -> {"grad_norm", "skipped"}`` and ``set_lr(lr)``; a DeepSpeed
+engine's step may add ``overflow`` (an fp16 loss-scale overflow, not a fault) and ``loss_scale``.
 """
 
 from __future__ import annotations
@@ -85,19 +86,23 @@ def train_iteration(distiller: Distiller, student_engine: Engine, lora_engine: E
     student = student_engine.step()
     # 5. fake-score updates: the first on stopgrad(x0) of this iteration (drawn before the student step, as
     #    in the paper); any further ones (DMD2's two time-scale rule) on fresh samples of the updated student
-    lora_skipped, lora_logs = 0.0, {}
+    lora_skipped, lora_overflow, lora_logs = 0.0, 0.0, {}
     for i in range(cfg.fake_score_updates):
         x0 = turn.x0.detach() if i == 0 else distiller.sample_x0(batch, rng)
         lora_loss, lora_logs = distiller.lora_teacher_turn(x0, batch, rng)
         lora_engine.backward(lora_loss)
         lora = lora_engine.step()
         lora_skipped += lora["skipped"]
+        lora_overflow += lora.get("overflow", 0.0)
     # 6. EMA of the student (on full parameters, gathered if ZeRO-3 shards them)
     with student_engine.gathered_parameters():
         distiller.update_ema()
     logs = {k: float(v) for k, v in {**turn.logs, **lora_logs}.items()}
     return {**logs, "loss_student": float(turn.loss.detach()), "grad_norm_student": student["grad_norm"],
-            "grad_norm_lora": lora["grad_norm"], "skipped": student["skipped"] + lora_skipped}
+            "grad_norm_lora": lora["grad_norm"], "skipped": student["skipped"] + lora_skipped,
+            "overflow": student.get("overflow", 0.0) + lora_overflow,
+            **({"loss_scale_student": student["loss_scale"]} if "loss_scale" in student else {}),
+            **({"loss_scale_lora": lora["loss_scale"]} if "loss_scale" in lora else {})}
 
 
 def cycle_batches(input_ids: torch.Tensor, batch_size: int) -> Iterator[dict]:

@@ -22,7 +22,8 @@ from loopfree.distiller import Distiller
 class TrainState:
     step: int = 0  # next step to run
     rows_consumed: int = 0  # data position in the ordered corpus stream
-    nonfinite_total: int = 0
+    nonfinite_total: int = 0  # steps skipped for a non-finite loss (faults)
+    overflow_total: int = 0  # fp16 loss-scale overflows DeepSpeed skipped (routine; never stop the job)
     metrics: dict | None = None  # what was reported with this checkpoint (to backfill trackers after a crash)
 
     def save(self, directory: Path) -> None:

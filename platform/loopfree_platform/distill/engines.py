@@ -19,7 +19,11 @@ from loopfree.distiller import Distiller
 
 class DeepSpeedEngine:
     """backward/step over a DeepSpeed engine; a non-finite loss on ANY rank skips the step on every rank
-    (ranks must agree, or ZeRO's collectives would deadlock)."""
+    (ranks must agree, or ZeRO's collectives would deadlock).
+
+    Two kinds of skipped step are reported apart: `skipped`, a non-finite loss (a real fault, which the job
+    stops on when it repeats), and `overflow`, an fp16 loss-scale overflow that DeepSpeed skips while it
+    lowers the scale (routine: a fresh fp16 run halves the scale from 2^16 over its first steps)."""
 
     def __init__(self, module: torch.nn.Module, params: list[torch.nn.Parameter], lr: float, betas: tuple[float, float],
                  config: DistillConfig, ds_config: dict):
@@ -41,7 +45,7 @@ class DeepSpeedEngine:
     def step(self) -> dict[str, float]:
         if self._skip:
             self.engine.zero_grad()
-            return {"grad_norm": math.nan, "skipped": 1.0}
+            return {"grad_norm": math.nan, "skipped": 1.0, "overflow": 0.0, **self._loss_scale()}
         overflows_before = self.engine.skipped_steps  # fp16 loss-scale overflows skip inside DeepSpeed
         # Without ZeRO, DeepSpeed does not always record the global norm (None after a resume): the
         # gradients are whole and already averaged on every rank, so measure the pre-clip norm here.
@@ -49,7 +53,13 @@ class DeepSpeedEngine:
         self.engine.step()
         norm = own_norm if own_norm is not None else self.engine.get_global_grad_norm()
         norm = float(norm) if norm is not None else math.nan
-        return {"grad_norm": norm, "skipped": float(self.engine.skipped_steps > overflows_before)}
+        overflow = float(self.engine.skipped_steps > overflows_before)
+        return {"grad_norm": norm, "skipped": 0.0, "overflow": overflow, **self._loss_scale()}
+
+    def _loss_scale(self) -> dict[str, float]:
+        """The current dynamic loss scale under fp16 (DeepSpeed's wrapped optimizers expose it); none otherwise."""
+        scale = getattr(self.engine.optimizer, "loss_scale", None) if self.engine.fp16_enabled() else None
+        return {"loss_scale": float(scale)} if scale is not None else {}
 
     def _grad_norm(self) -> float:
         grads = [p.grad.detach().float() for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]

@@ -149,6 +149,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         state.step, state.rows_consumed = step + 1, (step + 1) * job.scaling.global_batch_size
         nonfinite_in_a_row = nonfinite_in_a_row + 1 if logs["skipped"] else 0
         state.nonfinite_total += int(logs["skipped"] > 0)
+        state.overflow_total += int(logs["overflow"] > 0)  # counted, logged, never a reason to stop
         if nonfinite_in_a_row >= job.training.max_nonfinite_in_a_row:
             raise NonFiniteLossError(f"{nonfinite_in_a_row} non-finite steps in a row at step {step} "
                                      f"(training.max_nonfinite_in_a_row = {job.training.max_nonfinite_in_a_row})")
@@ -168,6 +169,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                        "samples_per_s": rate * job.scaling.global_batch_size, "eta_s": (total_steps - step - 1) / rate,
                        "lr_student": student_engine.lr(), "lr_lora": lora_engine.lr(),
                        "peak_memory_gb": _peak_memory_gb(), "skipped_total": state.nonfinite_total,
+                       "overflow_total": state.overflow_total,
+                       **{k: v for k, v in logs.items() if k.startswith("loss_scale_")},  # fp16 only; equal on all ranks
                        "data_wait_s_per_step": data_wait / max(1, step - first_step), "first_batch_s": first_batch_s,
                        "worker_startup_s": startup_s, **eval_metrics}
             if save:
