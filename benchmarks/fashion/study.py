@@ -19,7 +19,9 @@ from pathlib import Path
 
 import torch
 
-WORK = Path("runs/fashion-study")
+WORK = Path("runs/fashion-study")  # caches and exports (large, not committed)
+# Each run's record (validation curve, final test row) is a result: small, committed, and what --report reads.
+RECORDS = Path("benchmarks/results/fashion_study_runs")
 TEACHER = Path("models/fashion-teacher")
 CLASSIFIER = Path("models/fashion-classifier")
 # The quickstart's small-model settings (student lr 1e-4: a 3M-parameter UNet needs a larger step than the
@@ -109,11 +111,12 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
     from loopfree.training import local_engines, train_iteration
 
     out = WORK / f"{recipe}-s{seed}"
-    curve = out / "curve.jsonl"
+    curve, test_json = RECORDS / f"{recipe}-s{seed}.jsonl", RECORDS / f"{recipe}-s{seed}.test.json"
     rows = [json.loads(x) for x in curve.read_text().splitlines()] if curve.is_file() else []
     if rows and rows[-1]["step"] >= steps:
         return curve
     out.mkdir(parents=True, exist_ok=True)
+    RECORDS.mkdir(parents=True, exist_ok=True)
     curve.write_text("")  # a partial run starts over: nothing random is checkpointed here
     torch.manual_seed(seed)
     components = load_components(TEACHER)
@@ -161,7 +164,7 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
         gen = generate_features(pipe, test_set(test_images), range(test_images), inception, classifier, classes)
         result = {"recipe": recipe, "seed": seed, "steps": steps, "images": test_images,
                   **metrics(gen, test_reference(inception))}
-        (out / "test.json").write_text(json.dumps(result, indent=1))
+        test_json.write_text(json.dumps(result, indent=1))
         print(f"{recipe} s{seed} TEST: " + json.dumps(result), flush=True)
     return curve
 
@@ -182,7 +185,7 @@ def main() -> None:
     if args.report:
         from benchmarks.fashion.study_report import write_report
 
-        print(write_report(WORK, RECIPES))
+        print(write_report(RECORDS, RECIPES))
         return
     if not args.recipe:
         parser.error("--recipe is required (or --report)")

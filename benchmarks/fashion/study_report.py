@@ -1,7 +1,7 @@
 """Tables, FID curves and fashion.csv from the study's runs (benchmarks/fashion/study.py --report).
 
-Validation curves come from runs/fashion-study/<recipe>-s<seed>/curve.jsonl (FID against 1000 TRAINING
-images); the final rows from test.json (FID against the first 1000 TEST images, the protocol of
+Validation curves come from benchmarks/results/fashion_study_runs/<recipe>-s<seed>.jsonl (FID against 1000
+TRAINING images); the final rows from <recipe>-s<seed>.test.json (FID against the first 1000 TEST images, the protocol of
 benchmarks/results/fashion.md, whose teacher rows and latencies are read from that file: the teacher is
 unchanged, so they stay comparable).
 """
@@ -21,11 +21,11 @@ CSV_COLUMNS = ("system", "steps", *METRICS, "ms_per_image")
 
 def _runs(work: Path) -> dict[str, dict]:
     runs = {}
-    for curve in sorted(work.glob("*-s*/curve.jsonl")):
+    for curve in sorted(work.glob("*-s*.jsonl")):
         rows = [json.loads(x) for x in curve.read_text().splitlines() if x.strip()]
         if rows:
-            test = curve.parent / "test.json"
-            runs[curve.parent.name] = {"curve": rows, "test": json.loads(test.read_text()) if test.is_file() else None}
+            test = curve.with_suffix(".test.json")
+            runs[curve.stem] = {"curve": rows, "test": json.loads(test.read_text()) if test.is_file() else None}
     return runs
 
 
@@ -58,8 +58,10 @@ def plot(runs: dict[str, dict], out: Path) -> Path:
         recipe, seed = _recipe(name)
         colour = colours.setdefault(recipe, f"C{len(colours)}")
         steps = [r["step"] for r in run["curve"]]
-        ax.plot(steps, [r["fid"] for r in run["curve"]], marker="o", color=colour, linestyle="-" if seed == 0 else "--",
-                label=f"{recipe} (seed {seed})")
+        ends_only = any("reconstructed" in r for r in run["curve"])  # an earlier run: first and last point kept
+        ax.plot(steps, [r["fid"] for r in run["curve"]], marker="o", color=colour,
+                linestyle=":" if ends_only else ("-" if seed % 2 == 0 else "--"),
+                label=f"{recipe} (seed {seed})" + (", ends only" if ends_only else ""))
     ax.set_xlabel("student updates")
     ax.set_ylabel("FID vs 1000 training images (200 generated)")
     ax.set_title("Fashion-MNIST teacher -> TiUE student: validation FID over training")
