@@ -58,8 +58,7 @@ def reference_features(split: str, n: int, seed: int, inception) -> torch.Tensor
     keep = sorted(random.Random(seed).sample(range(len(images)), n))
     model_images = to_model_images(images[keep])  # (n, 3, 32, 32) in [-1, 1]
     feats = torch.cat([inception(to_uint8((b + 1) / 2)) for b in model_images.split(50)])
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(feats, cache)
+    _save(feats, cache)
     return feats
 
 
@@ -74,8 +73,16 @@ def test_reference(inception) -> torch.Tensor:
         return torch.load(cache)
     model_images = to_model_images(load_split("test", 1000)[0])
     feats = torch.cat([inception(to_uint8((b + 1) / 2)) for b in model_images.split(50)])
-    torch.save(feats, cache)
+    _save(feats, cache)
     return feats
+
+
+def _save(feats: torch.Tensor, cache: Path) -> None:
+    """Write then rename: two study runs started together may fill the same cache."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".{random.getrandbits(32):08x}.tmp")
+    torch.save(feats, tmp)
+    tmp.replace(cache)
 
 
 def test_set(n: int):
