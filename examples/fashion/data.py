@@ -64,6 +64,9 @@ def read_labels(path: str | Path) -> torch.Tensor:
 def load_split(split: str, limit: int | None = None, data_dir: Path = DATA_DIR) -> tuple[torch.Tensor, torch.Tensor]:
     """("train" | "test") -> images uint8 (N, 1, 28, 28), labels int64 (N,)."""
     prefix = {"train": "train", "test": "t10k"}[split]
+    if not (data_dir / f"{prefix}-images-idx3-ubyte.gz").is_file():  # the project ships only 1000 test images
+        raise FileNotFoundError(f"Fashion-MNIST {split} split not found in {data_dir}: install Debian's "
+                                "dataset-fashion-mnist (apt-get install dataset-fashion-mnist) or set LOOPFREE_FASHION_DIR")
     images = read_idx(data_dir / f"{prefix}-images-idx3-ubyte.gz", limit)
     labels = read_labels(data_dir / f"{prefix}-labels-idx1-ubyte.gz")[: len(images)]
     return images, labels
