@@ -289,6 +289,14 @@ def _serve(args: argparse.Namespace) -> int:
     job = _job("serve", args)  # a bad job file (or a missing model directory) fails before Ray starts
     if job is None:
         return 2
+    from loopfree_platform.jobfile import JobError
+    from loopfree_platform.serve.job import check_token
+
+    try:
+        check_token(job, args.job)  # the token lives in this shell's environment: check it before Ray starts
+    except JobError as err:
+        _error(str(err))
+        return 2
     if args.dry_run:
         return print_plan("serve", job)
     from loopfree_platform.serve.app import start

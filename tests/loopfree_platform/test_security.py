@@ -61,3 +61,31 @@ def test_keys_from_user_input_cannot_escape_the_prefix(part):
     with pytest.raises(ValueError, match="would escape"):
         storage.join("/data/out", "images", part)
     assert storage.join("s3://bucket/generated/run", "images", "000001.png") == "s3://bucket/generated/run/images/000001.png"
+
+
+def test_serve_dry_run_refuses_a_required_token_that_is_unset(write_job, monkeypatch, capsys):
+    from loopfree_platform.cli import main
+
+    monkeypatch.delenv("LOOPFREE_SERVE_TOKEN", raising=False)
+    job = write_job({"model": {"source": "models:/loopfree-tiue@candidate"}, "auth": {"required": True}}, "serve.yaml")
+    assert main(["serve", str(job), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "auth.required" in err and "LOOPFREE_SERVE_TOKEN" in err and str(job) in err
+    monkeypatch.setenv("LOOPFREE_SERVE_TOKEN", "serve-token-789")
+    assert main(["serve", str(job), "--dry-run"]) == 0
+
+
+@pytest.mark.parametrize("host, required", [("127.0.0.1", False), ("localhost", False), ("0.0.0.0", True),
+                                            ("10.0.0.5", True)])
+def test_serving_beyond_loopback_forces_auth_required(write_job, host, required):
+    job = load_serve_job(write_job({"model": {"source": "models:/m@a"}, "http": {"host": host}}, "serve.yaml"))
+    assert job.auth.required is required
+
+
+def test_serving_beyond_loopback_without_a_token_fails_the_dry_run(write_job, monkeypatch, capsys):
+    from loopfree_platform.cli import main
+
+    monkeypatch.delenv("LOOPFREE_SERVE_TOKEN", raising=False)
+    job = write_job({"model": {"source": "models:/m@a"}, "http": {"host": "0.0.0.0"}}, "serve.yaml")
+    assert main(["serve", str(job), "--dry-run"]) == 2
+    assert "http.host 0.0.0.0 is not loopback" in capsys.readouterr().err

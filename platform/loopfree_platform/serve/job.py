@@ -7,8 +7,9 @@ section; the Serve application's arguments (`ServeApp`) are the same mapping the
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -17,6 +18,7 @@ from loopfree_platform.jobfile import JobError, Section, validate_file
 from loopfree_platform.models import ModelSourceError, check_source
 
 DEFAULT_TOKEN_ENV = "LOOPFREE_SERVE_TOKEN"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class ModelSource(Section):
@@ -78,6 +80,24 @@ class Http(Section):
 class ServeJob(ServeApp):
     http: Http = Http()
     name: str = Field("loopfree", pattern=r"^[A-Za-z0-9_.-]+$")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _auth_beyond_loopback(cls, data: Any) -> Any:
+        """An endpoint other machines can reach always requires the bearer token (auth.required forced on)."""
+        if isinstance(data, dict) and isinstance(data.get("http"), dict) and isinstance(data.get("auth", {}), dict):
+            if data["http"].get("host", "127.0.0.1") not in LOOPBACK:
+                data = {**data, "auth": {**data.get("auth", {}), "required": True}}
+        return data
+
+
+def check_token(job: ServeApp, path: str | Path) -> None:
+    """Where the endpoint starts (``loopfree serve``, not ``submit``): a required token must be set here."""
+    if job.auth.required and not os.environ.get(job.auth.token_env, "").strip():
+        beyond = isinstance(job, ServeJob) and job.http.host not in LOOPBACK
+        why = f"http.host {job.http.host} is not loopback, so a token is required" if beyond else "auth.required is true"
+        raise JobError(f"{path}: auth.required: {why}, but the environment variable {job.auth.token_env} is empty or "
+                       "unset (export it, or use http.host: 127.0.0.1)")
 
 
 class Prompts(Section):
