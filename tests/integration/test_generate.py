@@ -62,6 +62,15 @@ def test_interrupted_job_resumes_and_writes_each_image_once(ray_local, tiny_pipe
     again = run_generate(GenerateJob.model_validate(job_dict(tiny_pipeline_dir, out)), address=address)
     assert (again.generated, again.skipped) == (0, PROMPTS)  # a finished job re-run does nothing
 
+    deleted = ids[:4]
+    for i in deleted:
+        (out / "images" / f"{i}.png").unlink()
+    redo = run_generate(GenerateJob.model_validate(job_dict(tiny_pipeline_dir, out)), address=address)
+    assert (redo.generated, redo.skipped) == (4, PROMPTS - 4)  # a deleted image is not done
+    assert all((out / "images" / f"{i}.png").is_file() for i in deleted)
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ids and all((out / r["path"]).is_file() for r in rows)
+
 
 def test_an_output_root_of_another_model_is_refused(tiny_pipeline_dir, tmp_path):
     out = tmp_path / "out"
@@ -142,3 +151,19 @@ def test_registry_source_resolves_to_the_aliased_version(tiny_pipeline_dir, tmp_
     assert resolve("models:/tiue-test/1", tracking_uri=uri).local_dir == model.local_dir
     with pytest.raises(ModelSourceError, match="models:/tiue-test@production"):
         resolve("models:/tiue-test@production", tracking_uri=uri)
+
+
+def test_done_means_the_image_exists_and_was_made_from_the_same_prompt_and_seed(tmp_path):
+    from loopfree_platform.serve.generate import done_rows, is_done
+
+    (tmp_path / "manifest").mkdir()
+    (tmp_path / "images").mkdir()
+    rows = [{"id": i, "prompt": f"p{i}", "seed": 0, "path": f"images/{i}.png"} for i in ("a", "b")]
+    (tmp_path / "manifest" / "part-1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "images" / "a.png").write_bytes(b"png")  # b's image was deleted
+    done = done_rows(str(tmp_path), None)
+    assert sorted(done) == ["a"]
+    assert is_done({"id": "a", "prompt": "pa", "seed": 0}, done)
+    assert not is_done({"id": "a", "prompt": "pa edited", "seed": 0}, done)
+    assert not is_done({"id": "a", "prompt": "pa", "seed": 1}, done)
+    assert not is_done({"id": "b", "prompt": "pb", "seed": 0}, done)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import posixpath
 import re
 import time
 import uuid
@@ -99,16 +100,26 @@ def read_records(job: GenerateJob) -> list[dict]:
 
 
 def done_rows(root: str, endpoint_url: str | None) -> dict[str, dict]:
-    """Manifest rows of every finished batch, by prompt id."""
-    parts = storage.join(root, "manifest")
+    """Manifest rows of every finished batch whose image file still exists, by prompt id (a deleted PNG is
+    generated again)."""
+    parts, images = storage.join(root, "manifest"), storage.join(root, "images")
     if not storage.exists(parts, endpoint_url):
         return {}
+    present = {posixpath.basename(f) for f in storage.list_files(images, endpoint_url)} \
+        if storage.exists(images, endpoint_url) else set()
     rows = {}
     for uri in storage.list_files(parts, endpoint_url):
         for line in storage.read_bytes(uri, endpoint_url).decode().splitlines():
             row = json.loads(line)
-            rows[row["id"]] = row
+            if posixpath.basename(row["path"]) in present:
+                rows[row["id"]] = row
     return rows
+
+
+def is_done(record: dict, done: dict[str, dict]) -> bool:
+    """Done: an image exists for this id, made from the same prompt and seed (an edited record is redone)."""
+    row = done.get(record["id"])
+    return row is not None and row["prompt"] == record["prompt"] and row["seed"] == record["seed"]
 
 
 class GeneratorReplica:
@@ -156,7 +167,7 @@ def run_generate(job: GenerateJob, address: str | None = None) -> GenerateResult
     version = resolve(model["source"], model["tracking_uri"], model["endpoint_url"]).version
     done = done_rows(root, endpoint)
     _check_model(done, version, root)
-    todo = [r for r in records if r["id"] not in done]
+    todo = [r for r in records if not is_done(r, done)]
     print(f"{len(records)} prompts: {len(records) - len(todo)} already done, {len(todo)} to generate", flush=True)
     if todo:
         active().phase("starting Ray")
