@@ -105,6 +105,13 @@ def batches(tokenize, prompts: list[str], batch_size: int, seed: int):
         epoch += 1
 
 
+STANDARD_STEPS = 600  # the study's run length; runs of another length carry it in their name
+
+
+def run_name(recipe: str, seed: int, steps: int) -> str:
+    return f"{recipe}-s{seed}" if steps in (0, STANDARD_STEPS) else f"{recipe}@{steps}-s{seed}"
+
+
 def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_size: int, test_images: int) -> Path:
     from examples.fashion.data import all_captions
     from loopfree.classifier import load_classifier
@@ -117,8 +124,9 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
     from loopfree.rng import IterationRNG
     from loopfree.training import local_engines, train_iteration
 
-    out = WORK / f"{recipe}-s{seed}"
-    curve, test_json = RECORDS / f"{recipe}-s{seed}.jsonl", RECORDS / f"{recipe}-s{seed}.test.json"
+    name = run_name(recipe, seed, steps)
+    out = WORK / name
+    curve, test_json = RECORDS / f"{name}.jsonl", RECORDS / f"{name}.test.json"
     rows = [json.loads(x) for x in curve.read_text().splitlines()] if curve.is_file() else []
     if rows and rows[-1]["step"] >= steps:
         return curve

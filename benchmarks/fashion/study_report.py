@@ -92,7 +92,7 @@ def test_rows(runs: dict[str, dict]) -> dict[str, dict]:
     by_recipe: dict[str, list[dict]] = {}
     for name, run in runs.items():
         if run["test"]:
-            by_recipe.setdefault(_recipe(name)[0], []).append(run["test"])
+            by_recipe.setdefault(_recipe(name)[0], []).append(run["test"])  # "recipe" or "recipe@steps"
     return {recipe: {**{m: statistics.fmean(t[m] for t in tests) for m in METRICS},
                      "seeds": [t["seed"] for t in tests], "fids": [t["fid"] for t in tests], "steps": tests[0]["steps"]}
             for recipe, tests in by_recipe.items()}
@@ -137,7 +137,7 @@ def targets(tests: dict[str, dict]) -> list[str]:
                    + ", ".join(f"{r} {tiue[r]['fid']:.2f}" for r in below) + ".")
     else:
         out.append("- T2: the initial student has no test row yet: not measured.")
-    same_sb = sb.get(f"sb-{best_name}")
+    same_sb = sb.get(f"sb-{best_name}") or sb.get(f"sb-{best_name.split('@')[0]}")
     t3 = best["recall"] >= 0.8 * t50[2] and best["coverage"] >= 0.8 * t50[5]
     sb_text = (f"; SwiftBrush with the same recipe: recall {same_sb['recall']:.3f}, coverage {same_sb['coverage']:.3f}"
                if same_sb else "; SwiftBrush with the same recipe: not trained (not measured)")
@@ -196,7 +196,7 @@ def write_report(work: Path, recipes: dict) -> Path:
              "Test (final rows only): fashion.md's protocol, 1000 generated images against the first 1000 TEST images.", "",
              "Recipes (DistillConfig overrides of the base):", ""]
     lines += [f"- `{name}`: {json.dumps(over) if over else 'the paper recipe'}" for name, over in recipes.items()
-              if any(_recipe(r)[0] == name for r in runs)]
+              if any(_recipe(r)[0].split("@")[0] == name for r in runs)]
     lines += ["", "## Validation curves", "", f"![FID over steps]({png.name})", "", *validation_table(runs), "",
               "## Final rows (test set)", "", "| recipe | updates | seeds | FID (per seed) | precision | recall | F1 | density | "
               "coverage | alignment |", "|---|---|---|---|---|---|---|---|---|---|"]
