@@ -117,3 +117,25 @@ def test_token_guards_generate_and_is_never_echoed(server):
     assert ok.status_code == 200 and TOKEN not in ok.text
     assert requests.get(f"{secure}/healthz", timeout=30).status_code == 200  # probes need no token
     assert TOKEN not in requests.get(f"{secure}/model", timeout=30).text
+
+
+HOSTILE = [
+    (b"x" * (2 << 20), 413, "at most 1048576"),  # declared length over serving.max_body_bytes (default 1 MiB)
+    (iter([b"x" * 65536] * 40), 413, "more than 1048576"),  # chunked, no declared length: cut while reading
+    (b"[" * 100_000 + b"]" * 100_000, 400, "not valid JSON"),  # nesting deeper than the parser's recursion
+    (b'{"prompts": ["a"], "seeds": [' + b"9" * 5000 + b"]}", 400, "not valid JSON"),
+    (b'{"prompts": ["a bag \\ud83d"]}', 422, "prompts[0]: not valid Unicode"),
+    ({"prompts": ["  "]}, 422, "prompts[0]: empty"),
+]
+
+
+def test_hostile_bodies_get_a_json_4xx_and_never_fail_good_requests_sent_with_them(server):
+    url, _ = server
+    for body, status, words in HOSTILE:
+        reply = generate(url, body)
+        assert reply.status_code == status and words in reply.json()["error"], (status, reply.status_code, reply.text[:200])
+    bodies = [{"prompts": [f"good {i}"], "seeds": [i]} for i in range(6)] + [b'{"prompts": ["a bag \\ud83d"]}']
+    with ThreadPoolExecutor(7) as pool:
+        replies = list(pool.map(lambda b: generate(url, b), bodies))
+    assert [r.status_code for r in replies] == [200] * 6 + [422]
+    assert generate(url, {"prompts": ["sac \u00e0 main \U0001f45c"], "seeds": [1]}).status_code == 200

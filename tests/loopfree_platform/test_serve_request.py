@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 from loopfree_platform.jobfile import JobError
-from loopfree_platform.serve.app import RequestError, parse_request
+from loopfree_platform.serve.app import RequestError, parse_request, run_isolated
 from loopfree_platform.serve.job import ServeApp, load_generate_job, load_serve_job
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,6 +42,11 @@ def test_a_good_request_parses_with_defaults():
     ({"prompts": ["a"], "seeds": 1}, 422, "seeds: must be a list"),
     ({"prompts": ["a"], "format": "jpeg"}, 422, "format: must be one of"),
     ({"prompts": ["a"], "steps": 4}, 422, "unknown field(s) ['steps']"),
+    ({"prompts": [""]}, 422, "prompts[0]: empty or whitespace only"),
+    ({"prompts": ["a", " \t\n"]}, 422, "prompts[1]: empty or whitespace only"),
+    (b'{"prompts": ["a bag \\ud83d"]}', 422, "prompts[0]: not valid Unicode"),
+    (b'{"prompts": ["a"], "seeds": [' + b"9" * 5000 + b"]}", 400, "not valid JSON"),
+    (b"[" * 100_000 + b"]" * 100_000, 400, "not valid JSON"),
 ])
 def test_bad_requests_get_a_status_and_a_message_naming_the_field(body, status, words):
     with pytest.raises(RequestError) as err:
@@ -110,3 +115,22 @@ def test_cli_validates_serve_and_generate_jobs_before_any_cluster_work(tmp_path,
     for command in ("serve", "generate"):
         assert main([command, str(bad)]) == 2
         assert "model.source" in capsys.readouterr().err
+
+
+def test_any_unicode_prompt_is_accepted():
+    assert parse({"prompts": ["un sac \u00e0 main \U0001f45c", "\u9774\u5b50"]})[0] == ["un sac \u00e0 main \U0001f45c", "\u9774\u5b50"]
+
+
+def test_a_failing_item_fails_alone_and_the_rest_of_its_batch_is_served():
+    calls = []
+
+    def run(prompts, seeds):
+        calls.append(list(prompts))
+        if "bad" in prompts:
+            raise ValueError("cannot tokenize")
+        return [f"png:{p}:{s}" for p, s in zip(prompts, seeds)]
+
+    out = run_isolated(run, ["a", "bad", "c"], [1, 2, 3])
+    assert out[0] == "png:a:1" and out[2] == "png:c:3" and isinstance(out[1], ValueError)
+    assert calls == [["a", "bad", "c"], ["a"], ["bad"], ["c"]]  # the batch once, then each item alone
+    assert run_isolated(run, ["a", "c"], [1, 3]) == ["png:a:1", "png:c:3"] and calls[-1] == ["a", "c"]

@@ -36,6 +36,35 @@ from loopfree_platform.serve.job import ServeApp
 FORMATS = ("base64", "png")
 
 
+async def read_body(request, limit: int) -> bytes:
+    """The request body, or a 413 as soon as it (or its declared length) passes `limit` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"body: {declared} bytes, at most {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"body: more than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def run_isolated(run, prompts: list[str], seeds: list[int]) -> list:
+    """run(prompts, seeds) for the whole batch; if it fails, each item alone, so one bad item fails only its
+    own request: items that fail alone come back as their exception, the others as results."""
+    try:
+        return run(prompts, seeds)
+    except Exception:
+        out = []
+        for p, s in zip(prompts, seeds):
+            try:
+                out.extend(run([p], [s]))
+            except Exception as err:
+                out.append(err)
+        return out
+
+
 class RequestError(ValueError):
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -46,8 +75,8 @@ def parse_request(raw: bytes, max_prompts: int, max_chars: int) -> tuple[list[st
     """Validate a /generate body. Pure, so every rule is unit-testable; errors carry the HTTP status."""
     try:
         body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RequestError(400, f"body is not valid JSON: {err}") from None
+    except (ValueError, RecursionError) as err:  # bad JSON or UTF-8, a 5,000-digit number, deep nesting
+        raise RequestError(400, f"body is not valid JSON: {str(err)[:200] or type(err).__name__}") from None
     if not isinstance(body, dict):
         raise RequestError(400, "body must be a JSON object with a 'prompts' list")
     unknown = sorted(set(body) - {"prompts", "seeds", "format"})
@@ -63,6 +92,12 @@ def parse_request(raw: bytes, max_prompts: int, max_chars: int) -> tuple[list[st
             raise RequestError(422, f"prompts[{i}]: must be a string, got {type(p).__name__}")
         if len(p) > max_chars:
             raise RequestError(422, f"prompts[{i}]: {len(p)} characters, at most {max_chars}")
+        if not p.strip():
+            raise RequestError(422, f"prompts[{i}]: empty or whitespace only")
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError:  # e.g. a lone UTF-16 surrogate ("\ud83d"): no tokenizer can read it
+            raise RequestError(422, f"prompts[{i}]: not valid Unicode text (a lone surrogate code point)") from None
     if seeds is not None:
         if not isinstance(seeds, list) or len(seeds) != len(prompts):
             raise RequestError(422, f"seeds: must be a list with one integer per prompt ({len(prompts)})")
@@ -102,8 +137,9 @@ class TiUEModel:
     async def generate(self, items: list[tuple[str, int]]) -> list[dict]:
         prompts, seeds = [p for p, _ in items], [s for _, s in items]
         # In a thread, so the replica keeps queueing the next batch's requests while this one runs.
-        pngs = await asyncio.to_thread(self._run, prompts, seeds)
-        return [{"png": png, "seed": s, "batch_size": len(items)} for png, s in zip(pngs, seeds)]
+        pngs = await asyncio.to_thread(run_isolated, self._run, prompts, seeds)
+        return [{"error": f"{type(png).__name__}: {png}"} if isinstance(png, Exception) else
+                {"png": png, "seed": s, "batch_size": len(items)} for png, s in zip(pngs, seeds)]
 
 
 # Defined before the ingress: serve.ingress captures the FastAPI app (and the globals its routes use) when
@@ -158,13 +194,20 @@ class Ingress:
                                 headers={"WWW-Authenticate": "Bearer"})
         serving = self.cfg.serving
         try:
-            prompts, seeds, fmt = parse_request(await request.body(), serving.max_prompts_per_request,
-                                                serving.max_prompt_chars)
+            body = await read_body(request, serving.max_body_bytes)
+            prompts, seeds, fmt = parse_request(body, serving.max_prompts_per_request, serving.max_prompt_chars)
         except RequestError as err:
             return JSONResponse({"error": str(err)}, status_code=err.status)
         if seeds is None:  # fresh seeds, returned so every image can be reproduced
             seeds = [int.from_bytes(os.urandom(4), "little") >> 1 for _ in prompts]
-        results = await asyncio.gather(*(self.model.generate.remote((p, s)) for p, s in zip(prompts, seeds)))
+        try:
+            results = await asyncio.gather(*(self.model.generate.remote((p, s)) for p, s in zip(prompts, seeds)))
+        except Exception as err:  # e.g. the replica died mid-batch: this request fails, Serve replaces it
+            return JSONResponse({"error": f"model replica failed: {type(err).__name__}"}, status_code=503)
+        failed = [i for i, r in enumerate(results) if "error" in r]
+        if failed:  # only this request's own prompts failed; the rest of the batch was served
+            return JSONResponse({"error": f"prompts{failed}: could not be generated: {results[failed[0]]['error']}"},
+                                status_code=500)
         return _respond(results, fmt)
 
 

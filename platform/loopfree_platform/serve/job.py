@@ -55,6 +55,7 @@ class Serving(Section):
     batch_wait_timeout_s: float = Field(0.05, ge=0, le=10)
     max_prompts_per_request: int = Field(16, ge=1)
     max_prompt_chars: int = Field(1000, ge=1)
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get 413 before they are read")
     autoscaling: Autoscaling = Autoscaling()
     num_cpus: float = Field(1.0, ge=0, description="per model replica")
     num_gpus: float = Field(0.0, ge=0, description="per model replica")
