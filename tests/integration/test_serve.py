@@ -139,3 +139,13 @@ def test_hostile_bodies_get_a_json_4xx_and_never_fail_good_requests_sent_with_th
         replies = list(pool.map(lambda b: generate(url, b), bodies))
     assert [r.status_code for r in replies] == [200] * 6 + [422]
     assert generate(url, {"prompts": ["sac \u00e0 main \U0001f45c"], "seeds": [1]}).status_code == 200
+
+
+def test_a_prompt_over_77_tokens_is_served_and_reported_as_truncated(server):
+    from loopfree.tokenizer import clip_tokenizer
+
+    url, _ = server
+    long, short = "\U0001f45c" * 40, "a red bag"  # 40 characters (the test server allows 50), each several BPE tokens
+    assert len(clip_tokenizer()(long).input_ids) > 77 >= len(clip_tokenizer()(short).input_ids)
+    images = generate(url, {"prompts": [long, short], "seeds": [1, 2]}).json()["images"]
+    assert [i["truncated"] for i in images] == [True, False]

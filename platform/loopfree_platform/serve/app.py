@@ -129,29 +129,35 @@ class TiUEModel:
     def info(self) -> dict:
         return self.about
 
-    def _run(self, prompts: list[str], seeds: list[int]) -> list[bytes]:
+    def _run(self, prompts: list[str], seeds: list[int]) -> list[tuple[bytes, bool]]:
+        """(PNG, truncated) per prompt. CLIP reads at most 77 tokens: a longer prompt is cut there, as in
+        Stable Diffusion, and the response says so (docs/serving.md)."""
+        tok = self.pipe.tokenizer
+        truncated = [len(tok(p).input_ids) > tok.model_max_length for p in prompts]
         out = self.pipe(prompts, seeds=seeds, batch_size=len(prompts), output_type="np")
-        return [png_bytes(im) for im in out.images]
+        return [(png_bytes(im), t) for im, t in zip(out.images, truncated)]
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)  # replaced from the app config in __init__
     async def generate(self, items: list[tuple[str, int]]) -> list[dict]:
         prompts, seeds = [p for p, _ in items], [s for _, s in items]
         # In a thread, so the replica keeps queueing the next batch's requests while this one runs.
         pngs = await asyncio.to_thread(run_isolated, self._run, prompts, seeds)
-        return [{"error": f"{type(png).__name__}: {png}"} if isinstance(png, Exception) else
-                {"png": png, "seed": s, "batch_size": len(items)} for png, s in zip(pngs, seeds)]
+        return [{"error": f"{type(r).__name__}: {r}"} if isinstance(r, Exception) else
+                {"png": r[0], "truncated": r[1], "seed": s, "batch_size": len(items)} for r, s in zip(pngs, seeds)]
 
 
 # Defined before the ingress: serve.ingress captures the FastAPI app (and the globals its routes use) when
 # the class is decorated, so helpers defined after it would be missing in the replicas.
 def _respond(results: list[dict], fmt: str) -> Response:
-    meta = [{"index": i, "seed": r["seed"], "batch_size": r["batch_size"]} for i, r in enumerate(results)]
+    meta = [{"index": i, "seed": r["seed"], "batch_size": r["batch_size"], "truncated": r["truncated"]}
+            for i, r in enumerate(results)]
     if fmt == "base64":
         images = [{**m, "png_base64": base64.b64encode(r["png"]).decode()} for m, r in zip(meta, results)]
         return JSONResponse({"images": images})
     if len(results) == 1:
         return Response(results[0]["png"], media_type="image/png",
-                        headers={"X-Loopfree-Seed": str(meta[0]["seed"]), "X-Loopfree-Batch-Size": str(meta[0]["batch_size"])})
+                        headers={"X-Loopfree-Seed": str(meta[0]["seed"]), "X-Loopfree-Batch-Size": str(meta[0]["batch_size"]),
+                                 "X-Loopfree-Truncated": str(meta[0]["truncated"]).lower()})
     buf = io.BytesIO()  # several PNGs: a zip with the images and their seeds
     with zipfile.ZipFile(buf, "w") as zf:
         for m, r in zip(meta, results):
