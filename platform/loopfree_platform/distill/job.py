@@ -8,6 +8,8 @@ by hand (`deepspeed_config`).
 
 from __future__ import annotations
 
+import functools
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -196,9 +198,54 @@ def load_job(path: str | Path) -> DistillJob:
     job = validate_file(path, DistillJob)
     try:
         check_paths(job)
+        check_method(job)
     except JobError as err:
         raise JobError(f"{path}: {err}") from None
     return job
+
+
+def _teacher_config(job: DistillJob, name: str) -> dict[str, Any] | None:
+    """A local teacher's (or the preset's) unet/scheduler config; None for an s3:// teacher."""
+    if job.model.preset:
+        from loopfree.presets import preset
+
+        return dict(getattr(preset(job.model.preset), name))
+    file = Path(job.model.teacher_dir) / name / ("scheduler_config.json" if name == "scheduler" else "config.json")
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+@functools.cache
+def _unet_module_names(config_json: str) -> frozenset[str]:
+    """Module names of a UNet with this config, built on the meta device (no weights, no memory)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(json.loads(config_json))
+    return frozenset(name for name, _ in unet.named_modules())
+
+
+def check_method(job: DistillJob) -> None:
+    """The Distiller's model-dependent checks, in the driver: the DDIM plan against the teacher's training
+    timesteps (1000 where the teacher is on S3), and each LoRA target against the teacher UNet's modules."""
+    import torch
+
+    from loopfree.schedule import plan_for
+
+    cfg = job.distill_config
+    scheduler = _teacher_config(job, "scheduler") or {}
+    alphas = torch.linspace(0.9991, 0.0047, int(scheduler.get("num_train_timesteps", 1000)))  # only its length matters
+    try:
+        plan_for(alphas, cfg.mode, cfg.num_steps, cfg.spacing, cfg.timesteps, int(scheduler.get("steps_offset", 1)))
+    except ValueError as err:
+        raise JobError(f"method: {err}") from None
+    unet = _teacher_config(job, "unet")
+    if cfg.fake_score == "lora" and unet is not None:
+        names = _unet_module_names(json.dumps({k: v for k, v in unet.items() if not k.startswith("_")}, sort_keys=True))
+        for target in cfg.lora_target_modules:
+            if not any(n == target or n.endswith("." + target) for n in names):
+                raise JobError(f"method.lora_target_modules: {target!r} names no module of the teacher's UNet "
+                               "(attention projections are to_q, to_k, to_v, to_out.0)")
 
 
 def check_paths(job: DistillJob) -> None:
