@@ -137,11 +137,13 @@ def _distill(args: argparse.Namespace) -> int:
         return print_plan("distill", job)
     from loopfree_platform.console import LogFile, duration
     from loopfree_platform.distill.driver import run_distill
+    from loopfree_platform.distill.lease import RunLeaseError
 
     log = LogFile.under(job.run_dir(), "driver.log", job.storage.endpoint_url, job.name)
     start = time.perf_counter()
     out, code = _quietly(args, log, "distill", "step",
-                         lambda bar: (run_distill(job, address=args.address, progress=bar), bar.throughput))
+                         lambda bar: (run_distill(job, address=args.address, progress=bar), bar.throughput),
+                         expected=(RunLeaseError,))
     if code is not None:
         return code
     result, throughput = out

@@ -83,6 +83,11 @@ def write_bytes(uri: str, data: bytes, endpoint_url: str | None = None) -> None:
     os.replace(tmp, path)
 
 
+def delete(uri: str, endpoint_url: str | None = None) -> None:
+    fs, path = filesystem(uri, endpoint_url)
+    fs.delete_file(path)
+
+
 def read_bytes(uri: str, endpoint_url: str | None = None) -> bytes:
     fs, path = filesystem(uri, endpoint_url)
     with fs.open_input_stream(path) as f:

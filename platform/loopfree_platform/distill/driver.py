@@ -115,7 +115,16 @@ def step_bar(progress: Progress, totals: list[int], batch: int | None, after: li
 
 
 def run_distill(job: DistillJob, address: str | None = None, progress: Progress | None = None) -> DistillResult:
-    """Run a distillation job; `progress` (the command's bar) shows its phases and steps."""
+    """Run a distillation job; `progress` (the command's bar) shows its phases and steps. One driver per run
+    name: a second one refuses (RunLeaseError) before it starts MLflow or Ray."""
+    from loopfree_platform.distill.lease import RunLease
+
+    job = absolute_paths(job)
+    with RunLease(job.run_dir(), job.storage.endpoint_url):
+        return _run_distill(job, address, progress)
+
+
+def _run_distill(job: DistillJob, address: str | None, progress: Progress | None) -> DistillResult:
     from ray.data import ExecutionOptions
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -126,7 +135,6 @@ def run_distill(job: DistillJob, address: str | None = None, progress: Progress 
     from loopfree_platform.distill.train import train_loop_per_worker
 
     progress = progress or Progress("distill", enabled=False)
-    job = absolute_paths(job)
     if job.tracking.enabled:
         progress.phase("starting the MLflow run")
     tracked = start_run(job) if job.tracking.enabled else None  # an unreachable server fails here, before Ray
