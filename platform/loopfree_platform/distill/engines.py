@@ -12,9 +12,24 @@ import math
 import deepspeed
 import torch
 import torch.distributed as dist
+from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+from deepspeed.runtime.zero.config import ZeroStageEnum
+from deepspeed.utils.tensor_fragment import fragment_address
 
 from loopfree.config import DistillConfig
 from loopfree.distiller import Distiller
+
+
+# Resuming never unpickles arbitrary objects from the storage bucket (docs/reliability.md): DeepSpeed's own
+# loader calls torch.load(weights_only=False), so whoever could write a checkpoint could run code on every
+# worker. Ours loads with weights_only=True: tensors, containers and primitives, plus only these DeepSpeed
+# value classes, which its ZeRO checkpoints hold (found by loading every stage/precision this project uses).
+SAFE_GLOBALS = [DynamicLossScaler, LossScaler, ZeroStageEnum, fragment_address]
+
+
+def safe_load(path: str, map_location=None):
+    with torch.serialization.safe_globals(SAFE_GLOBALS):
+        return torch.load(path, map_location=map_location, weights_only=True)
 
 
 class DeepSpeedEngine:
@@ -82,6 +97,7 @@ class DeepSpeedEngine:
         self.engine.save_checkpoint(directory, tag="state")  # collective: every rank writes its shard
 
     def load(self, directory: str) -> None:
+        self.engine.checkpoint_engine.load = safe_load  # every DeepSpeed checkpoint read goes through it
         path, _ = self.engine.load_checkpoint(directory, tag="state", load_optimizer_states=True,
                                               load_lr_scheduler_states=False)
         if path is None:
