@@ -122,6 +122,22 @@ def test_resume_continues_with_the_same_losses(runs, uninterrupted, job):
         assert resumed[step] == pytest.approx(reference[step], rel=1e-5, abs=1e-7), step
 
 
+def test_a_truncated_latest_checkpoint_falls_back_to_the_one_before(runs, uninterrupted, job, capfd):
+    first = job(runs, "fallback", training={"max_steps": 4}, checkpoint={"every_steps": 2})
+    run_distill(first)
+    run_root = Path(first.run_dir())
+    shard = sorted((run_root / "checkpoint_00000004" / "student" / "state").glob("*optim_states.pt"))[-1]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # an interrupted upload
+    again = job(runs, "fallback", training={"max_steps": 6}, checkpoint={"every_steps": 2})
+    result = run_distill(again)
+    assert result.steps == 6
+    captured = capfd.readouterr()
+    assert "checkpoint_00000004 is unusable" in captured.out + captured.err  # the workers' warning, via Ray's log
+    resumed, reference = losses(again), losses(uninterrupted[0])
+    for step in (3, 4, 5, 6):  # steps 3-4 ran again from checkpoint 2, exactly as the first time
+        assert resumed[step] == pytest.approx(reference[step], rel=1e-5, abs=1e-7), step
+
+
 def test_crashed_worker_restarts_from_the_last_checkpoint(runs, uninterrupted, job):
     # ZeRO-3 here: sharded parameters, gathered EMA, per-rank model shards in the checkpoint
     crashing = job(runs, "crashing", training={"max_steps": 6, "fail_at_step": 3}, checkpoint={"every_steps": 2},

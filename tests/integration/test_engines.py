@@ -113,3 +113,28 @@ def test_a_planted_pickle_in_a_checkpoint_is_refused_not_run(make_engine, tmp_pa
     with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
         make_engine("fp32").load(str(tmp_path / "ckpt"))
     assert not _RunsCode.marker.exists()
+
+
+def test_verify_accepts_a_whole_checkpoint_and_names_what_is_wrong_with_a_truncated_one(make_engine, tmp_path):
+    import pyarrow.fs as pafs
+    from loopfree_platform.distill import checkpoint
+    from safetensors.torch import save_file
+
+    for step in (2, 4):
+        d = tmp_path / "run" / f"checkpoint_{step:08d}"
+        for name in ("student", "lora"):
+            engine = make_engine("fp32")
+            _train(engine, 1)
+            engine.save(str(d / name))
+        save_file({"0": torch.zeros(2)}, str(d / "ema.safetensors"))
+        checkpoint.TrainState(step=step).save(d)
+    latest = tmp_path / "run" / "checkpoint_00000004"
+    assert checkpoint.verify(latest, rank=0) is None
+    shard = sorted((latest / "student" / "state").glob("*optim_states.pt"))[0]
+    shard.write_bytes(shard.read_bytes()[:100])
+    problem = checkpoint.verify(latest, rank=0)
+    assert problem is not None and "Error" in problem, problem  # e.g. "RuntimeError: PytorchStreamReader failed ..."
+    (latest / "state.json").write_text("{")
+    assert "JSONDecodeError" in checkpoint.verify(latest, rank=0)
+    assert checkpoint.candidates(str(latest), pafs.LocalFileSystem()) == [
+        str(latest), str(tmp_path / "run" / "checkpoint_00000002")]

@@ -4,13 +4,20 @@
     lora/state/...      the same for the shared UNet (LoRA weights) and the LoRA optimizer
     ema.safetensors     EMA of the student (rank 0)
     state.json          step, data position (rows consumed) and counters (rank 0)
+
+A resumed run takes the newest checkpoint that every rank can read in full (`verify`): a truncated or
+corrupt latest one falls back to the one before, with a warning (docs/reliability.md).
 """
 
 from __future__ import annotations
 
 import json
+import posixpath
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import pyarrow.fs as pafs
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -53,3 +60,34 @@ def restore(directory: Path, distiller: Distiller, student_engine, lora_engine) 
     state = TrainState.load(directory)
     distiller.ema.num_updates.fill_(state.step)  # one EMA update per completed step
     return state
+
+
+def verify(directory: Path, rank: int) -> str | None:
+    """None if this rank can read everything it will load from the checkpoint, else what is wrong. Reads,
+    never loads into the engines (a failure half-way through DeepSpeed's loader could leave ranks stuck in
+    different collectives); the .pt files with the same safe loader the engines use."""
+    from loopfree_platform.distill.engines import safe_load
+
+    try:
+        TrainState.load(directory)
+        load_file(str(directory / "ema.safetensors"))
+        for engine in ("student", "lora"):
+            shards = sorted((directory / engine / "state").glob("*.pt"))
+            if not shards:
+                return f"{engine}: no DeepSpeed files"
+            for shard in shards:
+                own = re.search(r"zero_pp_rank_(\d+)_", shard.name)
+                if own is None or int(own.group(1)) == rank:  # shared files, and this rank's partition
+                    safe_load(str(shard), map_location="cpu")
+    except Exception as err:  # truncated zip, bad JSON, missing file, refused pickle: all mean "unusable"
+        return f"{type(err).__name__}: {str(err)[:200]}"
+    return None
+
+
+def candidates(latest: str, filesystem: pafs.FileSystem) -> list[str]:
+    """The latest checkpoint path, then the older ones beside it (checkpoint_<step>), newest first."""
+    parent, name = posixpath.split(latest.rstrip("/"))
+    found = filesystem.get_file_info(pafs.FileSelector(parent))
+    older = sorted((f.base_name for f in found if f.type == pafs.FileType.Directory
+                    and f.base_name.startswith("checkpoint_") and f.base_name < name), reverse=True)
+    return [latest] + [posixpath.join(parent, n) for n in older]

@@ -107,6 +107,26 @@ def _maybe_inject_fault(job: DistillJob, step: int, rank: int, world: int) -> No
         os._exit(13)
 
 
+def _all_ranks(ok: bool) -> bool:
+    flag = torch.tensor([1.0 if ok else 0.0], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item() > 0)
+
+
+def _resume(latest: ray.train.Checkpoint, distiller, student_engine, lora_engine, rank: int) -> checkpoint.TrainState:
+    """Load the newest checkpoint every rank can read; a truncated or corrupt latest one falls back to the one
+    before it, with a warning. All ranks decide together, so they load the same one."""
+    for path in checkpoint.candidates(latest.path, latest.filesystem):
+        with ray.train.Checkpoint(path, filesystem=latest.filesystem).as_directory() as d:
+            problem = checkpoint.verify(Path(d), rank)
+            if _all_ranks(problem is None):
+                return checkpoint.restore(Path(d), distiller, student_engine, lora_engine)
+        if rank == 0 or problem:
+            print(f"warning: checkpoint {path} is unusable ({problem or 'on another rank'}); trying the one before",
+                  flush=True)
+    raise RuntimeError(f"no usable checkpoint beside {latest.path}: delete the run folder to start over")
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     t_enter = time.perf_counter()
     job = DistillJob.model_validate(loop_config["job"])
@@ -125,8 +145,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     state = checkpoint.TrainState()
     resume_from = ray.train.get_checkpoint()
     if resume_from:
-        with resume_from.as_directory() as d:
-            state = checkpoint.restore(Path(d), distiller, student_engine, lora_engine)
+        state = _resume(resume_from, distiller, student_engine, lora_engine, rank)
     batches = _rank_batches(ray.train.get_dataset_shard("train"), job, rank, skip_steps=state.step)
     evaluator = TrainingEvaluator(job, device, rank, world) if job.evaluation else None
     if evaluator and state.step == 0 and job.evaluation.at_start:  # the curve's starting point: the initial student
