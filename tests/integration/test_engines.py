@@ -4,8 +4,9 @@ resume without unpickling anything but tensors and DeepSpeed's allow-listed valu
 
 import pytest
 import torch
-from loopfree.config import DistillConfig
 from loopfree_platform.distill.job import deepspeed_config, load_job
+
+from loopfree.config import DistillConfig
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -2,11 +2,12 @@
 starts: each bad `method` below is first shown to make the Distiller raise on the tiny preset, then load_job."""
 
 import pytest
+from loopfree_platform.distill.job import load_job
+from loopfree_platform.jobfile import JobError
+
 from loopfree.config import DistillConfig
 from loopfree.distiller import Distiller
 from loopfree.presets import preset
-from loopfree_platform.distill.job import load_job
-from loopfree_platform.jobfile import JobError
 
 BAD_METHODS = [
     {"num_steps": 2000},  # more steps than the teacher's 1000 training timesteps

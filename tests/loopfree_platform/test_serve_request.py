@@ -118,7 +118,8 @@ def test_cli_validates_serve_and_generate_jobs_before_any_cluster_work(tmp_path,
 
 
 def test_any_unicode_prompt_is_accepted():
-    assert parse({"prompts": ["un sac \u00e0 main \U0001f45c", "\u9774\u5b50"]})[0] == ["un sac \u00e0 main \U0001f45c", "\u9774\u5b50"]
+    prompts = ["un sac \u00e0 main \U0001f45c", "\u9774\u5b50"]
+    assert parse({"prompts": prompts})[0] == prompts
 
 
 def test_a_failing_item_fails_alone_and_the_rest_of_its_batch_is_served():

@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pyarrow.fs as pafs
-
 import torch
 from safetensors.torch import load_file, save_file
 

@@ -19,7 +19,6 @@ from deepspeed.utils.tensor_fragment import fragment_address
 from loopfree.config import DistillConfig
 from loopfree.distiller import Distiller
 
-
 # Resuming never unpickles arbitrary objects from the storage bucket (docs/reliability.md): DeepSpeed's own
 # loader calls torch.load(weights_only=False), so whoever could write a checkpoint could run code on every
 # worker. Ours loads with weights_only=True: tensors, containers and primitives, plus only these DeepSpeed
