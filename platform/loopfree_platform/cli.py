@@ -371,7 +371,7 @@ def _reach_mlflow(uri: str | None, timeout: float) -> dict:
     import urllib.request
     from urllib.parse import urlsplit, urlunsplit
 
-    from loopfree_platform.jobfile import redact
+    from loopfree_platform.jobfile import redact, redact_text
 
     if not uri:
         return {"tracking_uri": "not set (MLFLOW_TRACKING_URI)"}
@@ -385,7 +385,7 @@ def _reach_mlflow(uri: str | None, timeout: float) -> dict:
         with urllib.request.urlopen(health, timeout=timeout) as response:
             return {"tracking_uri": shown, "reachable": True, "detail": f"HTTP {response.status}"}
     except Exception as err:
-        return {"tracking_uri": shown, "reachable": False, "detail": redact(f"{type(err).__name__}: {err}")}
+        return {"tracking_uri": shown, "reachable": False, "detail": redact_text(f"{type(err).__name__}: {err}")}
 
 
 def _env(args: argparse.Namespace) -> int:

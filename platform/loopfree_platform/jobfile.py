@@ -121,6 +121,8 @@ def validate_file(path: str | Path, schema: type[Section]) -> Section:
 
 def _secret_key(key: Any) -> bool:
     words = str(key).lower().replace("-", "_").split("_")  # "api_key" is secret, "tokenizer" is not
+    if words[-1] == "env":  # "token_env" names an environment variable; the name is not the secret
+        return False
     return any(w in words for w in SECRET_WORDS)
 
 
@@ -135,14 +137,22 @@ def _env_secrets() -> list[str]:
 
 
 def redact(data: Any) -> Any:
-    """Replace values whose key looks secret (keys, tokens, passwords), passwords inside URLs
-    (scheme://user:password@host), and any string value of a secret-looking environment variable."""
+    """A job (or any structure) with the values of secret-looking keys (keys, tokens, passwords) and the
+    passwords inside URLs (scheme://user:password@host) replaced by ***, and everything else exactly as
+    written, so that a job reproduced from its job.resolved.yaml is the original, secrets aside."""
     if isinstance(data, dict):
         return {k: "***" if _secret_key(k) and v else redact(v) for k, v in data.items()}
     if isinstance(data, list):
         return [redact(v) for v in data]
     if isinstance(data, str):
-        data = URL_PASSWORD.sub(lambda m: f"{m['head']}:***@", data)
-        for secret in _env_secrets():
-            data = data.replace(secret, "***")
+        return URL_PASSWORD.sub(lambda m: f"{m['head']}:***@", data)
     return data
+
+
+def redact_text(text: str) -> str:
+    """Free text (an error message, a library's exception): URL passwords, and any value of a secret-looking
+    environment variable, which a library may have put into its message."""
+    text = redact(text)
+    for secret in _env_secrets():
+        text = text.replace(secret, "***")
+    return text

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 from loopfree_platform import storage
-from loopfree_platform.distill.job import load_job
+from loopfree_platform.distill.job import DistillJob, load_job
 from loopfree_platform.distill.tracking import flatten
-from loopfree_platform.jobfile import JobError, redact
+from loopfree_platform.jobfile import JobError, redact, redact_text
 from loopfree_platform.serve.job import load_generate_job, load_serve_job
 
 SECRETS = {"AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI-test-secret", "AWS_SESSION_TOKEN": "FwoGZXIvYXdz-session",
@@ -17,14 +17,24 @@ SECRETS = {"AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI-test-secret", "AWS_SESSION_TO
            "LOOPFREE_SERVE_TOKEN": "serve-token-789"}
 
 
-def test_redact_env_secrets_url_passwords_and_secret_keys(monkeypatch):
+def test_redact_hides_secret_keys_and_url_passwords_and_redact_text_env_secrets(monkeypatch):
     for k, v in SECRETS.items():
         monkeypatch.setenv(k, v)
-    text = " ".join(SECRETS.values()) + " http://alice:hunter2pass@mlflow:5000/ s3://bucket/key"
-    out = redact({"note": text, "nested": [{"api_token": "abc", "tokenizer": "kept"}]})
-    assert all(v not in str(out) for v in [*SECRETS.values(), "hunter2pass", "abc"])
-    assert "http://alice:***@mlflow:5000/" in out["note"] and "s3://bucket/key" in out["note"]
-    assert out["nested"][0]["tokenizer"] == "kept"
+    out = redact({"note": "http://alice:hunter2pass@mlflow:5000/ s3://bucket/key",
+                  "nested": [{"api_token": "abc", "tokenizer": "kept", "token_env": "LOOPFREE_SERVE_TOKEN"}]})
+    assert out == {"note": "http://alice:***@mlflow:5000/ s3://bucket/key",
+                   "nested": [{"api_token": "***", "tokenizer": "kept", "token_env": "LOOPFREE_SERVE_TOKEN"}]}
+    text = redact_text("failed: " + " ".join(SECRETS.values()) + " http://alice:hunter2pass@mlflow:5000/")
+    assert all(v not in text for v in [*SECRETS.values(), "hunter2pass"]) and text.startswith("failed: ***")
+
+
+def test_a_secret_value_that_is_also_an_ordinary_word_leaves_the_job_as_written(monkeypatch, smoke_job, write_job):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")  # moto's usual credentials
+    data = smoke_job({"name": "testing-run", "sampling": {"prompts": ["a testing lab with a cat", "a red bag"], "seeds": [0, 1]}})
+    job = load_job(write_job(data))
+    resolved = redact(job.resolved())
+    assert resolved["name"] == "testing-run" and resolved["sampling"]["prompts"][0] == "a testing lab with a cat"
+    assert DistillJob.model_validate(resolved).resolved() == job.resolved()  # reproduced from job.resolved.yaml
 
 
 def test_credentials_in_a_job_never_reach_dry_run_output_or_mlflow_params(tmp_path, monkeypatch, smoke_job, write_job):

@@ -20,7 +20,7 @@ from ray.train import UserCallback
 
 from loopfree_platform import storage
 from loopfree_platform.distill.job import DistillJob
-from loopfree_platform.jobfile import redact
+from loopfree_platform.jobfile import redact, redact_text
 from loopfree_platform.runtime import fluent_tracking_uri
 
 RUN_ID_FILE = "mlflow_run_id"
@@ -94,7 +94,8 @@ def start_run(job: DistillJob) -> tuple[str, str] | None:
                 tags["mlflow.parentRunId"] = job.tracking.parent_run_id  # shows as a child in the MLflow UI
             run = client.create_run(exp_id, run_name=job.name, tags=tags)
     except Exception as err:  # noqa: BLE001 - any client failure means the same to the user
-        message = f"tracking.mlflow_uri: MLflow at {redact(uri)} is not usable ({type(err).__name__}: {redact(str(err))[:300]})"
+        detail = redact_text(str(err))[:300]
+        message = f"tracking.mlflow_uri: MLflow at {redact(uri)} is not usable ({type(err).__name__}: {detail})"
         if job.tracking.optional:
             warnings.warn(message + "; tracking.optional is set, training continues without MLflow", stacklevel=2)
             return None
