@@ -56,11 +56,11 @@ def plot(runs: dict[str, dict], out: Path) -> Path:
         if run["curve"][-1]["step"] == 0:
             continue  # the initial student alone (recipe init): a point, not a curve
         recipe, seed = _recipe(name)
-        colour = colours.setdefault(recipe, f"C{len(colours)}")
+        colour = colours.setdefault(recipe.split("@")[0], f"C{len(colours)}")  # one colour per recipe, any length
         steps = [r["step"] for r in run["curve"]]
         ends_only = any("reconstructed" in r for r in run["curve"])  # an earlier run: first and last point kept
         ax.plot(steps, [r["fid"] for r in run["curve"]], marker="o", color=colour,
-                linestyle=":" if ends_only else ("-" if seed % 2 == 0 else "--"),
+                linestyle=":" if ends_only else ("-", "--", "-.")[seed % 3],
                 label=f"{recipe} (seed {seed})" + (", ends only" if ends_only else ""))
     ax.set_xlabel("student updates")
     ax.set_ylabel("FID vs 1000 training images (200 generated)")
@@ -190,6 +190,9 @@ def write_report(work: Path, recipes: dict) -> Path:
     lines = ["# Distillation study on the Fashion-MNIST teacher", "",
              "Command: `.venv/bin/python -m benchmarks.fashion.study --recipe R --seed S --steps N --eval-every 300 "
              "--images 200 [--test-images 1000]` per run, then `.venv/bin/python -m benchmarks.fashion.study --report`.",
+             "The validation reference needs the Fashion-MNIST training images: Debian's `dataset-fashion-mnist` "
+             "(or LOOPFREE_FASHION_DIR). Each run's record (curve and test row) is in `benchmarks/results/fashion_study_runs/`; "
+             "runs of another length than 600 updates are named `recipe@steps`. "
              "Each run: one process, one thread, `loopfree.training.train_iteration` (the step every platform worker runs), "
              "global batch 8, the quickstart's small-model settings with the paper's LoRA (rank 64, alpha 108). "
              "Validation: 200 generated images (fixed prompts and seeds) against 1000 Fashion-MNIST TRAINING images. "
