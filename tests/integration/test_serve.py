@@ -40,7 +40,8 @@ def monkeypatch_module():
 
 
 def generate(url, body, **kw):
-    return requests.post(f"{url}/generate", data=body if isinstance(body, (bytes, str)) else json.dumps(body),
+    raw = isinstance(body, (bytes, str)) or hasattr(body, "__next__")  # an iterator: sent chunked
+    return requests.post(f"{url}/generate", data=body if raw else json.dumps(body),
                          timeout=120, **kw)
 
 

@@ -99,21 +99,26 @@ def read_records(job: GenerateJob) -> list[dict]:
     return records
 
 
-def done_rows(root: str, endpoint_url: str | None) -> dict[str, dict]:
-    """Manifest rows of every finished batch whose image file still exists, by prompt id (a deleted PNG is
-    generated again)."""
-    parts, images = storage.join(root, "manifest"), storage.join(root, "images")
+def manifest_rows(root: str, endpoint_url: str | None) -> dict[str, dict]:
+    """Manifest rows of every finished batch, by prompt id."""
+    parts = storage.join(root, "manifest")
     if not storage.exists(parts, endpoint_url):
         return {}
-    present = {posixpath.basename(f) for f in storage.list_files(images, endpoint_url)} \
-        if storage.exists(images, endpoint_url) else set()
     rows = {}
     for uri in storage.list_files(parts, endpoint_url):
         for line in storage.read_bytes(uri, endpoint_url).decode().splitlines():
             row = json.loads(line)
-            if posixpath.basename(row["path"]) in present:
-                rows[row["id"]] = row
+            rows[row["id"]] = row
     return rows
+
+
+def done_rows(root: str, endpoint_url: str | None) -> dict[str, dict]:
+    """Manifest rows whose image file still exists, by prompt id (a deleted PNG is generated again)."""
+    images = storage.join(root, "images")
+    present = {posixpath.basename(f) for f in storage.list_files(images, endpoint_url)} \
+        if storage.exists(images, endpoint_url) else set()
+    return {i: r for i, r in manifest_rows(root, endpoint_url).items()
+            if posixpath.basename(r.get("path", "")) in present}
 
 
 def is_done(record: dict, done: dict[str, dict]) -> bool:
@@ -165,8 +170,8 @@ def run_generate(job: GenerateJob, address: str | None = None) -> GenerateResult
     records = read_records(job)
     model = {**job.model.model_dump(mode="json"), "source": absolute_source(job.model.source)}
     version = resolve(model["source"], model["tracking_uri"], model["endpoint_url"]).version
+    _check_model(manifest_rows(root, endpoint), version, root)  # any earlier image, kept or deleted
     done = done_rows(root, endpoint)
-    _check_model(done, version, root)
     todo = [r for r in records if not is_done(r, done)]
     print(f"{len(records)} prompts: {len(records) - len(todo)} already done, {len(todo)} to generate", flush=True)
     if todo:
