@@ -18,6 +18,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+
+
+def stop_processes(pattern: str, grace_s: float = 15.0) -> None:
+    """End the processes whose command line names `pattern` (a cluster's own temp dir, so only what this test
+    started): SIGTERM, then SIGKILL whatever is left after the grace period (gcs_server ignores SIGTERM for
+    seconds). `ray stop` would stop every Ray instance on the machine."""
+    subprocess.run(["pkill", "-TERM", "-f", pattern], capture_output=True)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode != 0:
+            return
+        time.sleep(0.5)
+    subprocess.run(["pkill", "-KILL", "-f", pattern], capture_output=True)
 pytestmark = pytest.mark.timeout(600)  # a cluster, an MLflow server and two or three submitted jobs per test
 
 
@@ -63,7 +76,7 @@ def cluster(tmp_path_factory, s3_endpoint, free_port):
     yield {"env": env, "address": f"http://127.0.0.1:{dash_port}", "mlflow": env["MLFLOW_TRACKING_URI"], "tmp": tmp}
     # Only this cluster's processes (their command lines name its temp dir): `ray stop --force` would also
     # kill every other Ray instance on the machine, e.g. a developer's or a concurrent test run's.
-    subprocess.run(["pkill", "-f", ray_tmp], capture_output=True)
+    stop_processes(ray_tmp)
     time.sleep(2)
     mlflow.terminate()
     mlflow.wait(timeout=30)
@@ -196,5 +209,5 @@ def test_submit_passes_the_token_of_a_token_cluster(cluster, working_dir, free_p
         sid = accepted.stdout.split()[1]
         subprocess.run([str(BIN / "ray"), "job", "stop", "--address", address, sid], env=env, capture_output=True, timeout=120)
     finally:
-        subprocess.run(["pkill", "-f", ray_tmp], capture_output=True)  # only this head (ray stop would stop all)
+        stop_processes(ray_tmp)
         shutil.rmtree(ray_tmp, ignore_errors=True)
