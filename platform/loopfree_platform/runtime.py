@@ -25,7 +25,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address, log_to_driver=True)
         return
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")  # per-operator bars drown the training log
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only (docs/architecture.md)
+    _loopback_only()
     # Ray Train V2 hands worker reports to the controller at its health-check poll (2 s by default), so
     # every ray.train.report costs up to that long; a small job reporting each step spends most of its
     # time waiting. 0.25 s measured: 40-step smoke job 134 s -> 63 s (benchmarks/results/distill_job.md).
@@ -33,8 +33,48 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local instance needs no token
     # Train workers plus Ray Data tasks: more logical CPUs than cores, or the data tasks starve (docs/architecture.md).
     ray.init(num_cpus=num_cpus or max(8, 2 * (os.cpu_count() or 2)), include_dashboard=False,
-             _node_ip_address="127.0.0.1")
+             _node_ip_address="127.0.0.1",
+             runtime_env={"worker_process_setup_hook": "loopfree_platform.runtime.grpc_servers_on_loopback"})
+    node_ip = ray.util.get_node_ip_address()
+    if node_ip != "127.0.0.1":  # never leave a private instance reachable from the network
+        ray.shutdown()
+        raise RuntimeError(f"the local Ray instance took node address {node_ip}, not 127.0.0.1; not started")
 
+
+def _loopback_only() -> None:
+    """Make the local instance's node address, and so every server it binds, 127.0.0.1.
+
+    Ray turns `_node_ip_address="127.0.0.1"` into the machine's network address unless
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, and it reads that variable once, when `ray` is first imported;
+    any earlier import (a user's, Ray Train's) would leave GCS, raylet and the agents on the network
+    address. So set the variable for the processes Ray spawns, and the constant Ray already read for this
+    one (docs/architecture.md, "Loopback only").
+    """
+    import ray._private.ray_constants as ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def grpc_servers_on_loopback() -> None:
+    """Worker set-up hook of a local instance: gRPC servers a worker opens on a wildcard address open on
+    127.0.0.1 instead.
+
+    Ray Serve 2.60 opens each replica's inter-deployment gRPC server on "[::]:0" whatever the node
+    address; on a loopback-only node its callers dial 127.0.0.1 anyway, so nothing else changes.
+    """
+    from ray._common import tls_utils
+
+    add_port = tls_utils.add_port_to_grpc_server
+    if getattr(add_port, "loopback_only", False):
+        return
+
+    def add_port_on_loopback(server, address: str):
+        host, _, port = address.rpartition(":")
+        return add_port(server, f"127.0.0.1:{port}" if host in ("[::]", "0.0.0.0", "") else address)
+
+    add_port_on_loopback.loopback_only = True
+    tls_utils.add_port_to_grpc_server = add_port_on_loopback
 
 
 def release_ray() -> None:
@@ -47,6 +87,18 @@ def release_ray() -> None:
     import ray
 
     ray.shutdown()
+
+
+@contextlib.contextmanager
+def without_env(name: str):
+    """Hide one environment variable while the block runs: processes started meanwhile (a local Ray's GCS and
+    raylet, and through the raylet every worker and replica) never inherit it. This process keeps it."""
+    value = os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        if value is not None:
+            os.environ[name] = value
 
 
 @contextlib.contextmanager

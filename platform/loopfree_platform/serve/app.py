@@ -251,9 +251,11 @@ def app_args(app: ServeApp) -> dict[str, Any]:
 
 def start(job, address: str | None = None, route_prefix: str = "/") -> str:
     """Deploy a ServeJob on a cluster (or a local Ray on 127.0.0.1); returns the application's base URL."""
-    from loopfree_platform.runtime import ensure_ray
+    from loopfree_platform.runtime import ensure_ray, without_env
 
-    ensure_ray(address)
+    application = build_app(app_args(job))  # the token is read here, once; only its digest travels on
+    with without_env(job.auth.token_env):  # a local instance's processes, replicas included, never hold it
+        ensure_ray(address)
     serve.start(http_options={"host": job.http.host, "port": job.http.port})
-    serve.run(build_app(app_args(job)), name=job.name, route_prefix=route_prefix, blocking=False)
+    serve.run(application, name=job.name, route_prefix=route_prefix, blocking=False)
     return f"http://{job.http.host}:{job.http.port}{route_prefix.rstrip('/')}"

@@ -1,0 +1,94 @@
+"""The local Ray instance a CLI command starts, seen from outside as an operator would: `loopfree serve` run
+in a shell that exports nothing Ray-specific, then every process it started is inspected through /proc.
+
+One start serves two checks (a local Ray plus Serve takes half a minute on 2 cores): every listening socket
+is on 127.0.0.1, and the bearer token is in no process's environment but the driver's.
+"""
+
+import ipaddress
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import requests
+import yaml
+
+TOKEN = "tok-only-the-driver-may-hold-this"
+
+
+@pytest.fixture(scope="module")
+def serve_cli(tiny_pipeline_dir, tmp_path_factory, free_port):
+    """`loopfree serve` in its own process group, started the way a user starts it; yields (driver, url)."""
+    port = free_port()
+    job = tmp_path_factory.mktemp("serve-cli") / "serve.yaml"
+    job.write_text(yaml.safe_dump({"name": "loopback", "model": {"source": str(tiny_pipeline_dir)},
+                                   "auth": {"required": True}, "http": {"host": "127.0.0.1", "port": port}}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # nothing exported for Ray
+    env["LOOPFREE_SERVE_TOKEN"] = TOKEN
+    driver = subprocess.Popen([sys.executable, "-m", "loopfree_platform.cli", "serve", str(job)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(driver, url)
+        yield psutil.Process(driver.pid), url
+    finally:
+        started = _tree(psutil.Process(driver.pid)) if driver.poll() is None else []
+        driver.send_signal(signal.SIGINT)  # the CLI's own stop: Serve shuts down, Ray with the driver
+        try:
+            driver.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            driver.kill()
+        for proc in started:  # only what this driver started, by PID
+            if proc.is_running():
+                proc.kill()
+
+
+def _wait_healthy(driver: subprocess.Popen, url: str, timeout_s: float = 240) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if driver.poll() is not None:
+            raise AssertionError(f"loopfree serve exited {driver.returncode}:\n{driver.stdout.read()}")
+        try:
+            if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return
+        except (requests.ConnectionError, requests.Timeout):  # proxy up before the app, or busy starting
+            pass
+        time.sleep(1)
+    raise AssertionError("loopfree serve did not become healthy")
+
+
+def _tree(driver: psutil.Process) -> list[psutil.Process]:
+    return [driver, *driver.children(recursive=True)]
+
+
+@pytest.mark.timeout(400)
+def test_every_socket_the_cli_local_ray_listens_on_is_loopback(serve_cli):
+    driver, _ = serve_cli
+    listening = [(proc.pid, " ".join(proc.cmdline())[:80], conn.laddr)
+                 for proc in _tree(driver) for conn in proc.net_connections(kind="inet")
+                 if conn.status == psutil.CONN_LISTEN]
+    assert len({pid for pid, _, _ in listening}) >= 4, listening  # GCS, raylet, agents, proxy, replicas
+    exposed = []
+    for pid, cmd, addr in listening:
+        ip = ipaddress.ip_address(addr.ip)
+        ip = ip.ipv4_mapped or ip if ip.version == 6 else ip
+        if not ip.is_loopback:
+            exposed.append((pid, cmd, addr))
+    assert not exposed, f"listening beyond loopback: {exposed}"
+
+
+@pytest.mark.timeout(400)
+def test_the_serve_token_is_in_no_ray_process_environment_and_still_guards_generate(serve_cli):
+    driver, url = serve_cli
+    holders = [(proc.pid, " ".join(proc.cmdline())[:80]) for proc in _tree(driver)
+               if TOKEN.encode() in open(f"/proc/{proc.pid}/environ", "rb").read()]
+    assert holders == [(driver.pid, " ".join(driver.cmdline())[:80])], holders  # the driver's own shell env only
+    assert len(_tree(driver)) >= 6  # the replicas were inspected too, not only the driver
+    body = {"prompts": ["a bag"], "seeds": [1]}
+    assert requests.post(f"{url}/generate", json=body, timeout=120).status_code == 401
+    ok = requests.post(f"{url}/generate", json=body, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120)
+    assert ok.status_code == 200, ok.text
