@@ -150,10 +150,11 @@ def test_submit_stop_resubmit_tracks_registers_and_stores(cluster, working_dir):
                               filter_string="tags.`loopfree.job` = 'stopped'")
     assert len(runs) == 1  # the resumed job logged into the run of the stopped one
     run = runs[0]
-    steps = sorted({m.step for m in client.get_metric_history(run.info.run_id, "loss_vsd")})
+    steps = sorted({m.step for m in client.get_metric_history(run.info.run_id, "train/loss_vsd")})
     assert steps == list(range(1, 13))
     assert run.data.params["scaling.num_workers"] == "2" and run.data.params["method.lambda_kl"] == "0.1"
-    for key in ("loss_vsd", "loss_kl", "loss_lora", "grad_norm_student", "lr_student", "samples_per_s"):
+    for key in ("train/loss_vsd", "train/loss_kl", "train/loss_lora", "train/grad_norm_student", "train/lr_student",
+                "perf/samples_per_s"):
         assert len(client.get_metric_history(run.info.run_id, key)) >= 12, key
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "job.resolved.yaml" in artifacts and "images" in artifacts
@@ -162,6 +163,11 @@ def test_submit_stop_resubmit_tracks_registers_and_stores(cluster, working_dir):
     logged_job = Path(client.download_artifacts(run.info.run_id, "job.resolved.yaml")).read_text()
     assert secret not in str(run.data.params) + str(run.data.tags) + logged_job + out.stdout + out.stderr
     assert len(client.list_artifacts(run.info.run_id, "images")) >= 2  # sample grids over time
+    grids = [a.path for a in client.list_artifacts(run.info.run_id, "images") if a.path.endswith(".png")]
+    import PIL.Image
+
+    assert PIL.Image.open(client.download_artifacts(run.info.run_id, grids[0])).height >= 128  # >= 128 px a cell
+    assert "perf/first_batch_s" not in run.data.metrics and "perf.first_batch_s" in run.data.tags
     version = client.get_model_version_by_alias("loopfree-tiue", "candidate")
     assert version.run_id == run.info.run_id
     from loopfree_platform.runtime import fluent_tracking_uri

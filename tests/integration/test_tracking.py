@@ -46,10 +46,34 @@ def test_outage_mid_run_buffers_metrics_and_keeps_going(job):
     callback.after_report(None, [{"step": 2, "loss_vsd": 0.4}], None)
     from mlflow.tracking import MlflowClient
 
-    history = MlflowClient(uri).get_metric_history(run_id, "loss_vsd")
+    history = MlflowClient(uri).get_metric_history(run_id, "train/loss_vsd")
     assert [(m.step, m.value) for m in history] == [(1, 0.5), (2, 0.4)] and not callback.pending
 
 
 def test_params_are_flat_and_redacted():
     flat = flatten({"a": {"b": 1, "api_key": "x"}, "c": [1, 2]})
     assert flat == {"a.b": "1", "a.api_key": "x", "c": "[1, 2]"}
+
+
+def test_a_run_reads_in_sections_with_its_description_commit_and_one_off_values_as_tags(job):
+    import subprocess
+
+    from mlflow.tracking import MlflowClient
+
+    j = job()
+    uri, run_id = start_run(j)
+    callback = MLflowTracking(j, uri, run_id)
+    for step in (1, 2):
+        callback.after_report(None, [{"step": step, "loss_vsd": 0.5, "grad_norm_student": 1.0, "samples_per_s": 3.0,
+                                      "first_batch_s": 4.25, "worker_startup_s": 9.5, "eval/fid": 100.0}], None)
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    assert set(run.data.metrics) == {"train/loss_vsd", "train/grad_norm_student", "perf/samples_per_s", "eval/fid"}
+    assert len(client.get_metric_history(run_id, "train/loss_vsd")) == 2
+    assert run.data.tags["perf.first_batch_s"] == "4.250" and run.data.tags["perf.worker_startup_s"] == "9.500"
+    note = run.data.tags["mlflow.note.content"]
+    assert j.name in note and "K=4" in note and "tiny" in note and "2 steps" in note
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert run.data.tags.get("mlflow.source.git.commit") == (head or None)
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on its runs

@@ -25,6 +25,9 @@ from loopfree_platform.runtime import fluent_tracking_uri
 
 RUN_ID_FILE = "mlflow_run_id"
 MAX_BUFFERED = 10_000
+# MLflow's UI sections a run's charts by the prefix before "/": training first, then evaluation, then speed.
+PERF_METRICS = {"step_time_s", "samples_per_s", "eta_s", "peak_memory_gb", "data_wait_s_per_step"}
+ONCE_METRICS = {"first_batch_s", "worker_startup_s"}  # one value per start: a tag, not a flat 30-point series
 
 
 class TrackingError(RuntimeError):
@@ -70,9 +73,49 @@ def flatten(data: Any, prefix: str = "") -> dict[str, str]:
     return {prefix.rstrip("."): str(data)[:6000]}
 
 
+def mlflow_key(name: str) -> str:
+    """A reported metric's MLflow name: `eval/...` as is, speed and memory under `perf/`, the rest `train/`."""
+    if "/" in name:
+        return name
+    return f"perf/{name}" if name in PERF_METRICS else f"train/{name}"
+
+
 def experiment_id(client, name: str, uri: str) -> str:
+    """The experiment, created if needed, marked as model training so MLflow 3's UI opens it on its runs
+    (not on the GenAI traces view)."""
     exp = client.get_experiment_by_name(name)
-    return exp.experiment_id if exp else client.create_experiment(name, artifact_location=_local_artifacts(uri))
+    exp_id = exp.experiment_id if exp else client.create_experiment(name, artifact_location=_local_artifacts(uri))
+    if not exp or "mlflow.experimentKind" not in exp.tags:
+        client.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
+    return exp_id
+
+
+def describe(job: DistillJob) -> str:
+    """The run's description (MLflow shows it on the run page and in the runs table)."""
+    cfg = job.distill_config
+    teacher = job.model.teacher_dir or f"the random '{job.model.preset}' preset"
+    fake_guidance = cfg.guidance_scale if cfg.fake_guidance_scale is None else cfg.fake_guidance_scale
+    return (f"**{job.name}**: TiUE distillation ({cfg.mode}) of {teacher}. Student: K={cfg.num_steps} decoder "
+            f"timesteps ({cfg.spacing} spacing), fake score: {cfg.fake_score}, {cfg.fake_score_updates} fake-score "
+            f"update(s) per student update, guidance {cfg.guidance_scale} (teacher) / {fake_guidance} (fake score), "
+            f"weighting {cfg.vsd_weighting}. {job.training.max_steps} steps, global batch "
+            f"{job.scaling.global_batch_size} on {job.scaling.num_workers} worker(s), ZeRO-{job.deepspeed.zero_stage} "
+            f"{job.deepspeed.precision}.")
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout the platform runs from, if it is one (an uploaded tree is not)."""
+    import subprocess
+
+    for where in (Path.cwd(), Path(__file__).resolve().parents[3]):
+        try:
+            out = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                 timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        if out.returncode == 0:
+            return out.stdout.strip()
+    return None
 
 
 def start_run(job: DistillJob) -> tuple[str, str] | None:
@@ -82,6 +125,10 @@ def start_run(job: DistillJob) -> tuple[str, str] | None:
     uri = tracking_uri(job)
     client = MlflowClient(uri)
     id_file = storage.join(job.run_dir(), RUN_ID_FILE)
+    tags = {"loopfree.job": job.name, "mlflow.note.content": describe(job)}
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
     try:
         with _fail_fast():
             if storage.exists(id_file, job.storage.endpoint_url):
@@ -89,7 +136,6 @@ def start_run(job: DistillJob) -> tuple[str, str] | None:
                 client.get_run(run_id)  # must still exist, and the server must answer
                 return uri, run_id
             exp_id = experiment_id(client, job.tracking.experiment, uri)
-            tags = {"loopfree.job": job.name}
             if job.tracking.parent_run_id:
                 tags["mlflow.parentRunId"] = job.tracking.parent_run_id  # shows as a child in the MLflow UI
             run = client.create_run(exp_id, run_name=job.name, tags=tags)
@@ -116,14 +162,19 @@ class MLflowTracking(UserCallback):
     def __init__(self, job: DistillJob, uri: str, run_id: str):
         self.job, self.uri, self.run_id = job, uri, run_id
         self.pending: list = []
+        self.once: dict[str, str] = {}  # ONCE_METRICS values not yet set as tags
+        self.logged_once: set[str] = set()  # set once per start of the job (a restart measures them anew)
 
     def after_report(self, run_context, metrics, checkpoint):
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric, RunTag
 
         row = metrics[0]
         step = int(row["step"])
-        self.pending += [Metric(k, float(v), 0, step) for k, v in row.items() if isinstance(v, (int, float)) and k != "step"]
+        numbers = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
+        self.pending += [Metric(mlflow_key(k), float(v), 0, step) for k, v in numbers.items() if k not in ONCE_METRICS]
         self.pending = self.pending[-MAX_BUFFERED:]
+        self.once.update({f"perf.{k}": f"{v:.3f}" for k, v in numbers.items() if k in ONCE_METRICS
+                          and f"perf.{k}" not in self.logged_once})
         try:
             with _fail_fast():
                 from mlflow.tracking import MlflowClient
@@ -132,6 +183,10 @@ class MLflowTracking(UserCallback):
                 for i in range(0, len(self.pending), 500):
                     client.log_batch(self.run_id, metrics=self.pending[i:i + 500])
                 self.pending = []
+                if self.once:
+                    client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in self.once.items()])
+                    self.logged_once |= set(self.once)
+                    self.once = {}
                 if step and step % self.job.sampling.every_steps == 0:
                     self._log_grid(client, step)
         except Exception as err:  # noqa: BLE001 - an outage must never stop training

@@ -82,7 +82,8 @@ def _rank_batches(shard, job: DistillJob, rank: int, skip_steps: int):
 def _write_samples(job: DistillJob, distiller: Distiller, components: Components, step: int) -> None:
     pipe = _export_pipeline(distiller, components)
     seeds = job.sampling.seeds or list(range(len(job.sampling.prompts)))
-    grid = image_grid(pipe(job.sampling.prompts, seeds=seeds, batch_size=len(seeds)).images)
+    images = pipe(job.sampling.prompts, seeds=seeds, batch_size=len(seeds)).images
+    grid = image_grid(images, captions=job.sampling.prompts, min_size=128)  # readable in the MLflow UI
     with tempfile.NamedTemporaryFile(suffix=".png") as f:
         grid.save(f.name)
         storage.write_bytes(storage.join(job.run_dir(), "samples", f"step_{step:08d}.png"), Path(f.name).read_bytes(),
