@@ -1,5 +1,6 @@
 """MLflow tracking in-process: unreachable servers fail before training; an outage mid-run does not kill it."""
 
+import os
 import warnings
 from pathlib import Path
 
@@ -77,3 +78,49 @@ def test_a_run_reads_in_sections_with_its_description_commit_and_one_off_values_
     assert run.data.tags.get("mlflow.source.git.commit") == (head or None)
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on its runs
+
+
+@pytest.mark.timeout(300)
+def test_the_registered_model_carries_signature_example_description_pins_and_predicts_from_the_cli(
+        job, tiny_pipeline_dir, tmp_path):
+    import base64
+    import io
+    import json
+    import subprocess
+    import sys
+
+    import mlflow
+    import PIL.Image
+    import yaml
+    from loopfree_platform import storage
+    from loopfree_platform.distill.tracking import log_final
+    from loopfree_platform.runtime import fluent_tracking_uri
+    from mlflow.tracking import MlflowClient
+
+    j = job(registered_model="tiue-card")
+    uri, run_id = start_run(j)
+    storage.write_bytes(storage.join(j.run_dir(), "job.resolved.yaml"), yaml.safe_dump(j.resolved()).encode())
+    assert log_final(j, uri, run_id, str(tiny_pipeline_dir)) == "1"
+
+    client = MlflowClient(uri)
+    version = client.get_model_version_by_alias("tiue-card", "candidate")
+    assert run_id in version.description and "K=4" in version.description and "Decoder timesteps [" in version.description
+    with fluent_tracking_uri(uri):
+        info = mlflow.models.get_model_info("models:/tiue-card@candidate")
+        requirements = Path(mlflow.artifacts.download_artifacts("models:/tiue-card@candidate/requirements.txt",
+                                                                dst_path=str(tmp_path))).read_text().split()
+    assert info.signature.inputs.input_names() == ["prompt", "seed"] and info.saved_input_example_info
+    assert "image_png_base64" in info.signature.outputs.input_names()
+    assert requirements and all("==" in r for r in requirements) and any(r.startswith("torch==") for r in requirements)
+
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps({"dataframe_split": {"columns": ["prompt", "seed"], "data": [["a bag", 3]]}}))
+    out = tmp_path / "out.json"
+    done = subprocess.run([str(Path(sys.executable).parent / "mlflow"), "models", "predict", "-m",
+                           "models:/tiue-card@candidate", "-i", str(request), "-t", "json", "-o", str(out),
+                           "--env-manager", "local"], env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["predictions"]
+    assert [(r["prompt"], r["seed"]) for r in rows] == [("a bag", 3)]
+    assert PIL.Image.open(io.BytesIO(base64.b64decode(rows[0]["image_png_base64"]))).size == (64, 64)

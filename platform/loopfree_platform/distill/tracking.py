@@ -232,10 +232,38 @@ def pyfunc_model():
     return TiUEModel()
 
 
+# What the logged model needs besides its own code (shipped with it): pinned to the versions that made it.
+MODEL_REQUIREMENTS = ("torch", "diffusers", "transformers", "safetensors", "numpy", "pillow", "pandas")
+
+
+def model_signature():
+    """Input: a "prompt" column and an optional "seed"; output: prompt, seed and the PNG as base64."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "prompt"), ColSpec("long", "seed", required=False)]),
+        outputs=Schema([ColSpec("string", "prompt"), ColSpec("long", "seed"), ColSpec("string", "image_png_base64")]))
+
+
+def model_description(job: DistillJob, run_id: str, export_dir: str) -> str:
+    """The registered version's description: what it is, its K and timesteps, its teacher, its run."""
+    import json
+
+    config = json.loads(storage.read_bytes(storage.join(export_dir, "model_index.json"), job.storage.endpoint_url))
+    return (f"{describe(job)}\n\nDecoder timesteps {config.get('timesteps')}; one encoder pass, K decoder passes "
+            f"batched (docs/method.md). MLflow run {run_id}; pipeline exported to {export_dir}. Input: a DataFrame "
+            "with `prompt` (and optional `seed`); output: `prompt`, `seed`, `image_png_base64`.")
+
+
 def log_final(job: DistillJob, uri: str, run_id: str, export_dir: str) -> str | None:
     """Resolved config, the exported pipeline as a registered pyfunc model with an alias. Returns the version."""
+    from importlib.metadata import version as installed
+
     import mlflow
     from mlflow.tracking import MlflowClient
+
+    import loopfree
 
     client = MlflowClient(uri)
     with tempfile.TemporaryDirectory() as d, fluent_tracking_uri(uri):
@@ -244,11 +272,16 @@ def log_final(job: DistillJob, uri: str, run_id: str, export_dir: str) -> str | 
         client.log_artifact(run_id, str(resolved))
         local = storage.download_dir(export_dir, Path(d) / "pipeline", job.storage.endpoint_url)
         with mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(name="model", python_model=pyfunc_model(), artifacts={"pipeline": str(local)},
-                                           registered_model_name=job.tracking.registered_model,
-                                           pip_requirements=["loopfree"])
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=pyfunc_model(), artifacts={"pipeline": str(local)},
+                code_paths=[str(Path(loopfree.__file__).parent)],  # the model runs without the platform installed
+                signature=model_signature(), input_example=pd.DataFrame({"prompt": ["a red sneaker"], "seed": [0]}),
+                registered_model_name=job.tracking.registered_model,
+                pip_requirements=[f"{name}=={installed(name)}" for name in MODEL_REQUIREMENTS])
     if not job.tracking.registered_model:
         return None
-    version = info.registered_model_version
-    client.set_registered_model_alias(job.tracking.registered_model, job.tracking.alias, str(version))
-    return str(version)
+    version = str(info.registered_model_version)
+    client.update_model_version(job.tracking.registered_model, version,
+                                description=model_description(job, run_id, export_dir))
+    client.set_registered_model_alias(job.tracking.registered_model, job.tracking.alias, version)
+    return version
