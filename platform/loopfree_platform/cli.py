@@ -226,8 +226,12 @@ def _submit(args: argparse.Namespace) -> int:
             return 2
         try:
             job = load(kind, args.job, args.set)
+            if kind == "distill":
+                from loopfree_platform.distill.job import check_submitted
+
+                check_submitted(job, upload=working_dir.resolve())  # what the job will refuse on the cluster
         except JobError as err:
-            _error(str(err))
+            _error(str(err) if str(err).startswith(args.job) else f"{args.job}: {err}")
             return 2
     command = jobs.entrypoint(kind, args.job, args.set or [], verbose=args.verbose)
     if args.dry_run:
@@ -486,6 +490,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from loopfree_platform.runtime import shipped_code_warning
+
+    warning = shipped_code_warning()  # a submitted job running other code than it uploaded says so
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     return args.func(args)
 
 

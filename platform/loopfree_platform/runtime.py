@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 
 _connected_here = False  # ensure_ray started or connected Ray in this process (release_ray undoes it)
 
@@ -75,6 +76,30 @@ def grpc_servers_on_loopback() -> None:
 
     add_port_on_loopback.loopback_only = True
     tls_utils.add_port_to_grpc_server = add_port_on_loopback
+
+
+def submitted_upload() -> Path | None:
+    """The folder a submitted Ray job runs in, if this is one: Ray unpacks each uploaded working directory
+    into `.../working_dir_files/_ray_pkg_<hash of its content>/` and starts the entrypoint there, so the
+    folder changes with every edit to the tree and is deleted with the upload."""
+    cwd = Path.cwd()
+    return next((p for p in (cwd, *cwd.parents) if p.name.startswith("_ray_pkg_")), None)
+
+
+def shipped_code_warning() -> str | None:
+    """In a submitted job whose upload carries `platform/`, a warning if `loopfree_platform` is imported from
+    elsewhere (the cluster's installed copy): edits to the uploaded platform would silently not run."""
+    import loopfree_platform
+
+    upload = submitted_upload()
+    running = Path(loopfree_platform.__file__).resolve().parent
+    if upload is None or not (upload / "platform" / "loopfree_platform").is_dir():
+        return None
+    if any(p.name.startswith("_ray_pkg_") for p in running.parents):
+        return None  # the upload's own copy (working_dir or py_modules)
+    return (f"warning: loopfree_platform runs from {running} (installed on the cluster), not from the uploaded "
+            "platform/; submit with --runtime-env-json '{\"py_modules\": [\"platform/loopfree_platform\"]}' "
+            "(README) or `loopfree submit` to run the uploaded code")
 
 
 def release_ray() -> None:

@@ -23,7 +23,8 @@ import yaml
 
 # Settings a job needs on the cluster, passed from the submitting shell when set there.
 PASSED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
-EXCLUDES = [".venv", "runs", ".git", "**/__pycache__", "*.egg-info"]
+EXCLUDES = [".venv", "runs", "mlruns", ".git", "**/__pycache__", "*.egg-info"]
+PLATFORM = Path("platform") / "loopfree_platform"  # shipped as a py_module: not importable from the upload's root
 KINDS = ("distill", "sweep", "evaluate", "generate")
 
 
@@ -55,6 +56,17 @@ def entrypoint(kind: str, job_path: str, sets: list[str] | tuple[str, ...] = (),
     return shlex.join(args + (["--verbose"] if verbose else []))
 
 
+def runtime_env(working_dir: str) -> dict:
+    """What a submission ships: the working directory, and its `platform/loopfree_platform` as a py_module so
+    the uploaded platform code is what runs (the README's `ray job submit` passes the same); the settings in
+    PASSED_ENV that are set in this shell."""
+    env = {"working_dir": working_dir, "excludes": EXCLUDES,
+           "env_vars": {k: os.environ[k] for k in PASSED_ENV if k in os.environ}}
+    if (Path(working_dir) / PLATFORM).is_dir():
+        env["py_modules"] = [str(Path(working_dir) / PLATFORM)]
+    return env
+
+
 def submit(command: str, address: str | None = None, wait: bool = True, working_dir: str = ".",
            verbose: bool = False) -> int:
     """Submit `command` (an `entrypoint`) with `working_dir` uploaded; with `wait`, stream its output until it
@@ -76,9 +88,7 @@ def submit(command: str, address: str | None = None, wait: bool = True, working_
         print(f"error: cannot use the Ray Jobs API at {address}: {err} (--address or RAY_ADDRESS: the dashboard URL)",
               file=sys.stderr)
         return 1
-    env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
-    submission_id = client.submit_job(entrypoint=command,
-                                      runtime_env={"working_dir": working_dir, "excludes": EXCLUDES, "env_vars": env})
+    submission_id = client.submit_job(entrypoint=command, runtime_env=runtime_env(working_dir))
     print(f"submitted {submission_id}", flush=True)
     hint = f"--address {shlex.quote(address)} {submission_id}"
     if not wait:

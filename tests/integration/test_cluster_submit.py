@@ -4,7 +4,9 @@ all on 127.0.0.1, and the job submitted with the plain `ray job submit` command 
 Runs before the in-process Ray tests (file order) and stops its cluster at the end.
 """
 
+import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -31,7 +33,22 @@ def stop_processes(pattern: str, grace_s: float = 15.0) -> None:
             return
         time.sleep(0.5)
     subprocess.run(["pkill", "-KILL", "-f", pattern], capture_output=True)
+
+
 pytestmark = pytest.mark.timeout(600)  # a cluster, an MLflow server and two or three submitted jobs per test
+
+
+def readme_lines() -> list[str]:
+    """The README's one-machine cluster commands ("The cluster path on one machine"), as written."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### The cluster path on one machine"):]
+    start = section.index("```bash\n") + len("```bash\n")
+    return [line for line in section[start:section.index("```", start)].splitlines() if line.strip()]
+
+
+def readme_line(word: str, port: int) -> str:
+    """The README line that runs `word` (e.g. "ray start"), its dashboard port 8265 replaced by `port`."""
+    return next(line for line in readme_lines() if word in line).replace("8265", str(port))
 
 
 def wait_http(url: str, timeout: float = 90) -> None:
@@ -68,9 +85,10 @@ def cluster(tmp_path_factory, s3_endpoint, free_port):
                                "--artifacts-destination", "s3://loopfree-test/mlflow-artifacts", "--workers", "1"],
                               env=env, stdout=open(tmp / "mlflow.log", "w"), stderr=subprocess.STDOUT)
     ray_tmp = f"/tmp/rayc{os.getpid()}"
-    subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--num-cpus", "8",
-                    "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port), "--temp-dir", ray_tmp,
-                    "--disable-usage-stats"], env=env, check=True, capture_output=True)
+    env["RAY_TMPDIR"] = ray_tmp  # this head's files (and its processes' command lines) under its own folder
+    # The head as the README starts it (only the dashboard port differs), from a shell with the venv active.
+    subprocess.run(["bash", "-c", f"source {BIN}/activate && {readme_line('ray start', dash_port)}"], env=env,
+                   check=True, capture_output=True)
     wait_http(f"http://127.0.0.1:{mlflow_port}/health")
     wait_http(f"http://127.0.0.1:{dash_port}/api/version")
     yield {"env": env, "address": f"http://127.0.0.1:{dash_port}", "mlflow": env["MLFLOW_TRACKING_URI"], "tmp": tmp}
@@ -96,21 +114,27 @@ def working_dir(cluster, smoke_job, write_job):
         data["training"] = {"log_every": 1, **training}
         data["checkpoint"] = {"every_steps": 2, "num_to_keep": 2}
         write_job(data, folder=wd)
+        for package in ("loopfree", "platform/loopfree_platform"):  # the code a submission ships
+            shutil.copytree(ROOT / package, wd / package, ignore=shutil.ignore_patterns("__pycache__"))
         return wd
 
     return make
 
 
-def ray_job(cluster, *args, check=True) -> subprocess.CompletedProcess:
-    out = subprocess.run([str(BIN / "ray"), "job", *args], env=cluster["env"], capture_output=True, text=True, timeout=600)
+def ray_job(cluster, *args, check=True, cwd=None) -> subprocess.CompletedProcess:
+    out = subprocess.run([str(BIN / "ray"), "job", *args], env=cluster["env"], capture_output=True, text=True,
+                         timeout=600, cwd=cwd)
     assert not check or out.returncode == 0, f"ray job {args[0]} failed: {out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     return out
 
 
 def submit_cmd(cluster, wd: Path, *extra) -> list[str]:
-    # The README's plain command, verbatim apart from address and folder.
-    return ["submit", "--address", cluster["address"], "--working-dir", str(wd), *extra, "--",
-            "python", "-m", "loopfree_platform.cli", "distill", "job.yaml"]
+    """The README's plain `ray job submit`, verbatim apart from address, folder and job file."""
+    words = shlex.split(readme_line("ray job submit", 8265))
+    words = words[words.index("submit"):words.index("--")]
+    words[words.index("--address") + 1] = cluster["address"]
+    words[words.index("--working-dir") + 1] = str(wd)
+    return [*words, *extra, "--", "python", "-m", "loopfree_platform.cli", "distill", "job.yaml"]
 
 
 def test_submit_stop_resubmit_tracks_registers_and_stores(cluster, working_dir):
@@ -124,7 +148,7 @@ def test_submit_stop_resubmit_tracks_registers_and_stores(cluster, working_dir):
     wd = working_dir("stopped", max_steps=12)
     sid = "loopfree-stop-test"
     t0 = time.time()
-    ray_job(cluster, *submit_cmd(cluster, wd, "--submission-id", sid, "--no-wait"))
+    ray_job(cluster, *submit_cmd(cluster, wd, "--submission-id", sid, "--no-wait"), cwd=wd)  # run there, as README
     s3 = boto3.client("s3", endpoint_url=cluster["env"]["AWS_ENDPOINT_URL"])
     deadline = time.time() + 300
     while time.time() < deadline:  # stop the job once its first checkpoint is in S3
@@ -217,3 +241,42 @@ def test_submit_passes_the_token_of_a_token_cluster(cluster, working_dir, free_p
     finally:
         stop_processes(ray_tmp)
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_the_readme_commands_ship_the_uploaded_platform_and_both_submit_paths_resume_one_run(cluster):
+    """The README's two submissions, as written, from a copy of the repository whose platform/ announces
+    itself: both run the uploaded code, the second resumes the first's run (no step twice, one MLflow run, one
+    model version); a relative storage.path is refused, by `loopfree submit` before uploading and by the job."""
+    from mlflow.tracking import MlflowClient
+
+    repo = cluster["tmp"] / "repo"
+    for part in ("loopfree", "platform", "jobs", "data"):
+        shutil.copytree(ROOT / part, repo / part, ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / ".venv").symlink_to(BIN.parent)
+    marker = "loopfree_platform imported from the uploaded tree"
+    with open(repo / "platform" / "loopfree_platform" / "__init__.py", "a") as f:
+        f.write(f"\nprint({marker!r}, flush=True)\n")
+    port = cluster["address"].rsplit(":", 1)[1]
+
+    def shell(line: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-c", f"source .venv/bin/activate && {line}"], cwd=repo, env=cluster["env"],
+                              capture_output=True, text=True, timeout=600)
+
+    plain = shell(readme_line("ray job submit", int(port)))
+    assert plain.returncode == 0 and marker in plain.stdout, plain.stdout[-3000:] + plain.stderr[-3000:]
+    second = shell(readme_line("loopfree submit", int(port)))
+    assert second.returncode == 0 and marker in second.stdout, second.stdout[-3000:] + second.stderr[-3000:]
+
+    run_dir = repo / "runs" / "cluster" / "smoke-tiny"  # the absolute storage.path, outside Ray's upload copy
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))  # each step once: the second submission trained nothing again
+    client = MlflowClient(cluster["mlflow"])
+    runs = client.search_runs([client.get_experiment_by_name("loopfree").experiment_id],
+                              filter_string="tags.`loopfree.job` = 'smoke-tiny'")
+    assert [r.info.run_id for r in runs] == [(run_dir / "mlflow_run_id").read_text().strip()]
+    assert len(client.search_model_versions(f"run_id = '{runs[0].info.run_id}'")) == 1
+
+    relative = shell(readme_line("loopfree submit", int(port)).split(" --set ")[0])  # storage.path: runs
+    assert relative.returncode == 2 and "storage.path: 'runs' is relative" in relative.stderr, relative.stderr
+    job_side = shell(readme_line("ray job submit", int(port)).split(" --set ")[0])
+    assert job_side.returncode != 0 and "storage.path: 'runs' is relative" in job_side.stdout + job_side.stderr

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from loopfree.config import DistillConfig
+from loopfree_platform import storage
 from loopfree_platform.jobfile import JobError, Section, validate_file
 from loopfree_platform.reference import ReferenceSection
+from loopfree_platform.runtime import submitted_upload
 
 
 class ModelSection(Section):
@@ -199,9 +202,31 @@ def load_job(path: str | Path) -> DistillJob:
     try:
         check_paths(job)
         check_method(job)
+        check_submitted(job)
     except JobError as err:
         raise JobError(f"{path}: {err}") from None
     return job
+
+
+def check_submitted(job: DistillJob, upload: Path | None = None) -> None:
+    """In a submitted Ray job, where the run's state must outlive the upload: Ray's per-upload folder changes
+    with every edit and is deleted with the upload, so a relative local `storage.path` (and the default MLflow
+    store beside s3:// storage, `runs/mlflow.db` in that folder) would restart the run from step 1 on the
+    next submission. Refused here, before Ray is used (docs/cluster.md); `loopfree submit` applies the same
+    rule before it uploads (`upload`: the folder it will upload)."""
+    upload = upload or submitted_upload()
+    if upload is None:
+        return
+    path = job.storage.path
+    if not storage.is_s3(path) and not Path(path).is_absolute():
+        raise JobError(f"storage.path: {path!r} is relative, and a submitted job runs in Ray's copy of the upload "
+                       f"({upload}), which changes with every edit and is deleted with the upload: a resubmission "
+                       "would not find its checkpoints. Use s3:// storage, or an absolute path every node shares")
+    if (storage.is_s3(path) and job.tracking.enabled and not job.tracking.mlflow_uri
+            and not os.environ.get("MLFLOW_TRACKING_URI")):
+        raise JobError("tracking.mlflow_uri: not set, and MLFLOW_TRACKING_URI is not set for the job: the default "
+                       f"store would be runs/mlflow.db inside Ray's copy of the upload ({upload}) and vanish with "
+                       "it. Set either (or tracking.enabled: false)")
 
 
 def _teacher_config(job: DistillJob, name: str) -> dict[str, Any] | None:

@@ -24,7 +24,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from loopfree_platform import storage
 from loopfree_platform.distill.callbacks import read_metrics
-from loopfree_platform.distill.job import DistillJob, check_method, check_paths
+from loopfree_platform.distill.job import DistillJob, check_method, check_paths, check_submitted
 from loopfree_platform.jobfile import JobError, Section, format_errors, validate_file
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -93,6 +93,7 @@ def expand(sweep: SweepJob, base: dict[str, Any]) -> list[tuple[str, int, Distil
                 job = DistillJob.model_validate(data)
                 check_paths(job)
                 check_method(job)
+                check_submitted(job)
             except ValidationError as err:
                 raise JobError(f"variant {name!r} (seed {seed}): {format_errors(err)}") from None
             except JobError as err:

@@ -266,6 +266,11 @@ def log_final(job: DistillJob, uri: str, run_id: str, export_dir: str) -> str | 
     import loopfree
 
     client = MlflowClient(uri)
+    name = job.tracking.registered_model
+    if name:  # a resubmitted finished run registers nothing new
+        done = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+        if done:
+            return str(max(int(v.version) for v in done))
     with tempfile.TemporaryDirectory() as d, fluent_tracking_uri(uri):
         resolved = Path(d) / "job.resolved.yaml"
         resolved.write_bytes(storage.read_bytes(storage.join(job.run_dir(), "job.resolved.yaml"), job.storage.endpoint_url))
