@@ -9,9 +9,40 @@ from __future__ import annotations
 
 import os
 import posixpath
+import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import pyarrow.fs as pafs
+
+T = TypeVar("T")
+
+
+# S3 throttles (503 SlowDown) and drops connections under load. The SDK retries each request
+# (S3_SDK_ATTEMPTS); a call that still fails is retried whole (S3_ATTEMPTS, with backoff), which is safe
+# because every call here is idempotent and an S3 object appears only once completely written
+# (docs/reliability.md, tests/integration/test_storage_faults.py).
+S3_SDK_ATTEMPTS = 3
+S3_ATTEMPTS = int(os.environ.get("LOOPFREE_S3_ATTEMPTS", "4"))
+
+
+class StorageError(OSError):
+    """A storage call that failed after its retries; the message names the object or folder."""
+
+
+def _retried(uri: str, call: Callable[[], T]) -> T:
+    """call(), retried whole for an s3:// URI; a final failure names the URI (a missing object stays
+    FileNotFoundError: nothing to retry)."""
+    for attempt in range(S3_ATTEMPTS if is_s3(uri) else 1):
+        try:
+            return call()
+        except FileNotFoundError:
+            raise
+        except OSError as err:
+            if attempt == (S3_ATTEMPTS if is_s3(uri) else 1) - 1:
+                raise StorageError(f"{uri}: {err}") from err
+            time.sleep(min(5.0, 0.25 * 2 ** attempt))
+    raise AssertionError("unreachable")
 
 
 def is_s3(uri: str) -> bool:
@@ -22,7 +53,9 @@ def filesystem(uri: str, endpoint_url: str | None = None) -> tuple[pafs.FileSyst
     """(filesystem, path inside it) for a local path or an s3://bucket/key URI."""
     if is_s3(uri):
         endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
-        kwargs = {"region": os.environ.get("AWS_DEFAULT_REGION", os.environ.get("AWS_REGION", "us-east-1"))}
+        kwargs = {"region": os.environ.get("AWS_DEFAULT_REGION", os.environ.get("AWS_REGION", "us-east-1")),
+                  "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_SDK_ATTEMPTS),
+                  "allow_delayed_open": True}  # an object under 5 MB is one PUT, not a multipart upload
         if endpoint:
             kwargs["endpoint_override"] = endpoint
             kwargs["scheme"] = "https" if endpoint.startswith("https") else "http"
@@ -52,20 +85,28 @@ def list_files(uri: str, endpoint_url: str | None = None) -> list[str]:
 
 
 def exists(uri: str, endpoint_url: str | None = None) -> bool:
+    """True or False from the store's answer; a store that does not answer raises (after retries), so a
+    throttled check is never mistaken for a missing object (a run id, a checkpoint)."""
     fs, path = filesystem(uri, endpoint_url)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
+    return _retried(uri, lambda: fs.get_file_info(path).type != pafs.FileType.NotFound)
 
 
 def upload_dir(local_dir: str | Path, uri: str, endpoint_url: str | None = None) -> None:
     fs, path = filesystem(uri, endpoint_url)
-    fs.create_dir(path, recursive=True)
-    pafs.copy_files(str(Path(local_dir).resolve()), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+    def upload() -> None:
+        fs.create_dir(path, recursive=True)
+        pafs.copy_files(str(Path(local_dir).resolve()), path, source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=fs)
+
+    _retried(uri, upload)
 
 
 def download_dir(uri: str, local_dir: str | Path, endpoint_url: str | None = None) -> Path:
     fs, path = filesystem(uri, endpoint_url)
     Path(local_dir).mkdir(parents=True, exist_ok=True)
-    pafs.copy_files(path, str(Path(local_dir).resolve()), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    _retried(uri, lambda: pafs.copy_files(path, str(Path(local_dir).resolve()), source_filesystem=fs,
+                                          destination_filesystem=pafs.LocalFileSystem()))
     return Path(local_dir)
 
 
@@ -73,11 +114,14 @@ def write_bytes(uri: str, data: bytes, endpoint_url: str | None = None) -> None:
     """Write a whole object. Atomic on both sides, so a reader (or a resumed job) never sees half a file:
     an S3 PUT is all-or-nothing, a local file is written aside and renamed into place."""
     fs, path = filesystem(uri, endpoint_url)
-    fs.create_dir(posixpath.dirname(path), recursive=True)
     if is_s3(uri):
-        with fs.open_output_stream(path) as out:
-            out.write(data)
+        def put() -> None:
+            with fs.open_output_stream(path) as out:  # S3 needs no folder: no marker object first
+                out.write(data)
+
+        _retried(uri, put)
         return
+    fs.create_dir(posixpath.dirname(path), recursive=True)
     tmp = Path(posixpath.dirname(path)) / f".{posixpath.basename(path)}.{os.getpid()}.tmp"
     tmp.write_bytes(data)
     os.replace(tmp, path)
@@ -90,5 +134,9 @@ def delete(uri: str, endpoint_url: str | None = None) -> None:
 
 def read_bytes(uri: str, endpoint_url: str | None = None) -> bytes:
     fs, path = filesystem(uri, endpoint_url)
-    with fs.open_input_stream(path) as f:
-        return f.read()
+
+    def get() -> bytes:
+        with fs.open_input_stream(path) as f:
+            return f.read()
+
+    return _retried(uri, get)
