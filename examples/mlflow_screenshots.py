@@ -41,14 +41,15 @@ def wait_http(url: str, timeout_s: float = 60) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout_s} s")
 
 
-def shoot(url: str, out: Path, size: str = "1600,1100", wait_ms: int = 20000) -> None:
+def shoot(url: str, out: Path, profile: str, size: str = "1600,1100", wait_ms: int = 20000) -> None:
+    """One page as a person first sees it; `profile` is the browser profile shared by all shots (the
+    UI opens its assistant panel on a profile's first visit only: a warm-up shot takes that)."""
     browser = shutil.which("chromium-headless-shell") or shutil.which("chromium")
     if browser is None:
         raise SystemExit("error: needs chromium-headless-shell (apt-get install chromium-headless-shell)")
-    with tempfile.TemporaryDirectory() as profile:
-        subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
-                        f"--window-size={size}", f"--virtual-time-budget={wait_ms}", f"--screenshot={out}", url],
-                       check=True, capture_output=True, timeout=180)
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
+                    f"--window-size={size}", f"--virtual-time-budget={wait_ms}", f"--screenshot={out}", url],
+                   check=True, capture_output=True, timeout=180)
     print(f"written: {out}")
 
 
@@ -77,14 +78,19 @@ def main() -> int:
         if not runs:
             raise SystemExit(f"error: no runs in experiment {args.experiment!r} of {store}")
         first = runs[0].info.run_id
-        shoot(f"{base}/#/experiments/{exp.experiment_id}", out / "experiment.png")
-        shoot(f"{base}/#/experiments/{exp.experiment_id}/runs/{first}", out / "run.png")
-        shoot(f"{base}/#/experiments/{exp.experiment_id}/runs/{first}/model-metrics", out / "run-metrics.png",
-              size="1600,2000")
-        if len(runs) > 1:
-            ids = urllib.parse.quote(json.dumps([r.info.run_id for r in runs[:2]]))
-            shoot(f"{base}/#/compare-runs?runs={ids}&experiments={urllib.parse.quote(json.dumps([exp.experiment_id]))}",
-                  out / "compare.png", size="1600,2000")
+        page = f"{base}/#/experiments/{exp.experiment_id}"
+        ml = "workflowType=machine_learning"  # the UI's model-training view (its default is GenAI's)
+        with tempfile.TemporaryDirectory() as profile:
+            shoot(f"{page}?{ml}", out / "warm-up.png", profile)
+            (out / "warm-up.png").unlink()
+            shoot(f"{page}/runs?{ml}", out / "experiment.png", profile)
+            shoot(f"{page}/runs/{first}?{ml}", out / "run.png", profile)
+            shoot(f"{page}/runs/{first}/model-metrics?{ml}", out / "run-metrics.png", profile, size="1600,2000")
+            if len(runs) > 1:
+                ids = urllib.parse.quote(json.dumps([r.info.run_id for r in runs[:2]]))
+                exps = urllib.parse.quote(json.dumps([exp.experiment_id]))
+                shoot(f"{base}/#/compare-runs?runs={ids}&experiments={exps}&{ml}", out / "compare.png", profile,
+                      size="1600,2000")
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from loopfree_platform.distill.driver import run_distill
 from loopfree_platform.distill.job import DistillJob
-from loopfree_platform.distill.tracking import MLflowTracking, TrackingError, flatten, start_run
+from loopfree_platform.distill.tracking import MLflowTracking, TrackingError, flatten, run_page, start_run
 
 
 @pytest.fixture
@@ -77,7 +77,10 @@ def test_a_run_reads_in_sections_with_its_description_commit_and_one_off_values_
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert run.data.tags.get("mlflow.source.git.commit") == (head or None)
     experiment = client.get_experiment(run.info.experiment_id)
-    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on its runs
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert run.data.tags["mlflow.source.name"] == f"loopfree distill ({j.name})"
+    page = run_page(uri, run_id)  # what the CLI prints: the run in the UI's model-training view
+    assert page.endswith(f"#/experiments/{run.info.experiment_id}/runs/{run_id}?workflowType=machine_learning")
 
 
 @pytest.mark.timeout(300)

@@ -103,6 +103,22 @@ def describe(job: DistillJob) -> str:
             f"{job.deepspeed.precision}.")
 
 
+def run_page(uri: str, run_id: str) -> str | None:
+    """Where a person looks at the run: its page in MLflow's model-training view (the UI opens on its GenAI
+    view otherwise), or for a local store the command that serves it. None if the store does not answer."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        with _fail_fast():
+            exp = MlflowClient(uri).get_run(run_id).info.experiment_id
+    except Exception:  # noqa: BLE001 - only a hint
+        return None
+    page = f"#/experiments/{exp}/runs/{run_id}?workflowType=machine_learning"
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{page}"
+    return f"mlflow ui --backend-store-uri {uri}, then http://127.0.0.1:5000/{page}"
+
+
 def git_commit() -> str | None:
     """The commit of the checkout the platform runs from, if it is one (an uploaded tree is not)."""
     import subprocess
@@ -125,7 +141,8 @@ def start_run(job: DistillJob) -> tuple[str, str] | None:
     uri = tracking_uri(job)
     client = MlflowClient(uri)
     id_file = storage.join(job.run_dir(), RUN_ID_FILE)
-    tags = {"loopfree.job": job.name, "mlflow.note.content": describe(job)}
+    tags = {"loopfree.job": job.name, "mlflow.note.content": describe(job), "mlflow.source.type": "JOB",
+            "mlflow.source.name": f"loopfree distill ({job.name})"}
     commit = git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
