@@ -89,10 +89,8 @@ def submitted_upload() -> Path | None:
 def shipped_code_warning() -> str | None:
     """In a submitted job whose upload carries `platform/`, a warning if `loopfree_platform` is imported from
     elsewhere (the cluster's installed copy): edits to the uploaded platform would silently not run."""
-    import loopfree_platform
-
     upload = submitted_upload()
-    running = Path(loopfree_platform.__file__).resolve().parent
+    running = Path(__file__).resolve().parent  # this module's package: the loopfree_platform that runs
     if upload is None or not (upload / "platform" / "loopfree_platform").is_dir():
         return None
     if any(p.name.startswith("_ray_pkg_") for p in running.parents):
