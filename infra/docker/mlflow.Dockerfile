@@ -1,5 +1,6 @@
 # The MLflow tracking server image (infra/mlflow/mlflow-server.yaml): MLflow at the version the jobs log
-# with, boto3 for S3 artifacts, psycopg2 for the PostgreSQL backend store. Nothing of Loopfree is in it.
+# with and its basic-auth app (the [auth] extra: Flask-WTF), boto3 for S3 artifacts, psycopg2 for the
+# PostgreSQL backend store. Nothing of Loopfree is in it.
 # Versions: MLflow and boto3 as pinned in pyproject.toml (tests/infra/test_images.py checks them).
 FROM python:3.11.14-slim-bookworm
 
@@ -13,7 +14,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 COPY infra/docker/constraints.txt /tmp/constraints.txt
-RUN pip install -c /tmp/constraints.txt "mlflow==${MLFLOW_VERSION}" "boto3==${BOTO3_VERSION}" \
+RUN pip install -c /tmp/constraints.txt "mlflow[auth]==${MLFLOW_VERSION}" "boto3==${BOTO3_VERSION}" \
         "psycopg2-binary==${PSYCOPG2_VERSION}" \
     && useradd --uid 1000 --create-home mlflow
 

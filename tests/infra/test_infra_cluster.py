@@ -40,7 +40,10 @@ def test_mlflow_server_arguments_and_settings_are_ones_mlflow_accepts(pins):
 
     container = mlflow_docs()["Deployment/loopfree-mlflow"]["spec"]["template"]["spec"]["containers"][0]
     server.make_context("server", list(container["args"]))  # raises on an unknown option or a bad value
-    known = {p.envvar for p in server.params if isinstance(p.envvar, str)}
+    import mlflow.environment_variables as mlflow_env
+
+    known = {p.envvar for p in server.params if isinstance(p.envvar, str)}  # the server's options
+    known |= {name for name in vars(mlflow_env) if name.startswith("MLFLOW_")}  # settings MLflow reads itself
     settings = {e["name"] for e in container["env"] if e["name"].startswith("MLFLOW_")}
     assert {"MLFLOW_BACKEND_STORE_URI", "MLFLOW_ARTIFACTS_DESTINATION"} <= settings <= known, settings - known
     assert container["image"].endswith(f":{pins['mlflow']}")
