@@ -6,7 +6,6 @@ Runs before the in-process Ray tests (file order) and stops its cluster at the e
 
 import json
 import os
-import shlex
 import shutil
 import socket
 import subprocess
@@ -15,7 +14,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import boto3
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -128,83 +126,6 @@ def ray_job(cluster, *args, check=True, cwd=None) -> subprocess.CompletedProcess
     return out
 
 
-def submit_cmd(cluster, wd: Path, *extra) -> list[str]:
-    """The README's plain `ray job submit`, verbatim apart from address, folder and job file."""
-    words = shlex.split(readme_line("ray job submit", 8265))
-    words = words[words.index("submit"):words.index("--")]
-    words[words.index("--address") + 1] = cluster["address"]
-    words[words.index("--working-dir") + 1] = str(wd)
-    return [*words, *extra, "--", "python", "-m", "loopfree_platform.cli", "distill", "job.yaml"]
-
-
-def test_submit_stop_resubmit_tracks_registers_and_stores(cluster, working_dir):
-    """The plain `ray job submit`, stopped after its first checkpoint, then `loopfree submit --follow`: the job
-    resumes into the same MLflow run, registers its model and leaves checkpoints and the export in S3."""
-    import mlflow
-    import pandas as pd
-    from mlflow.tracking import MlflowClient
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    wd = working_dir("stopped", max_steps=12)
-    sid = "loopfree-stop-test"
-    t0 = time.time()
-    ray_job(cluster, *submit_cmd(cluster, wd, "--submission-id", sid, "--no-wait"), cwd=wd)  # run there, as README
-    s3 = boto3.client("s3", endpoint_url=cluster["env"]["AWS_ENDPOINT_URL"])
-    deadline = time.time() + 300
-    while time.time() < deadline:  # stop the job once its first checkpoint is in S3
-        if s3.list_objects_v2(Bucket="loopfree-test", Prefix="cluster-runs/stopped/checkpoint_").get("KeyCount", 0):
-            break
-        time.sleep(1)
-    print(f"submission to first checkpoint: {time.time() - t0:.0f} s")
-    ray_job(cluster, "stop", "--address", cluster["address"], sid)
-    jobs = JobSubmissionClient(cluster["address"])
-    while jobs.get_job_status(sid) not in (JobStatus.STOPPED, JobStatus.FAILED, JobStatus.SUCCEEDED):
-        time.sleep(0.5)  # the stopped driver and its trainer must be gone before the resubmission
-    assert jobs.get_job_status(sid) == JobStatus.STOPPED
-
-    t1 = time.time()
-    out = subprocess.run([str(BIN / "loopfree"), "submit", "job.yaml", "--address", cluster["address"], "--follow"],
-                         cwd=wd, env=cluster["env"], capture_output=True, text=True, timeout=600)
-    print(f"resubmission to SUCCEEDED: {time.time() - t1:.0f} s")
-    assert out.returncode == 0 and out.stdout.startswith("submitted "), out.stdout[-3000:] + out.stderr[-3000:]
-    assert "ended: SUCCEEDED" in out.stdout
-
-    client = MlflowClient(cluster["mlflow"])
-    runs = client.search_runs([client.get_experiment_by_name("loopfree").experiment_id],
-                              filter_string="tags.`loopfree.job` = 'stopped'")
-    assert len(runs) == 1  # the resumed job logged into the run of the stopped one
-    run = runs[0]
-    steps = sorted({m.step for m in client.get_metric_history(run.info.run_id, "train/loss_vsd")})
-    assert steps == list(range(1, 13))
-    assert run.data.params["scaling.num_workers"] == "2" and run.data.params["method.lambda_kl"] == "0.1"
-    for key in ("train/loss_vsd", "train/loss_kl", "train/loss_lora", "train/grad_norm_student", "train/lr_student",
-                "perf/samples_per_s"):
-        assert len(client.get_metric_history(run.info.run_id, key)) >= 12, key
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert "job.resolved.yaml" in artifacts and "images" in artifacts
-    # Credentials in the environment never reach MLflow params, tags, the logged job or the job's logs.
-    secret = cluster["env"]["AWS_SECRET_ACCESS_KEY"]
-    logged_job = Path(client.download_artifacts(run.info.run_id, "job.resolved.yaml")).read_text()
-    assert secret not in str(run.data.params) + str(run.data.tags) + logged_job + out.stdout + out.stderr
-    assert len(client.list_artifacts(run.info.run_id, "images")) >= 2  # sample grids over time
-    grids = [a.path for a in client.list_artifacts(run.info.run_id, "images") if a.path.endswith(".png")]
-    import PIL.Image
-
-    assert PIL.Image.open(client.download_artifacts(run.info.run_id, grids[0])).height >= 128  # >= 128 px a cell
-    assert "perf/first_batch_s" not in run.data.metrics and "perf.first_batch_s" in run.data.tags
-    version = client.get_model_version_by_alias("loopfree-tiue", "candidate")
-    assert version.run_id == run.info.run_id
-    from loopfree_platform.runtime import fluent_tracking_uri
-
-    with fluent_tracking_uri(cluster["mlflow"]):  # must not leak into later tests once this server is gone
-        model = mlflow.pyfunc.load_model("models:/loopfree-tiue@candidate")
-    images = model.predict(pd.DataFrame({"prompt": ["a cat", "a dog"], "seed": [0, 1]}))
-    assert len(images) == 2 and images["image_png_base64"].str.len().min() > 100
-
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="loopfree-test", Prefix="cluster-runs/stopped/")["Contents"]]
-    assert any("/checkpoint_00000012/" in k for k in keys) and "cluster-runs/stopped/export/model_index.json" in keys
-
-
 def test_submit_passes_the_token_of_a_token_cluster(cluster, working_dir, free_port):
     """A cluster with token authentication: `loopfree submit` gets in with RAY_AUTH_MODE=token and the token in
     the environment, is refused without it, and never prints the token."""
@@ -243,13 +164,9 @@ def test_submit_passes_the_token_of_a_token_cluster(cluster, working_dir, free_p
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def test_the_readme_commands_ship_the_uploaded_platform_and_both_submit_paths_resume_one_run(cluster):
-    """The README's two submissions, as written, from a copy of the repository whose platform/ announces
-    itself: both run the uploaded code, the second resumes the first's run (no step twice, one MLflow run, one
-    model version); a relative storage.path is refused by `loopfree submit` before uploading (the job's own
-    refusal is tests/loopfree_platform/test_submission.py)."""
-    from mlflow.tracking import MlflowClient
-
+def readme_repo(cluster) -> tuple[Path, str]:
+    """A copy of the repository (code, jobs, data) with the venv linked, whose platform/ prints a marker when
+    imported: (folder, marker)."""
     repo = cluster["tmp"] / "repo"
     for part in ("loopfree", "platform", "jobs", "data"):
         shutil.copytree(ROOT / part, repo / part, ignore=shutil.ignore_patterns("__pycache__"))
@@ -257,25 +174,78 @@ def test_the_readme_commands_ship_the_uploaded_platform_and_both_submit_paths_re
     marker = "loopfree_platform imported from the uploaded tree"
     with open(repo / "platform" / "loopfree_platform" / "__init__.py", "a") as f:
         f.write(f"\nprint({marker!r}, flush=True)\n")
-    port = cluster["address"].rsplit(":", 1)[1]
+    return repo, marker
 
-    def shell(line: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["bash", "-c", f"source .venv/bin/activate && {line}"], cwd=repo, env=cluster["env"],
-                              capture_output=True, text=True, timeout=600)
 
-    plain = shell(readme_line("ray job submit", int(port)))
-    assert plain.returncode == 0 and marker in plain.stdout, plain.stdout[-3000:] + plain.stderr[-3000:]
-    second = shell(readme_line("loopfree submit", int(port)))
-    assert second.returncode == 0 and marker in second.stdout, second.stdout[-3000:] + second.stderr[-3000:]
+def test_the_readme_commands_stopped_and_resubmitted_resume_one_run_with_the_uploaded_code(cluster):
+    """The README's one-machine commands as written, from a repository copy whose platform/ announces itself:
+    the plain `ray job submit`, stopped after its first checkpoint, then `loopfree submit`. Both run the
+    uploaded code; the second resumes the first's run: every step once, one MLflow run (params, sectioned
+    metrics, captioned grids, no credential), one model version that predicts. A relative storage.path is
+    refused by `loopfree submit` before uploading (the job's own refusal: test_submission.py)."""
+    import mlflow
+    import pandas as pd
+    import PIL.Image
+    from mlflow.tracking import MlflowClient
+    from ray.job_submission import JobStatus, JobSubmissionClient
 
+    repo, marker = readme_repo(cluster)
+    port = int(cluster["address"].rsplit(":", 1)[1])
     run_dir = repo / "runs" / "cluster" / "smoke-tiny"  # the absolute storage.path, outside Ray's upload copy
+
+    def shell(line: str, **kw):
+        return subprocess.Popen(["bash", "-c", f"source .venv/bin/activate && {line}"], cwd=repo, env=cluster["env"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+    t0 = time.time()
+    plain = shell(readme_line("ray job submit", port))
+    deadline = time.time() + 300
+    while not list(run_dir.glob("checkpoint_*")):  # stop the job once its first checkpoint is written
+        assert plain.poll() is None and time.time() < deadline, plain.communicate()[0][-3000:]
+        time.sleep(0.5)
+    print(f"submission to first checkpoint: {time.time() - t0:.0f} s")
+    jobs = JobSubmissionClient(cluster["address"])
+    sid = next(j.submission_id for j in jobs.list_jobs() if j.status == JobStatus.RUNNING)
+    ray_job(cluster, "stop", "--address", cluster["address"], sid)
+    while jobs.get_job_status(sid) not in (JobStatus.STOPPED, JobStatus.FAILED, JobStatus.SUCCEEDED):
+        time.sleep(0.5)  # the stopped driver and its trainer must be gone before the resubmission
+    plain_out = plain.communicate(timeout=120)[0]
+    assert jobs.get_job_status(sid) == JobStatus.STOPPED and marker in plain_out, plain_out[-3000:]
+
+    t1 = time.time()
+    second = shell(readme_line("loopfree submit", port))
+    out = second.communicate(timeout=600)[0]
+    print(f"resubmission to SUCCEEDED: {time.time() - t1:.0f} s")
+    assert second.returncode == 0 and "ended: SUCCEEDED" in out and marker in out, out[-3000:]
+
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 9))  # each step once: the second submission trained nothing again
+    assert steps == list(range(1, 9))  # each step once
+    assert (run_dir / "checkpoint_00000008").is_dir() and (run_dir / "export" / "model_index.json").is_file()
     client = MlflowClient(cluster["mlflow"])
     runs = client.search_runs([client.get_experiment_by_name("loopfree").experiment_id],
                               filter_string="tags.`loopfree.job` = 'smoke-tiny'")
-    assert [r.info.run_id for r in runs] == [(run_dir / "mlflow_run_id").read_text().strip()]
-    assert len(client.search_model_versions(f"run_id = '{runs[0].info.run_id}'")) == 1
+    assert [r.info.run_id for r in runs] == [(run_dir / "mlflow_run_id").read_text().strip()]  # one run, resumed
+    run = runs[0]
+    assert sorted({m.step for m in client.get_metric_history(run.info.run_id, "train/loss_vsd")}) == list(range(1, 9))
+    assert run.data.params["scaling.num_workers"] == "2" and run.data.params["method.lambda_kl"] == "0.1"
+    for key in ("train/loss_kl", "train/loss_lora", "train/grad_norm_student", "train/lr_student", "perf/samples_per_s"):
+        assert len(client.get_metric_history(run.info.run_id, key)) >= 8, key
+    assert "perf/first_batch_s" not in run.data.metrics and "perf.first_batch_s" in run.data.tags
+    # Credentials in the environment never reach MLflow params, tags, the logged job or the job's logs.
+    secret = cluster["env"]["AWS_SECRET_ACCESS_KEY"]
+    logged_job = Path(client.download_artifacts(run.info.run_id, "job.resolved.yaml")).read_text()
+    assert secret not in str(run.data.params) + str(run.data.tags) + logged_job + plain_out + out
+    grids = [a.path for a in client.list_artifacts(run.info.run_id, "images") if a.path.endswith(".png")]
+    assert len(grids) >= 2 and PIL.Image.open(client.download_artifacts(run.info.run_id, grids[0])).height >= 128
+    assert [v.run_id for v in client.search_model_versions("name = 'loopfree-tiue'")] == [run.info.run_id]
+    assert client.get_model_version_by_alias("loopfree-tiue", "candidate").run_id == run.info.run_id
+    from loopfree_platform.runtime import fluent_tracking_uri
 
-    relative = shell(readme_line("loopfree submit", int(port)).split(" --set ")[0])  # storage.path: runs
-    assert relative.returncode == 2 and "storage.path: 'runs' is relative" in relative.stderr, relative.stderr
+    with fluent_tracking_uri(cluster["mlflow"]):  # must not leak into later tests once this server is gone
+        model = mlflow.pyfunc.load_model("models:/loopfree-tiue@candidate")
+    images = model.predict(pd.DataFrame({"prompt": ["a cat", "a dog"], "seed": [0, 1]}))
+    assert len(images) == 2 and images["image_png_base64"].str.len().min() > 100
+
+    relative = shell(readme_line("loopfree submit", port).split(" --set ")[0])  # storage.path: runs (relative)
+    refused = relative.communicate(timeout=120)[0]
+    assert relative.returncode == 2 and "storage.path: 'runs' is relative" in refused, refused

@@ -150,3 +150,38 @@ def test_a_prompt_over_77_tokens_is_served_and_reported_as_truncated(server):
     assert len(clip_tokenizer()(long).input_ids) > 77 >= len(clip_tokenizer()(short).input_ids)
     images = generate(url, {"prompts": [long, short], "seeds": [1, 2]}).json()["images"]
     assert [i["truncated"] for i in images] == [True, False]
+
+
+@pytest.mark.timeout(300)
+def test_a_replica_killed_mid_batch_fails_its_requests_with_a_503_and_serve_replaces_it(server):
+    import os
+    import signal
+    import time
+
+    from ray.util.state import list_actors
+
+    url, _ = server
+
+    def replica_pid() -> int | None:
+        alive = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+        return next((a.pid for a in alive if a.class_name == "ServeReplica:open:TiUEModel"), None)
+
+    victim = replica_pid()
+    assert victim
+    with ThreadPoolExecutor(16) as pool:  # enough work that the replica is mid-batch when it dies
+        futures = [pool.submit(generate, url, {"prompts": [f"p{i}"] * 4, "seeds": [i] * 4}) for i in range(16)]
+        time.sleep(1.0)
+        os.kill(victim, signal.SIGKILL)
+        replies = [f.result() for f in futures]
+    failed = [r for r in replies if r.status_code != 200]
+    assert failed, "the replica finished everything before it was killed: nothing was mid-batch"
+    for reply in failed:
+        assert reply.status_code == 503 and "model replica failed" in reply.json()["error"], reply.text
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:  # Serve's controller starts a new replica
+        if generate(url, {"prompts": ["after"], "seeds": [1]}).status_code == 200:
+            break
+        time.sleep(2)
+    else:
+        raise AssertionError("no new replica served within 180 s")
+    assert replica_pid() not in (None, victim)

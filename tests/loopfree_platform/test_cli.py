@@ -122,7 +122,9 @@ def test_submit_detects_the_kind_and_validates_relative_to_the_working_dir(tmp_p
     wd = tmp_path / "wd"
     (wd / "data").mkdir(parents=True)
     (wd / "data" / "prompts.tsv").write_text(Path(PROMPTS).read_text())
-    write_job(smoke_job({"data": {"paths": ["data/prompts.tsv"]}}), "job.yaml", folder=wd)  # relative: uploaded
+    # inputs relative (uploaded); the run's storage absolute: a relative one is refused (test_submission.py)
+    write_job(smoke_job({"data": {"paths": ["data/prompts.tsv"]}, "storage": {"path": str(tmp_path / "runs")}}),
+              "job.yaml", folder=wd)
     prompts = "sampling.prompts=[a cat, a dog, a car, a cup]"
     assert main(["submit", "job.yaml", "--working-dir", str(wd), "--dry-run", "--set", "training.max_steps=2",
                  "--set", prompts]) == 0
