@@ -158,19 +158,28 @@ def test_a_replica_killed_mid_batch_fails_its_requests_with_a_503_and_serve_repl
     import signal
     import time
 
-    from ray.util.state import list_actors
+    import psutil
 
     url, _ = server
 
     def replica_pid() -> int | None:
-        alive = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
-        return next((a.pid for a in alive if a.class_name == "ServeReplica:open:TiUEModel"), None)
+        """The open app's model replica: Ray names its worker process after the actor."""
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            if "ServeReplica:open:TiUEModel" in " ".join(proc.info["cmdline"] or []):
+                return proc.info["pid"]
+        return None
 
+    assert generate(url, {"prompts": ["warm"], "seeds": [0]}).status_code == 200
     victim = replica_pid()
     assert victim
+    replica = psutil.Process(victim)
     with ThreadPoolExecutor(16) as pool:  # enough work that the replica is mid-batch when it dies
+        busy_from = sum(replica.cpu_times()[:2])
         futures = [pool.submit(generate, url, {"prompts": [f"p{i}"] * 4, "seeds": [i] * 4}) for i in range(16)]
-        time.sleep(1.0)
+        deadline = time.monotonic() + 60
+        while sum(replica.cpu_times()[:2]) - busy_from < 0.3:  # it is computing the first batches
+            assert time.monotonic() < deadline, "the replica never started on the requests"
+            time.sleep(0.02)
         os.kill(victim, signal.SIGKILL)
         replies = [f.result() for f in futures]
     failed = [r for r in replies if r.status_code != 200]
