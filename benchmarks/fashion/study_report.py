@@ -186,11 +186,13 @@ READING = """- **The paper's recipe makes this student worse, on every seed.** W
   0.112 / 0.059 (bar 0.171: missed). The normalisation gives every sample and timestep a gradient of
   comparable size instead of letting the noisiest timesteps dominate (docs/method.md); which part of that
   matters most here was not measured.
-- **SwiftBrush (1 step) does not reach the prompted garment.** From the teacher's UNet used as a 1-step map
-  (validation FID 281), the paper recipe reaches test FID 232.0 with alignment 0.585, the combined recipe
-  244.7 with alignment 0.407 (seed 1 each, 600 updates): T5 missed, and its recall and coverage are 0, so
-  TiUE keeps the diversity advantage T3 asks about, though TiUE's own recall (0.089) and coverage (0.028)
-  stay below 0.8x the 50-step teacher's: T3 missed.
+- **SwiftBrush (1 step) does not reach the prompted garment, with any recipe tried.** From the teacher's
+  UNet used as a 1-step map (validation FID 281), the paper recipe reaches test FID 232.0 with alignment
+  0.585, the combined recipe 244.7 with alignment 0.407, the combined recipe with the x0-error
+  normalisation 242.5 with alignment 0.412 (seed 1 each, 600 updates): T5 missed. Its recall and coverage
+  are 0 to 0.001 with every recipe, so TiUE keeps the diversity advantage T3 asks about (recall 0.0855,
+  coverage 0.054 with the same recipe), but TiUE's recall stays below 0.8x the 50-step teacher's (0.171):
+  T3 missed on recall; coverage 0.0535 against the bar 0.0544 (0.053 / 0.054 per seed).
 - **Left:** x0-error runs longer than 2000 updates (the curve has not settled), a second SwiftBrush
   seed, the warm-up option, and a teacher trained further (its 50-step FID 148.5 is now above the student's).
 """
