@@ -255,7 +255,7 @@ def start(job, address: str | None = None, route_prefix: str = "/") -> str:
 
     application = build_app(app_args(job))  # the token is read here, once; only its digest travels on
     with without_env(job.auth.token_env):  # a local instance's processes, replicas included, never hold it
-        ensure_ray(address)
+        ensure_ray(address, serve=True)
     serve.start(http_options={"host": job.http.host, "port": job.http.port})
     serve.run(application, name=job.name, route_prefix=route_prefix, blocking=False)
     return f"http://{job.http.host}:{job.http.port}{route_prefix.rstrip('/')}"
