@@ -23,17 +23,23 @@ TOKEN = "tok-only-the-driver-may-hold-this"
 @pytest.fixture(scope="module")
 def serve_cli(tiny_pipeline_dir, tmp_path_factory, free_port):
     """`loopfree serve` in its own process group, started the way a user starts it; yields (driver, url)."""
-    port = free_port()
-    job = tmp_path_factory.mktemp("serve-cli") / "serve.yaml"
-    job.write_text(yaml.safe_dump({"name": "loopback", "model": {"source": str(tiny_pipeline_dir)},
-                                   "auth": {"required": True}, "http": {"host": "127.0.0.1", "port": port}}))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # nothing exported for Ray
     env["LOOPFREE_SERVE_TOKEN"] = TOKEN
-    driver = subprocess.Popen([sys.executable, "-m", "loopfree_platform.cli", "serve", str(job)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    for attempt in range(3):  # a port free when picked can be taken by the new Ray instance before Serve binds it
+        port = free_port()
+        job = tmp_path_factory.mktemp("serve-cli") / "serve.yaml"
+        job.write_text(yaml.safe_dump({"name": "loopback", "model": {"source": str(tiny_pipeline_dir)},
+                                       "auth": {"required": True}, "http": {"host": "127.0.0.1", "port": port}}))
+        driver = subprocess.Popen([sys.executable, "-m", "loopfree_platform.cli", "serve", str(job)], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_healthy(driver, url)
+            break
+        except AssertionError as err:
+            if "Address already in use" not in str(err) or attempt == 2:
+                raise
     try:
-        _wait_healthy(driver, url)
         yield psutil.Process(driver.pid), url
     finally:
         started = _tree(psutil.Process(driver.pid)) if driver.poll() is None else []
