@@ -33,16 +33,16 @@ class StorageError(OSError):
 def _retried(uri: str, call: Callable[[], T]) -> T:
     """call(), retried whole for an s3:// URI; a final failure names the URI (a missing object stays
     FileNotFoundError: nothing to retry)."""
-    for attempt in range(S3_ATTEMPTS if is_s3(uri) else 1):
+    attempts = S3_ATTEMPTS if is_s3(uri) else 1
+    for attempt in range(1, attempts + 1):
         try:
             return call()
         except FileNotFoundError:
             raise
         except OSError as err:
-            if attempt == (S3_ATTEMPTS if is_s3(uri) else 1) - 1:
+            if attempt == attempts:
                 raise StorageError(f"{uri}: {err}") from err
-            time.sleep(min(5.0, 0.25 * 2 ** attempt))
-    raise AssertionError("unreachable")
+            time.sleep(min(5.0, 0.25 * 2 ** (attempt - 1)))
 
 
 def is_s3(uri: str) -> bool:
