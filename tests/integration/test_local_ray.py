@@ -5,7 +5,6 @@ One start serves two checks (a local Ray plus Serve takes half a minute on 2 cor
 is on 127.0.0.1, and the bearer token is in no process's environment but the driver's.
 """
 
-import ipaddress
 import os
 import signal
 import subprocess
@@ -16,6 +15,8 @@ import psutil
 import pytest
 import requests
 import yaml
+
+from tests.sockets import beyond_loopback, listeners
 
 TOKEN = "tok-only-the-driver-may-hold-this"
 
@@ -74,17 +75,9 @@ def _tree(driver: psutil.Process) -> list[psutil.Process]:
 @pytest.mark.timeout(400)
 def test_every_socket_the_cli_local_ray_listens_on_is_loopback(serve_cli):
     driver, _ = serve_cli
-    listening = [(proc.pid, " ".join(proc.cmdline())[:80], conn.laddr)
-                 for proc in _tree(driver) for conn in proc.net_connections(kind="inet")
-                 if conn.status == psutil.CONN_LISTEN]
-    assert len({pid for pid, _, _ in listening}) >= 4, listening  # GCS, raylet, agents, proxy, replicas
-    exposed = []
-    for pid, cmd, addr in listening:
-        ip = ipaddress.ip_address(addr.ip)
-        ip = ip.ipv4_mapped or ip if ip.version == 6 else ip
-        if not ip.is_loopback:
-            exposed.append((pid, cmd, addr))
-    assert not exposed, f"listening beyond loopback: {exposed}"
+    listening = listeners(_tree(driver))
+    assert len({pid for pid, *_ in listening}) >= 4, listening  # GCS, raylet, agents, proxy, replicas
+    assert not beyond_loopback(listening), f"listening beyond loopback: {beyond_loopback(listening)}"
 
 
 @pytest.mark.timeout(400)

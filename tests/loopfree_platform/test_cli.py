@@ -1,6 +1,7 @@
 """The command line's one convention (YAML dry runs, --set, exit 2 naming the key, --version, env, submit's
 job kinds) and the quiet console (one bar and a summary on the terminal, the chatter in the log file)."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -12,6 +13,8 @@ import yaml
 from loopfree_platform import submit
 from loopfree_platform.cli import main
 from loopfree_platform.jobfile import JobError, apply_sets, parse_sets
+
+from tests.sockets import beyond_loopback, watch_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = str(ROOT / "data" / "PartiPrompts.tsv")
@@ -166,16 +169,27 @@ def test_quiet_console_sends_process_and_child_output_to_the_log(tmp_path):
 
 @pytest.mark.integration
 @pytest.mark.timeout(600)
-def test_distill_console_is_one_bar_and_a_summary(tmp_path):
-    """`loopfree distill jobs/smoke.yaml --set training.max_steps=2`: a few lines on the terminal, Ray's and the
-    workers' chatter (start-up, Ray Train's reports) in <run dir>/driver.log."""
-    out = subprocess.run([str(Path(sys.executable).parent / "loopfree"), "distill", "jobs/smoke.yaml",
-                          "--set", "training.max_steps=2", "--set", f"storage.path={tmp_path}",
-                          "--set", "tracking.enabled=false"], cwd=ROOT, capture_output=True, timeout=580)  # bytes: \r kept
-    stdout, stderr = out.stdout.decode(), out.stderr.decode()
+def test_distill_cli_prints_one_bar_and_a_summary_and_listens_on_loopback_only(tmp_path):
+    """`loopfree distill jobs/smoke.yaml --set training.max_steps=2` from a shell that exports nothing for Ray:
+    a few lines on the terminal, Ray's and the workers' chatter (start-up, Ray Train's reports) in
+    <run dir>/driver.log, and every socket any of its processes listens on (Ray's, the workers', torch's
+    rendezvous store) bound to loopback."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    with open(tmp_path / "out", "wb") as out_f, open(tmp_path / "err", "wb") as err_f:  # bytes: \r kept
+        driver = subprocess.Popen([str(Path(sys.executable).parent / "loopfree"), "distill", "jobs/smoke.yaml",
+                                   "--set", "training.max_steps=2", "--set", f"storage.path={tmp_path}",
+                                   "--set", "tracking.enabled=false"], cwd=ROOT, env=env, stdout=out_f, stderr=err_f)
+        try:
+            seen = watch_tree(driver)
+        finally:
+            if driver.poll() is None:  # the test failed while watching
+                driver.kill()
+    stdout, stderr = (tmp_path / "out").read_bytes().decode(), (tmp_path / "err").read_bytes().decode()
     terminal = stdout + stderr
     print(terminal)
-    assert out.returncode == 0, terminal[-3000:]
+    assert driver.returncode == 0, terminal[-3000:]
+    assert len({pid for pid, *_ in seen}) >= 4, seen  # GCS, raylet, agents, the training workers
+    assert not beyond_loopback(seen), f"listening beyond loopback: {beyond_loopback(seen)}"
     assert terminal.count("\n") <= 15  # lines; a bar's \r-updates are one
     assert "distilled 2 steps" in stdout and f"log: {tmp_path / 'smoke-tiny' / 'driver.log'}" in stdout
     assert "2/2" in stderr and "loss_vsd=" in stderr

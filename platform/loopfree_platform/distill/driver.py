@@ -131,6 +131,7 @@ def _run_distill(job: DistillJob, address: str | None, progress: Progress | None
 
     from loopfree_platform.distill.callbacks import MetricsFeed, MetricsLog, read_metrics
     from loopfree_platform.distill.corpus import prepare_corpus, tokenized
+    from loopfree_platform.distill.process_group import NodeAddressTorchConfig
     from loopfree_platform.distill.tracking import MLflowTracking, log_final, start_run
     from loopfree_platform.distill.train import train_loop_per_worker
 
@@ -157,6 +158,7 @@ def _run_distill(job: DistillJob, address: str | None, progress: Progress | None
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job.model_dump(mode="json"), "total_steps": steps},
+        torch_config=NodeAddressTorchConfig(),  # torch's rendezvous store on the node's address, not on '::'
         scaling_config=ScalingConfig(num_workers=job.scaling.num_workers, use_gpu=job.scaling.use_gpu,
                                      resources_per_worker={"CPU": job.scaling.cpus_per_worker}),
         run_config=RunConfig(name=job.name, storage_path=storage_path,
