@@ -5,7 +5,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from loopfree_platform.distill.corpus import CorpusError, prepare_corpus, tokenized
+from loopfree_platform.distill.corpus import CorpusError, RankShards, prepare_corpus, rank_share, tokenized
 
 from loopfree.tokenizer import clip_tokenizer
 
@@ -31,6 +31,7 @@ def test_journeydb_clean_dedupe_count(tmp_path):
     assert stats.as_dict() == {"records": 26, "bad": 3, "empty": 1, "duplicates": 1, "unique": 21}
     rows = ordered.take_all()
     assert len(rows) == 42 and [r["epoch"] for r in rows] == [0] * 21 + [1] * 21
+    assert [r["position"] for r in rows] == list(range(42))  # numbered in the order
     assert {r["prompt"] for r in rows[:21]} == {f"prompt number {i}" for i in range(20)} | {"lower-case key"}
     assert [r["prompt"] for r in rows[:21]] != [r["prompt"] for r in rows[21:]]  # reshuffled per epoch
 
@@ -83,3 +84,26 @@ def test_reads_from_s3_and_tokenises(s3_endpoint):
     expected = tok([r["prompt"] for r in ordered.take_all()], padding="max_length", max_length=77,
                    truncation=True, return_tensors="np").input_ids
     assert ids.shape == (21, 77) and ids.dtype == np.int32 and (ids == expected).all()
+
+
+def test_rank_shares_are_each_ranks_slices_of_the_global_batches_in_order_and_streamed_per_rank(tmp_path):
+    """Global batch s = positions [s*G, (s+1)*G); rank r's share = its slice [r*b, (r+1)*b) of each, in
+    order, whatever the worker count: 2 ranks x b=2 and 4 ranks x b=1 see the same global batches as one rank
+    with b=4, and each worker's stream carries only its share (1/W of the rows)."""
+    path = tmp_path / "train_anno.jsonl"
+    path.write_text("\n".join(journeydb_lines()) + "\n")
+    ordered, _ = prepare_corpus([str(path)], "journeydb", epochs=2, seed=3)
+    everything = [r["prompt"] for r in ordered.take_all()]
+    G, steps = 4, 10  # 42 rows: the 2 rows past the last whole global batch are nobody's
+    for workers in (1, 2, 4):
+        b = G // workers
+        shares = [[r["prompt"] for r in rank_share(ordered, rank, b, G, steps).take_all()] for rank in range(workers)]
+        assert all(len(share) == steps * b for share in shares)  # falls as 1/W
+        for s in range(steps):  # rank r's s-th batch is its slice of global batch s
+            assert [p for share in shares for p in share[s * b:(s + 1) * b]] == everything[s * G:(s + 1) * G]
+    iterators = RankShards(2, G, steps).configure({"train": ordered}, 2, None, None)
+    for rank, iterator in enumerate(iterators):  # what each training worker streams
+        streamed = [p for b in iterator["train"].iter_batches(batch_size=2, batch_format="numpy") for p in b["prompt"]]
+        assert streamed == [everything[s * G + rank * 2 + j] for s in range(steps) for j in range(2)]
+    with pytest.raises(ValueError, match="3 workers x batch 2 != global batch 4"):
+        RankShards(2, G, steps).configure({"train": ordered}, 3, None, None)

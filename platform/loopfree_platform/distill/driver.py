@@ -73,18 +73,6 @@ def total_steps(job: DistillJob, rows: int) -> int:
     return steps
 
 
-def _tokenizer(job: DistillJob):
-    from transformers import CLIPTokenizer
-
-    from loopfree.presets import preset
-    from loopfree.tokenizer import clip_tokenizer
-    from loopfree_platform.models import local_model_dir
-
-    if job.model.preset:
-        return clip_tokenizer(preset(job.model.preset).pad_token)
-    return CLIPTokenizer.from_pretrained(local_model_dir(job.model.teacher_dir, job.storage.endpoint_url) / "tokenizer")
-
-
 def step_bar(progress: Progress, totals: list[int], batch: int | None, after: list[int]):
     """on_rows for `MetricsFeed`: the bar counts reported steps of one run (or of a sweep's runs, summed)
     from the first step after `after` (the steps an earlier attempt already logged), with the main losses,
@@ -125,12 +113,11 @@ def run_distill(job: DistillJob, address: str | None = None, progress: Progress 
 
 
 def _run_distill(job: DistillJob, address: str | None, progress: Progress | None) -> DistillResult:
-    from ray.data import ExecutionOptions
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from loopfree_platform.distill.callbacks import MetricsFeed, MetricsLog, read_metrics
-    from loopfree_platform.distill.corpus import prepare_corpus, tokenized
+    from loopfree_platform.distill.corpus import RankShards, prepare_corpus
     from loopfree_platform.distill.process_group import NodeAddressTorchConfig
     from loopfree_platform.distill.tracking import MLflowTracking, log_final, start_run
     from loopfree_platform.distill.train import train_loop_per_worker
@@ -166,10 +153,9 @@ def _run_distill(job: DistillJob, address: str | None, progress: Progress | None
                              failure_config=FailureConfig(max_failures=job.checkpoint.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=job.checkpoint.num_to_keep),
                              callbacks=callbacks),
-        datasets={"train": tokenized(ordered, _tokenizer(job))},
-        # Every worker streams the whole ordered token stream and keeps its slice of each global batch:
-        # a deterministic assignment (streaming_split hands out blocks dynamically), so runs resume exactly.
-        dataset_config=DataConfig(datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True)),
+        datasets={"train": ordered},
+        # Each worker streams only its own slice of every global batch (corpus.py, "Sharding").
+        dataset_config=RankShards(job.scaling.batch_per_worker, job.scaling.global_batch_size, steps),
     )
     progress.phase("starting the workers")
     metrics_uri = storage.join(job.run_dir(), "metrics.jsonl")

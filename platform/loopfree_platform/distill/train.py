@@ -71,12 +71,14 @@ def _mean_over_ranks(logs: dict[str, float]) -> dict[str, float]:
     return dict(zip(LOGGED, values.cpu().tolist()))
 
 
-def _rank_batches(shard, job: DistillJob, rank: int, skip_steps: int):
-    """The rank's slice of each global batch of the ordered stream, after skipping consumed steps."""
-    b, G = job.scaling.batch_per_worker, job.scaling.global_batch_size
-    for i, batch in enumerate(shard.iter_batches(batch_size=G, batch_format="numpy", drop_last=True, prefetch_batches=2)):
+def _rank_batches(shard, job: DistillJob, skip_steps: int, tokenize):
+    """The rank's batches: its share of the ordered stream holds only its slice of each global batch
+    (corpus.py, "Sharding"), so its s-th batch of b prompts is its slice of global batch s. Consumed steps
+    are skipped without tokenising them."""
+    b = job.scaling.batch_per_worker
+    for i, batch in enumerate(shard.iter_batches(batch_size=b, batch_format="numpy", drop_last=True, prefetch_batches=2)):
         if i >= skip_steps:
-            yield {"input_ids": torch.from_numpy(batch["input_ids"][rank * b:(rank + 1) * b]).long()}
+            yield {"input_ids": tokenize(list(batch["prompt"]))}
 
 
 def _write_samples(job: DistillJob, distiller: Distiller, components: Components, step: int) -> None:
@@ -147,7 +149,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     resume_from = ray.train.get_checkpoint()
     if resume_from:
         state = _resume(resume_from, distiller, student_engine, lora_engine, rank)
-    batches = _rank_batches(ray.train.get_dataset_shard("train"), job, rank, skip_steps=state.step)
+    batches = _rank_batches(ray.train.get_dataset_shard("train"), job, state.step, distiller.tokenize)
     evaluator = TrainingEvaluator(job, device, rank, world) if job.evaluation else None
     if evaluator and state.step == 0 and job.evaluation.at_start:  # the curve's starting point: the initial student
         ray.train.report({"step": 0, **evaluator(_export_pipeline(distiller, components))})
