@@ -107,3 +107,15 @@ def test_rank_shares_are_each_ranks_slices_of_the_global_batches_in_order_and_st
         assert streamed == [everything[s * G + rank * 2 + j] for s in range(steps) for j in range(2)]
     with pytest.raises(ValueError, match="3 workers x batch 2 != global batch 4"):
         RankShards(2, G, steps).configure({"train": ordered}, 3, None, None)
+
+
+def test_many_repeats_across_files_leave_each_prompt_once_per_epoch(tmp_path):
+    """Deduplication by the ordering sort: 300 records of 40 prompts over 3 files, 2 epochs."""
+    for f in range(3):
+        (tmp_path / f"{f}.txt").write_text("\n".join(f"prompt {(i * 7 + f) % 40}" for i in range(100)) + "\n")
+    ordered, stats = prepare_corpus([str(tmp_path)], "text", epochs=2, seed=5)
+    rows = ordered.take_all()
+    assert stats.as_dict() == {"records": 300, "bad": 0, "empty": 0, "duplicates": 260, "unique": 40}
+    for epoch in (0, 1):
+        assert sorted(r["prompt"] for r in rows if r["epoch"] == epoch) == sorted(f"prompt {i}" for i in range(40))
+    assert [r["position"] for r in rows] == list(range(80))

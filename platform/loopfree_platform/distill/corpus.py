@@ -27,6 +27,8 @@ import json
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import pyarrow as pa
+import ray
 import ray.data
 from ray.data import ExecutionOptions
 from ray.data.expressions import col, lit
@@ -120,8 +122,26 @@ def read_records(paths: list[str], fmt: str, column: str | None, endpoint_url: s
         inner = [storage.filesystem(f, endpoint_url)[1] for f in files]
         return ray.data.read_parquet(inner, filesystem=fs, columns=[column]).map_batches(
             _parquet_rows, fn_kwargs={"column": column}, batch_format="numpy")
-    return ray.data.from_items([{"path": f} for f in files]).flat_map(
-        parse_file, fn_kwargs={"fmt": fmt, "column": column, "endpoint_url": endpoint_url})
+    return ray.data.from_items([{"path": f} for f in files]).map_batches(
+        _parse_files, batch_size=1, batch_format="numpy",
+        fn_kwargs={"fmt": fmt, "column": column, "endpoint_url": endpoint_url})
+
+
+PARSE_CHUNK = 50_000  # rows per output block of the parser: Ray Data pays per block, not per row
+
+
+def _parse_files(batch: dict, fmt: str, column: str | None, endpoint_url: str | None):
+    """map_batches generator: the files of `batch` -> blocks of {"prompt", "error"} columns."""
+    for path in batch["path"]:
+        prompts, errors = [], []
+        for row in parse_file({"path": path}, fmt, column, endpoint_url):
+            prompts.append(row["prompt"])
+            errors.append(row["error"])
+            if len(prompts) == PARSE_CHUNK:
+                yield {"prompt": np.array(prompts, dtype=object), "error": np.array(errors, dtype=object)}
+                prompts, errors = [], []
+        if prompts:
+            yield {"prompt": np.array(prompts, dtype=object), "error": np.array(errors, dtype=object)}
 
 
 def _order_keys(batch: dict, seed: int, epochs: int) -> dict:
@@ -135,6 +155,34 @@ def _order_keys(batch: dict, seed: int, epochs: int) -> dict:
             out_key.append(int.from_bytes(digest, "big") >> 1)  # non-negative int64
     return {"prompt": np.array(out_prompt, dtype=object), "epoch": np.array(out_epoch, dtype=np.int64),
             "key": np.array(out_key, dtype=np.int64)}
+
+
+def _drop_repeats(block: pa.Table) -> pa.Table:
+    """Rows of a sorted block equal to the row before them (same epoch, key and prompt) are dropped."""
+    if block.num_rows < 2:
+        return block
+    epoch, key = block["epoch"].to_numpy(), block["key"].to_numpy()
+    prompt = block["prompt"].to_numpy(zero_copy_only=False)
+    repeat = (epoch[1:] == epoch[:-1]) & (key[1:] == key[:-1]) & (prompt[1:] == prompt[:-1])
+    return block.filter(pa.array(np.concatenate([[True], ~repeat])))
+
+
+@ray.remote
+def _row_count(block: pa.Table) -> int:
+    return block.num_rows
+
+
+@ray.remote
+def _with_positions(block: pa.Table, first: int) -> pa.Table:
+    return block.append_column("position", pa.array(np.arange(first, first + block.num_rows, dtype=np.int64)))
+
+
+def _numbered(ordered: ray.data.Dataset) -> ray.data.Dataset:
+    """The ordered table with `position` = each row's index in the order, materialised: the blocks come back
+    in order (to_arrow_refs), so each one's first position is the row count of the blocks before it."""
+    blocks = ordered.to_arrow_refs()
+    first = np.cumsum([0, *ray.get([_row_count.remote(b) for b in blocks])])
+    return ray.data.from_arrow_refs([_with_positions.remote(b, int(f)) for b, f in zip(blocks, first)]).materialize()
 
 
 ROWS_PER_PARTITION = 20_000
@@ -156,18 +204,16 @@ def prepare_corpus(paths: list[str], fmt: str = "journeydb", column: str | None 
         raise CorpusError(f"bad record (on_bad_record: error): {bad_rows.take(1)[0]['error']}")
     good = records.filter(expr=(col("error") == lit("")) & (col("prompt") != lit(""))).materialize()
     n_good = good.count()
-    # Shuffle partitions sized to the data: Ray Data's default of 200 hash partitions (and a sort over as
-    # many blocks as came in) costs tens of seconds of task overhead on an 80-prompt corpus.
-    unique = good.groupby("prompt", num_partitions=_partitions(n_good)).count().select_columns(["prompt"]).materialize()
-    n_unique = unique.count()
-    if n_unique == 0:
-        raise CorpusError(f"data.paths {paths}: no usable prompts ({bad} bad, {total - bad - n_good} empty)")
-    ordered = unique.map_batches(_order_keys, fn_kwargs={"seed": seed, "epochs": epochs}, batch_format="numpy")
-    ordered = ordered.repartition(_partitions(n_unique * epochs)).sort(["epoch", "key"])
-    # Number the rows: zip aligns a 0..n-1 range with the sorted table row by row, so `position` is each
-    # row's index in the order (what the rank shards select on).
-    positions = ray.data.range(n_unique * epochs).rename_columns({"id": "position"})
-    ordered = ordered.zip(positions).materialize()
+    if n_good == 0:
+        raise CorpusError(f"data.paths {paths}: no usable prompts ({bad} bad, {total - bad} empty)")
+    # One sort orders and deduplicates: a repeated prompt gets the same key, so its copies sort next to each
+    # other, inside one block (sort range-partitions by key value), where _drop_repeats removes them.
+    # Shuffle partitions are sized to the data: Ray Data's default of 200 costs tens of seconds of task
+    # overhead on an 80-prompt corpus.
+    keyed = good.map_batches(_order_keys, fn_kwargs={"seed": seed, "epochs": epochs}, batch_format="numpy")
+    ordered = keyed.repartition(_partitions(n_good * epochs)).sort(["epoch", "key"])
+    ordered = _numbered(ordered.map_batches(_drop_repeats, batch_size=None, batch_format="pyarrow"))
+    n_unique = ordered.count() // epochs
     stats = CorpusStats(records=total, bad=bad, empty=total - bad - n_good, duplicates=n_good - n_unique, unique=n_unique)
     return ordered, stats
 
