@@ -26,21 +26,17 @@ from loopfree_platform.runtime import ensure_ray
 from benchmarks.common import machine, write_report
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--zero-stage", type=int, default=2)
-    ap.add_argument("--out", default="benchmarks/results/distill_job.md")
-    args = ap.parse_args()
+def run_job(steps: int, zero_stage: int = 2):
+    """jobs/smoke.yaml for `steps` steps on a fresh local Ray: (job, result, metrics rows, Ray start s, wall s)."""
     data = yaml.safe_load(Path("jobs/smoke.yaml").read_text())
     tmp = tempfile.mkdtemp()
     data["storage"] = {"path": tmp}
-    data["training"] = {"max_steps": args.steps, "log_every": 1}
-    data["checkpoint"] = {"every_steps": args.steps}
-    data["sampling"] = {"every_steps": args.steps}
-    data["deepspeed"] = {"zero_stage": args.zero_stage}
+    data["training"] = {"max_steps": steps, "log_every": 1}
+    data["checkpoint"] = {"every_steps": steps}
+    data["sampling"] = {"every_steps": steps}
+    data["deepspeed"] = {"zero_stage": zero_stage}
+    data["tracking"] = {"enabled": False}
     job = DistillJob.model_validate(data)
-
     t0 = time.perf_counter()
     ensure_ray()
     t_ray = time.perf_counter() - t0
@@ -48,6 +44,16 @@ def main() -> int:
     total = time.perf_counter() - t0
     rows = read_metrics(f"{tmp}/{job.name}/metrics.jsonl")
     shutil.rmtree(tmp)
+    return job, result, rows, t_ray, total
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--zero-stage", type=int, default=2)
+    ap.add_argument("--out", default="benchmarks/results/distill_job.md")
+    args = ap.parse_args()
+    job, result, rows, t_ray, total = run_job(args.steps, args.zero_stage)
     steady = [r["step_time_s"] for r in rows[2:]]
     last = rows[-1]
     G = job.scaling.global_batch_size
