@@ -107,6 +107,11 @@ def build_engines(distiller: Distiller, ds_config: dict) -> tuple[DeepSpeedEngin
     """Two engines, two optimizers: the student generator, and the fake score (the shared UNet whose only
     trainable parameters are the LoRA weights, or a full trainable copy of the teacher)."""
     cfg = distiller.config
+    # DeepSpeed's CPU shared-memory all-reduce op serves only its inference / tensor-parallel path
+    # (`inference_all_reduce`); ZeRO training reduces through torch.distributed. Left enabled, the first
+    # `init_distributed` on a machine compiles it (about a minute on 2 cores). DeepSpeed keeps this dict in
+    # its module so that edits persist.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     student = DeepSpeedEngine(distiller.student, distiller.student_parameters(), cfg.student_lr, cfg.student_adam_betas,
                               cfg, ds_config)
     lora = DeepSpeedEngine(distiller.fake_score, distiller.fake_score_parameters(), cfg.lora_lr, cfg.lora_adam_betas,
