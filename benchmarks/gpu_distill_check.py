@@ -1,11 +1,13 @@
-"""One SD2.1-base-shaped distillation step (random weights) under DeepSpeed ZeRO-2 and ZeRO-3.
+"""SD2.1-base-shaped distillation steps (random weights) under DeepSpeed ZeRO-2 and ZeRO-3.
 
 Single process, world size 1, the platform's own engines (`loopfree_platform.distill.engines`), loop body
-(`loopfree.training.train_iteration`), method config and DeepSpeed config, both generated from the job file
-(`jobs/distill.yaml` unless --job says otherwise; only ZeRO stage, batch and --precision are overridden).
-Prints step time (median after a warm-up), peak memory, and fp16 loss-scale overflows.
+(`loopfree.training.train_iteration`, what every Ray Train worker runs per step), method config and
+DeepSpeed config, both generated from the job file (`jobs/distill.yaml` unless --job says otherwise; only
+ZeRO stage, batch and --precision are overridden). For each ZeRO stage and each student gradient
+checkpointing setting: samples/s, step time (median after a warm-up) split into the student turn (forward
+and backward), the fake-score turn(s) and the optimizers + EMA, peak memory, fp16 loss-scale overflows.
 
-    python -m benchmarks.gpu_distill_check --device cuda              # the GPU check (gpu_distill_check.sh)
+    python -m benchmarks.gpu_distill_check --device cuda --batch 8    # the GPU check (gpu_suite.sh)
     python -m benchmarks.gpu_distill_check --device cpu --preset tiny  # the same code path on a CPU
 """
 
@@ -39,27 +41,68 @@ def job_for(args, stage: int) -> DistillJob:
         return validate_file(args.job, DistillJob)
 
 
-def one_stage(args, stage: int, device: torch.device) -> tuple[float, float, int]:
+PHASES = ("student turn", "fake-score turn", "optimizers + EMA")
+
+
+class PhaseTimer:
+    """Wall time per phase of `train_iteration`, by timing the methods it calls on this run's objects
+    (synchronising the GPU around each, so a phase's kernels are charged to it)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.seconds = device, dict.fromkeys(PHASES, 0.0)
+
+    def wrap(self, obj, method: str, phase: str) -> None:
+        inner = getattr(obj, method)
+
+        def timed(*args, **kwargs):
+            sync(self.device)
+            t0 = time.perf_counter()
+            out = inner(*args, **kwargs)
+            sync(self.device)
+            self.seconds[phase] += time.perf_counter() - t0
+            return out
+        setattr(obj, method, timed)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def one_config(args, stage: int, checkpointing: bool, device: torch.device) -> dict:
     job = job_for(args, stage)
-    components = preset(args.preset).build(seed=0)
-    student = components.unet.__class__.from_config(components.unet.config)
+    with device:  # random initialisation on the device: seconds instead of minutes for 865M parameters
+        components = preset(args.preset).build(seed=0)
+        student = components.unet.__class__.from_config(components.unet.config)
     student.load_state_dict(components.unet.state_dict())
-    student.enable_gradient_checkpointing()
+    if checkpointing:
+        student.enable_gradient_checkpointing()
     distiller = Distiller(components, job.distill_config, student_unet=student).to(device)
-    engines = build_engines(distiller, deepspeed_config(job, grad_clip=job.distill_config.grad_clip))
+    student_engine, fake_engine = build_engines(distiller, deepspeed_config(job, grad_clip=job.distill_config.grad_clip))
+    timer = PhaseTimer(device)
+    # Not wrapped: text_states (called again, cached, inside the turns); the text encoder's time is in "other".
+    for obj, method, phase in [(distiller, "student_turn", "student turn"),
+                               (student_engine, "backward", "student turn"), (distiller, "sample_x0", "fake-score turn"),
+                               (distiller, "lora_teacher_turn", "fake-score turn"), (fake_engine, "backward", "fake-score turn"),
+                               (student_engine, "step", "optimizers + EMA"), (fake_engine, "step", "optimizers + EMA"),
+                               (distiller, "update_ema", "optimizers + EMA")]:
+        timer.wrap(obj, method, phase)
     batch = {"input_ids": distiller.tokenize(["a photo of a cat"] * args.batch).to(device)}
     reset_peak(device)
-    times, overflows = [], 0
+    times, phases, overflows = [], [], 0
     for step in range(args.steps + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        timer.seconds = dict.fromkeys(PHASES, 0.0)
+        sync(device)
         t0 = time.perf_counter()
-        logs = train_iteration(distiller, *engines, batch, IterationRNG(0, step, 0, args.batch), step)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        logs = train_iteration(distiller, student_engine, fake_engine, batch, IterationRNG(0, step, 0, args.batch), step)
+        sync(device)
         times.append(time.perf_counter() - t0)
+        phases.append(timer.seconds)
         overflows += int(logs["overflow"] > 0)
-    return statistics.median(times[1:]) * 1000, peak_gb(device), overflows
+    ms = statistics.median(times[1:]) * 1000
+    split = {p: statistics.median(x[p] for x in phases[1:]) * 1000 for p in PHASES}
+    split["other"] = ms - sum(split.values())  # text encoder, learning-rate updates, Python
+    return {"ms": ms, "samples_per_s": args.batch / ms * 1000, "split": split, "gb": peak_gb(device), "overflows": overflows}
 
 
 def main() -> int:
@@ -71,6 +114,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up step")
     ap.add_argument("--stages", type=int, nargs="+", default=[2, 3])
+    ap.add_argument("--checkpointing", nargs="+", default=["on", "off"], choices=["on", "off"],
+                    help="student gradient checkpointing settings to run")
     args = ap.parse_args()
     device = torch.device("cuda", 0) if args.device == "cuda" else torch.device("cpu")
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29511"), RANK="0",
@@ -78,12 +123,17 @@ def main() -> int:
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
     precision = job_for(args, args.stages[0]).deepspeed.precision
     print(f"machine: {machine(device)}; job {args.job}, preset {args.preset}, {precision}, batch {args.batch}")
+    print("| ZeRO | grad. checkpointing | samples/s | step (ms) | " + " | ".join(f"{p} (ms)" for p in (*PHASES, "other"))
+          + " | peak memory (GB) | fp16 overflows |")
+    print("|---|---|---|---|" + "---|" * (len(PHASES) + 1) + "---|---|")
     for stage in args.stages:
-        ms, gb, overflows = one_stage(args, stage, device)
-        print(f"ZeRO-{stage}: {ms:.0f} ms per iteration (student + LoRA turn), peak memory {gb:.2f} GB, "
-              f"{overflows} of {args.steps + 1} iterations with an fp16 loss-scale overflow", flush=True)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        for checkpointing in args.checkpointing:
+            r = one_config(args, stage, checkpointing == "on", device)
+            print(f"| {stage} | {checkpointing} | {r['samples_per_s']:.2f} | {r['ms']:.0f} | "
+                  + " | ".join(f"{r['split'][p]:.0f}" for p in (*PHASES, "other"))
+                  + f" | {r['gb']:.2f} | {r['overflows']} of {args.steps + 1} |", flush=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     dist.destroy_process_group()
     return 0
 
