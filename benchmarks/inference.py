@@ -9,9 +9,14 @@ ratios compare like with like on a shared, noisy machine. Rows:
   TiUE K=4 sequential     1 encoder pass + 4 decoder passes at batch 1 (the definition, for the ratio)
 Memory: CUDA peak allocated, or on CPU the process's peak resident set during the row (VmHWM after
 clearing it, with freed memory trimmed first), weights included.
+With --batches, the rows run at each batch size (time per image = time / batch), and the FLOPs of one
+encoder pass (E) and one decoder pass (D) per image are counted (torch's FlopCounterMode), giving TiUE's
+FLOP bound relative to the 1-step model, (E + K*D) / (E + D), to compare with the measured ratio where the
+device is saturated.
 
     python -m benchmarks.inference                       # CPU, 32x32 and 64x64 latents
     python -m benchmarks.inference --device cuda --dtype fp16 --repeats 10
+    python -m benchmarks.inference --device cuda --dtype fp16 --sizes 64 --batches 1 8 32 --no-teacher-50
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ def teacher_rows(unet, scheduler_config):
 
         def run(z, text, uncond):
             for t in scheduler.timesteps:
-                e_u, e_c = unet(z.repeat(2, 1, 1, 1), t, encoder_hidden_states=torch.cat([uncond, text])).sample.chunk(2)
+                both = torch.cat([uncond.expand_as(text), text])  # [uncond; cond] for every prompt of the batch
+                e_u, e_c = unet(z.repeat(2, 1, 1, 1), t, encoder_hidden_states=both).sample.chunk(2)
                 z = scheduler.step(e_u + 7.5 * (e_c - e_u), t, z).prev_sample
             return z
         return run
@@ -54,6 +60,20 @@ def student_rows(unet, alphas):
         eps = torch.stack([decode(unet, features, [t], text) for t in plan.timesteps])
         return plan.apply(z, eps)
     return (lambda z, text, _: one_step(z, text)[0]), (lambda z, text, _: tiue(z, text)[0]), sequential
+
+
+def unet_flops(unet, size: int, device, dtype) -> tuple[float, float]:
+    """FLOPs per image of one encoder pass and one decoder pass at this latent size (counted at batch 1)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    z = torch.randn(1, 4, size, size, device=device, dtype=dtype)
+    text = torch.randn(1, 77, unet.config.cross_attention_dim, device=device, dtype=dtype)
+    with torch.inference_mode():
+        with FlopCounterMode(display=False) as enc:
+            features = encode(unet, z, 999, text)
+        with FlopCounterMode(display=False) as dec:
+            decode(unet, features, [999], text)
+    return float(enc.get_total_flops()), float(dec.get_total_flops())
 
 
 def sync(device):
@@ -82,6 +102,8 @@ def main() -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[32, 64], help="latent sizes (64 = 512 px)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per row after one warm-up (median)")
     ap.add_argument("--teacher-repeats", type=int, default=1, help="timed runs of the 50-step row")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1], help="batch sizes (prompts per call)")
+    ap.add_argument("--no-teacher-50", action="store_true", help="skip the 50-step teacher row (long at large batches)")
     ap.add_argument("--out", default="benchmarks/results/inference.md")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -100,27 +122,38 @@ def main() -> int:
             ("1-step (SwiftBrush mode)", "1 x batch 1", s1, args.repeats, s1),
             ("TiUE K=4, batched decoder", "enc 1 + dec 1 x batch 4", tiue, args.repeats, tiue),
             ("TiUE K=4, sequential decoder", "enc 1 + dec 4 x batch 1", seq, args.repeats, seq)]
-    text = torch.randn(1, 77, 1024, device=device, dtype=dtype)
-    uncond = torch.randn(1, 77, 1024, device=device, dtype=dtype)
-
-    lines = [f"# Inference: UNet work per image, SD2.1-base architecture ({args.device}, {args.dtype}, batch 1)", "",
+    if args.no_teacher_50:
+        rows = rows[1:]
+    lines = [f"# Inference: UNet work per image, SD2.1-base architecture ({args.device}, {args.dtype})", "",
              f"Machine: {machine(device)}.",
              f"Median of {args.repeats} runs after a warm-up ({args.teacher_repeats} for the 50-step row). "
              "Command: `python -m benchmarks.inference " + " ".join(sys.argv[1:]) + "`", ""]
     for size in args.sizes:
-        z = torch.randn(1, 4, size, size, device=device, dtype=dtype)
-        ms, table = [], []
-        for name, calls, fn, repeats, warmup in rows:
-            row_ms, gb = measure(fn, warmup, (z, text, uncond), repeats, device)
-            ms.append(row_ms)
-            table.append(f"| {name} | {calls} | {row_ms:.1f} | {gb:.2f} |")
-            print(f"latent {size}x{size}  {name:30s} {row_ms:10.1f} ms  {gb:6.2f} GB", flush=True)
-        t50_ms, _, s1_ms, tiue_ms, seq_ms = ms
-        lines += [f"## Latents {size}x{size} ({size * 8} px)", "", "| system | UNet calls | time (ms) | peak memory (GB) |",
-                  "|---|---|---|---|", *table, "",
-                  f"- TiUE / 1-step: **{tiue_ms / s1_ms:.2f}x**",
-                  f"- TiUE batched / TiUE sequential: **{tiue_ms / seq_ms:.2f}x**",
-                  f"- teacher 50-step / TiUE: **{t50_ms / tiue_ms:.1f}x**", ""]
+        enc, dec = unet_flops(unet, size, device, dtype)
+        bound = (enc + 4 * dec) / (enc + dec)
+        lines += [f"## Latents {size}x{size} ({size * 8} px)", "",
+                  f"FLOPs per image: encoder {enc / 1e9:.1f} G ({enc / (enc + dec):.0%} of a UNet call), decoder "
+                  f"{dec / 1e9:.1f} G. TiUE K=4 FLOP bound relative to the 1-step model: (E + 4D) / (E + D) = "
+                  f"**{bound:.2f}x**.", ""]
+        for batch in args.batches:
+            text = torch.randn(batch, 77, 1024, device=device, dtype=dtype)
+            uncond = torch.randn(1, 77, 1024, device=device, dtype=dtype)
+            z = torch.randn(batch, 4, size, size, device=device, dtype=dtype)
+            ms, table = {}, []
+            for name, calls, fn, repeats, warmup in rows:
+                row_ms, gb = measure(fn, warmup, (z, text, uncond), repeats, device)
+                ms[name] = row_ms / batch
+                table.append(f"| {name} | {calls} | {row_ms:.1f} | {row_ms / batch:.2f} | {1000 * batch / row_ms:.1f} "
+                             f"| {gb:.2f} |")
+                print(f"latent {size}x{size} batch {batch:3d} {name:30s} {row_ms:10.1f} ms  {gb:6.2f} GB", flush=True)
+            tiue_ms, s1_ms = ms["TiUE K=4, batched decoder"], ms["1-step (SwiftBrush mode)"]
+            lines += [f"### Batch {batch}", "",
+                      "| system | UNet calls (per prompt) | time (ms) | ms per image | images/s | peak memory (GB) |",
+                      "|---|---|---|---|---|---|", *table, "",
+                      f"- TiUE / 1-step per image: **{tiue_ms / s1_ms:.2f}x** (FLOP bound {bound:.2f}x: "
+                      f"{tiue_ms / s1_ms / bound - 1:+.0%})",
+                      f"- TiUE batched / TiUE sequential: **{tiue_ms / ms['TiUE K=4, sequential decoder']:.2f}x**",
+                      f"- teacher 4-step / TiUE: **{ms['teacher 4 steps, CFG 7.5'] / tiue_ms:.1f}x**", ""]
     return write_report(args.out, lines)
 
 
