@@ -43,6 +43,11 @@ class DeepSpeedEngine:
                  config: DistillConfig, ds_config: dict):
         optimizer = torch.optim.Adam(params, lr=lr, betas=betas, eps=config.adam_eps,
                                      weight_decay=config.weight_decay)
+        # DeepSpeed's CPU shared-memory all-reduce op serves only its inference / tensor-parallel path
+        # (`inference_all_reduce`); ZeRO training reduces through torch.distributed. Left enabled, the first
+        # `init_distributed` on a machine (or in a new install folder) compiles it: about a minute on 2 cores.
+        # DeepSpeed keeps this dict in its module so that edits persist.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config)
         self.zero_stage = int(ds_config["zero_optimization"]["stage"])
         self._skip = False
@@ -107,11 +112,6 @@ def build_engines(distiller: Distiller, ds_config: dict) -> tuple[DeepSpeedEngin
     """Two engines, two optimizers: the student generator, and the fake score (the shared UNet whose only
     trainable parameters are the LoRA weights, or a full trainable copy of the teacher)."""
     cfg = distiller.config
-    # DeepSpeed's CPU shared-memory all-reduce op serves only its inference / tensor-parallel path
-    # (`inference_all_reduce`); ZeRO training reduces through torch.distributed. Left enabled, the first
-    # `init_distributed` on a machine compiles it (about a minute on 2 cores). DeepSpeed keeps this dict in
-    # its module so that edits persist.
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     student = DeepSpeedEngine(distiller.student, distiller.student_parameters(), cfg.student_lr, cfg.student_adam_betas,
                               cfg, ds_config)
     lora = DeepSpeedEngine(distiller.fake_score, distiller.fake_score_parameters(), cfg.lora_lr, cfg.lora_adam_betas,
