@@ -19,10 +19,11 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-def stop_processes(pattern: str, grace_s: float = 15.0) -> None:
+def stop_processes(pattern: str, grace_s: float = 5.0) -> None:
     """End the processes whose command line names `pattern` (a cluster's own temp dir, so only what this test
     started): SIGTERM, then SIGKILL whatever is left after the grace period (gcs_server ignores SIGTERM for
-    seconds). `ray stop` would stop every Ray instance on the machine."""
+    seconds; the cluster is thrown away, so 5 s of grace is enough). `ray stop` would stop every Ray instance
+    on the machine."""
     subprocess.run(["pkill", "-TERM", "-f", pattern], capture_output=True)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
