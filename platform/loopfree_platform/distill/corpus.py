@@ -14,8 +14,7 @@ Sharding: global batch s is positions [s*G, (s+1)*G) and rank r trains on its sl
 (G = b * workers). `RankShards` gives each training worker a stream of only the positions of its slices, so
 each worker reads, tokenises and receives 1/W of the corpus, in the same order whatever W is.
 Prompts (not text states: those would be ~220 GB for 1.4M prompts, docs/method.md, "Data") stream to the
-workers, which tokenise them and run the frozen text encoder. `tokenized` is the same tokenisation as a
-Ray Data stage (benchmarks and tools).
+workers, which tokenise them and run the frozen text encoder.
 """
 
 from __future__ import annotations
@@ -216,23 +215,6 @@ def prepare_corpus(paths: list[str], fmt: str = "journeydb", column: str | None 
     n_unique = ordered.count() // epochs
     stats = CorpusStats(records=total, bad=bad, empty=total - bad - n_good, duplicates=n_good - n_unique, unique=n_unique)
     return ordered, stats
-
-
-class Tokenize:
-    """map_batches callable: prompts -> (n, 77) int32 CLIP token ids (padded and truncated to 77)."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-
-    def __call__(self, batch: dict) -> dict:
-        ids = self.tokenizer(list(batch["prompt"]), padding="max_length", truncation=True,
-                             max_length=self.tokenizer.model_max_length, return_tensors="np").input_ids
-        return {"input_ids": ids.astype(np.int32)}
-
-
-def tokenized(ordered: ray.data.Dataset, tokenizer, concurrency: int = 1, batch_size: int = 1024) -> ray.data.Dataset:
-    return ordered.map_batches(Tokenize, fn_constructor_kwargs={"tokenizer": tokenizer}, batch_size=batch_size,
-                               batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=concurrency))
 
 
 def rank_share(ordered: ray.data.Dataset, rank: int, batch_per_worker: int, global_batch: int,
