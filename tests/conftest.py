@@ -10,7 +10,7 @@ from loopfree.presets import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 INTEGRATION = ROOT / "tests" / "integration"
-CLUSTER_FILES = {"test_cluster_submit.py"}  # ray start + ray job submit
+CLUSTER_FILES = {"test_cluster_submit.py", "test_cluster_faults.py"}  # ray start + ray job submit
 RAY_FIXTURES = {"ray_local"}  # a test that starts Ray is an integration test wherever it lives
 
 

@@ -8,30 +8,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-
-
-def stop_processes(pattern: str, grace_s: float = 5.0) -> None:
-    """End the processes whose command line names `pattern` (a cluster's own temp dir, so only what this test
-    started): SIGTERM, then SIGKILL whatever is left after the grace period (gcs_server ignores SIGTERM for
-    seconds; the cluster is thrown away, so 5 s of grace is enough). `ray stop` would stop every Ray instance
-    on the machine."""
-    subprocess.run(["pkill", "-TERM", "-f", pattern], capture_output=True)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        if subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode != 0:
-            return
-        time.sleep(0.5)
-    subprocess.run(["pkill", "-KILL", "-f", pattern], capture_output=True)
-
+from tests.cluster import BIN, ROOT, repo_copy, start_mlflow, stop_processes, wait_http
 
 pytestmark = pytest.mark.timeout(600)  # a cluster, an MLflow server and two or three submitted jobs per test
 
@@ -49,17 +31,6 @@ def readme_line(word: str, port: int) -> str:
     return next(line for line in readme_lines() if word in line).replace("8265", str(port))
 
 
-def wait_http(url: str, timeout: float = 90) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout} s")
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, s3_endpoint, free_port):
     tmp = tmp_path_factory.mktemp("cluster")
@@ -68,10 +39,7 @@ def cluster(tmp_path_factory, s3_endpoint, free_port):
            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
            "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
-    mlflow = subprocess.Popen([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
-                               "--backend-store-uri", f"sqlite:///{tmp}/mlflow.db",
-                               "--artifacts-destination", "s3://loopfree-test/mlflow-artifacts", "--workers", "1"],
-                              env=env, stdout=open(tmp / "mlflow.log", "w"), stderr=subprocess.STDOUT)
+    mlflow = start_mlflow(tmp, mlflow_port, env)
     ray_tmp = f"/tmp/rayc{os.getpid()}"
     env["RAY_TMPDIR"] = ray_tmp  # this head's files (and its processes' command lines) under its own folder
     # The head as the README starts it (only the dashboard port differs), from a shell with the venv active.
@@ -99,10 +67,7 @@ def ray_job(cluster, *args, check=True, cwd=None) -> subprocess.CompletedProcess
 def readme_repo(cluster) -> tuple[Path, str]:
     """A copy of the repository (code, jobs, data) with the venv linked, whose platform/ prints a marker when
     imported: (folder, marker)."""
-    repo = cluster["tmp"] / "repo"
-    for part in ("loopfree", "platform", "jobs", "data"):
-        shutil.copytree(ROOT / part, repo / part, ignore=shutil.ignore_patterns("__pycache__"))
-    (repo / ".venv").symlink_to(BIN.parent)
+    repo = repo_copy(cluster["tmp"] / "repo")
     marker = "loopfree_platform imported from the uploaded tree"
     with open(repo / "platform" / "loopfree_platform" / "__init__.py", "a") as f:
         f.write(f"\nprint({marker!r}, flush=True)\n")

@@ -123,7 +123,10 @@ def _resume(latest: ray.train.Checkpoint, distiller, student_engine, lora_engine
         with ray.train.Checkpoint(path, filesystem=latest.filesystem).as_directory() as d:
             problem = checkpoint.verify(Path(d), rank)
             if _all_ranks(problem is None):
-                return checkpoint.restore(Path(d), distiller, student_engine, lora_engine)
+                state = checkpoint.restore(Path(d), distiller, student_engine, lora_engine)
+                if rank == 0:  # the line an operator looks for after a crash, a lost node or a resubmission
+                    print(f"resumed from {path} at step {state.step}", flush=True)
+                return state
         if rank == 0 or problem:
             print(f"warning: checkpoint {path} is unusable ({problem or 'on another rank'}); trying the one before",
                   flush=True)

@@ -1,0 +1,53 @@
+"""Helpers of the `ray start` tests: processes started by a test and stopped by their own temp dir, HTTP
+readiness, an MLflow server and a repository copy to submit from."""
+
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def stop_processes(pattern: str, grace_s: float = 5.0) -> None:
+    """End the processes whose command line names `pattern` (a cluster's own temp dir, so only what this test
+    started): SIGTERM, then SIGKILL whatever is left after the grace period (gcs_server ignores SIGTERM for
+    seconds; the cluster is thrown away, so 5 s of grace is enough). `ray stop` would stop every Ray instance
+    on the machine."""
+    subprocess.run(["pkill", "-TERM", "-f", pattern], capture_output=True)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode != 0:
+            return
+        time.sleep(0.5)
+    subprocess.run(["pkill", "-KILL", "-f", pattern], capture_output=True)
+
+
+def wait_http(url: str, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+def start_mlflow(tmp: Path, port: int, env: dict) -> subprocess.Popen:
+    """`mlflow server` on 127.0.0.1 (sqlite, artifacts on the S3 endpoint), as infra/ runs it, one worker."""
+    return subprocess.Popen([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", f"sqlite:///{tmp}/mlflow.db",
+                             "--artifacts-destination", "s3://loopfree-test/mlflow-artifacts", "--workers", "1"],
+                            env=env, stdout=open(tmp / "mlflow.log", "w"), stderr=subprocess.STDOUT)
+
+
+def repo_copy(folder: Path) -> Path:
+    """What a user submits from: the code, jobs and data of this repository, with the venv linked."""
+    for part in ("loopfree", "platform", "jobs", "data"):
+        shutil.copytree(ROOT / part, folder / part, ignore=shutil.ignore_patterns("__pycache__"))
+    (folder / ".venv").symlink_to(BIN.parent)
+    return folder

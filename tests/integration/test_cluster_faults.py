@@ -1,0 +1,174 @@
+"""Node loss and a killed driver on a multi-node Ray cluster built on this machine: a head and two worker
+nodes on 127.0.0.1, each `ray start` with its own temp dir and ports, run storage on the S3 endpoint, an
+MLflow server; the job is sent with `loopfree submit` as a user sends it.
+
+One cluster, one job lineage, a few steps between faults (CI time): lose a worker node mid-run (a replacement
+node joins, as an autoscaler or KubeRay would start one), then SIGKILL the driver, then resubmit.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+
+import boto3
+import psutil
+import pytest
+
+from tests.cluster import BIN, repo_copy, start_mlflow, stop_processes, wait_http
+
+pytestmark = pytest.mark.timeout(600)
+BUCKET, RUN = "loopfree-test", "cluster-faults/runs"
+# Worker nodes have 2 CPUs and each training worker asks for 2, so the two workers land on different nodes
+# (not on the 1-CPU head, which keeps a CPU for Ray Data's corpus tasks).
+JOB_ARGS = ("--set name=node-loss --set scaling.cpus_per_worker=2 --set training.max_steps=24 "
+            f"--set sampling.every_steps=100 --set storage.path=s3://{BUCKET}/{RUN}")
+# The GCS declares a silent node dead after about 1.5 s instead of about 30 s (Ray's health-check settings).
+FAST_NODE_DEATH = {"RAY_health_check_period_ms": "500", "RAY_health_check_timeout_ms": "500",
+                   "RAY_health_check_failure_threshold": "3", "RAY_health_check_initial_delay_ms": "0"}
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory, s3_endpoint, free_port):
+    tmp = tmp_path_factory.mktemp("nodes")
+    root = f"/tmp/raymn{os.getpid()}"  # short: Ray's unix socket paths must stay under 108 bytes
+    mlflow_port, gcs_port, dash_port = free_port(), free_port(), free_port()
+    # Several nodes need Ray's multi-node mode ("0" refuses a second node); every node still takes 127.0.0.1
+    # because each `ray start` names it.
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled",
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
+           "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+           "RAY_DATA_DISABLE_PROGRESS_BARS": "1", **FAST_NODE_DEATH}
+    mlflow = start_mlflow(tmp, mlflow_port, env)
+
+    def ray_start(name: str, *args: str) -> None:
+        out = subprocess.run([str(BIN / "ray"), "start", "--node-ip-address", "127.0.0.1", "--temp-dir",
+                              f"{root}/{name}", "--dashboard-agent-listen-port", str(free_port()),
+                              "--disable-usage-stats", *args], env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, f"ray start {name}: {out.stdout[-2000:]} {out.stderr[-2000:]}"
+
+    def add_node(name: str) -> None:
+        ray_start(name, "--address", f"127.0.0.1:{gcs_port}", "--num-cpus", "2")
+
+    try:
+        ray_start("head", "--head", "--port", str(gcs_port), "--ray-client-server-port", str(free_port()),
+                  "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port), "--num-cpus", "1")
+        add_node("a")
+        add_node("b")
+        wait_http(f"http://127.0.0.1:{mlflow_port}/health")
+        wait_http(f"http://127.0.0.1:{dash_port}/api/version")
+        yield {"env": env, "address": f"http://127.0.0.1:{dash_port}", "mlflow": env["MLFLOW_TRACKING_URI"],
+               "tmp": tmp, "root": root, "add_node": add_node}
+    finally:  # also when a node failed to start: nothing of this cluster outlives the module
+        stop_processes(root)  # every node's processes name its temp dir under root; nothing else is touched
+        time.sleep(2)
+        mlflow.terminate()
+        mlflow.wait(timeout=30)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def raylet(nodes, name: str) -> psutil.Process:
+    temp_dir = f"{nodes['root']}/{name}/"
+    return next(p for p in psutil.process_iter(["name", "cmdline"])
+                if p.info["name"] == "raylet" and temp_dir in " ".join(p.info["cmdline"] or []))
+
+
+def train_workers(node: psutil.Process) -> list[psutil.Process]:
+    return [p for p in node.children(recursive=True) if "RayTrainWorker" in " ".join(p.cmdline())]
+
+
+def lose_node(nodes, name: str) -> int:
+    """The node's machine is gone: SIGKILL its raylet, agents and workers at once. Returns how many training
+    workers it held."""
+    node = raylet(nodes, name)
+    tree = [node, *node.children(recursive=True)]
+    held = len(train_workers(node))
+    for proc in tree:
+        proc.kill()
+    psutil.wait_procs(tree, timeout=10)
+    return held
+
+
+def checkpoints(s3) -> list[int]:
+    """Steps of the checkpoints in the bucket that have their state.json (rank 0's last file)."""
+    objects = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{RUN}/node-loss/").get("Contents", [])
+    return sorted(int(m[1]) for o in objects if (m := re.search(r"checkpoint_(\d+)/state\.json$", o["Key"])))
+
+
+def reported_steps(s3) -> set[int]:
+    """Steps whose report the driver has processed (its metrics.jsonl rows): a checkpoint of such a step is
+    registered with Ray Train, so a restarted worker group gets it."""
+    try:
+        body = s3.get_object(Bucket=BUCKET, Key=f"{RUN}/node-loss/metrics.jsonl")["Body"].read().decode()
+    except s3.exceptions.NoSuchKey:
+        return set()
+    return {json.loads(line)["step"] for line in body.splitlines()}
+
+
+def wait_for(predicate, what: str, logs, timeout: float = 240):
+    """predicate()'s first true value; on timeout, fail with the job's log tail."""
+    deadline = time.time() + timeout
+    while not (value := predicate()):
+        assert time.time() < deadline, f"timed out waiting for {what}; the job's log ends:\n{logs()[-4000:]}"
+        time.sleep(0.5)
+    return value
+
+
+def test_a_lost_node_and_a_killed_driver_resume_from_the_last_s3_checkpoint_with_every_step_once(nodes, s3_endpoint):
+    from mlflow.tracking import MlflowClient
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    repo = repo_copy(nodes["tmp"] / "repo")
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    jobs = JobSubmissionClient(nodes["address"])
+
+    def submit(*flags: str) -> subprocess.CompletedProcess:
+        # --verbose: the workers' output (the "resumed from" line) in the job's log instead of only in driver.log
+        line = f"loopfree submit jobs/smoke.yaml --address {nodes['address']} --verbose {JOB_ARGS} {' '.join(flags)}"
+        return subprocess.run(["bash", "-c", f"source .venv/bin/activate && {line}"], cwd=repo, env=nodes["env"],
+                              capture_output=True, text=True, timeout=500)
+
+    first = submit("--no-wait")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    sid = re.search(r"submitted (\S+)", first.stdout)[1]
+
+    def logs() -> str:
+        return jobs.get_job_logs(sid)
+
+    # 1. Lose worker node b once a checkpoint is registered (a node lost between a checkpoint's upload and its
+    # registration restarts from the one before: Ray Train's rule); each node held one training worker.
+    wait_for(lambda: set(checkpoints(s3)) & reported_steps(s3), "a registered checkpoint", logs)
+    assert len(train_workers(raylet(nodes, "a"))) == 1
+    before_loss = max(set(checkpoints(s3)) & reported_steps(s3))
+    assert lose_node(nodes, "b") == 1
+    nodes["add_node"]("c")  # the replacement node; the worker group needs two 2-CPU slots again
+    resumed = wait_for(lambda: re.search(r"resumed from \S+checkpoint_(\d+) at step (\d+)", logs()),
+                       "the worker group to resume after the node loss", logs)
+    assert int(resumed[2]) >= before_loss
+    assert jobs.get_job_status(sid) == JobStatus.RUNNING  # the same submission, same driver, goes on
+
+    # 2. SIGKILL the driver once a checkpoint written after the restart exists.
+    wait_for(lambda: checkpoints(s3)[-1] > int(resumed[2]), "a checkpoint after the restart", logs)
+    os.kill(int(jobs.get_job_info(sid).driver_info.pid), signal.SIGKILL)
+    wait_for(lambda: jobs.get_job_status(sid) in (JobStatus.FAILED, JobStatus.STOPPED), "the killed job to end", logs, 60)
+    at_kill = checkpoints(s3)[-1]
+    assert at_kill < 24, "the run finished before its driver was killed: give it more steps"
+
+    # 3. Resubmit: it resumes from the newest checkpoint and finishes the run.
+    second = submit()
+    assert second.returncode == 0 and "ended: SUCCEEDED" in second.stdout, second.stdout[-3000:]
+    resumed_again = re.search(r"resumed from \S+checkpoint_(\d+) at step (\d+)", second.stdout)
+    assert resumed_again and int(resumed_again[2]) >= at_kill - 2, second.stdout[-3000:]
+
+    body = s3.get_object(Bucket=BUCKET, Key=f"{RUN}/node-loss/metrics.jsonl")["Body"].read().decode()
+    assert [json.loads(line)["step"] for line in body.splitlines()] == list(range(1, 25))  # each step once
+    run_id = s3.get_object(Bucket=BUCKET, Key=f"{RUN}/node-loss/mlflow_run_id")["Body"].read().decode().strip()
+    client = MlflowClient(nodes["mlflow"])
+    runs = client.search_runs([client.get_experiment_by_name("loopfree").experiment_id],
+                              filter_string="tags.`loopfree.job` = 'node-loss'")
+    assert [r.info.run_id for r in runs] == [run_id] and runs[0].info.status == "FINISHED"  # one run, resumed twice
+    assert sorted({m.step for m in client.get_metric_history(run_id, "train/loss_vsd")}) == list(range(1, 25))
+    assert [v.run_id for v in client.search_model_versions("name = 'loopfree-tiue'")] == [run_id]
