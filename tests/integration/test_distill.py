@@ -20,6 +20,7 @@ from loopfree.features import InceptionFeatures, to_uint8
 from loopfree.metrics import frechet_distance
 from loopfree.pipeline import TiUEPipeline
 from loopfree.presets import tiny
+from tests.faults import FaultProxy
 
 ROOT = Path(__file__).resolve().parents[2]
 LOSSES = ("loss_vsd", "loss_kl", "loss_lora", "grad_norm_student")
@@ -139,27 +140,32 @@ def test_crashed_worker_restarts_from_the_last_checkpoint(runs, uninterrupted, j
         assert got[step] == pytest.approx(reference[step], rel=1e-5, abs=1e-7), step
 
 
-def test_s3_smoke_job_with_bad_records_and_a_nan_step(s3_endpoint, tmp_path, smoke_job):
+def test_s3_smoke_job_with_bad_records_and_a_nan_step_through_an_endpoint_that_throttles(s3_endpoint, tmp_path,
+                                                                                         smoke_job):
+    """The whole job on S3 (corpus, teacher, run folder, checkpoints, samples, export) through a proxy that
+    answers every 6th request with 503 SlowDown: every layer (Ray Data's corpus reads, the teacher download,
+    Ray Train's checkpoint uploads, the run folder's files) retries and the run completes."""
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     lines = [line.split("\t")[0] for line in (ROOT / "data" / "PartiPrompts.tsv").read_text().splitlines()[1:41]]
     s3.put_object(Bucket="loopfree-test", Key="corpus/smoke/prompts.txt", Body="\n".join(lines + ["", "  "]).encode())
     data = smoke_job({"name": "s3-smoke"})
     data["data"] = {"paths": ["s3://loopfree-test/corpus/smoke/prompts.txt"], "format": "text"}
-    data["storage"] = {"path": "s3://loopfree-test/runs"}
     data["training"] = {"max_steps": 4, "inject_nonfinite_at": [1]}
     # the teacher comes from an S3 prefix in diffusers layout, as on a cluster
     TiUEPipeline.from_components(tiny().build(seed=0)).save_pretrained(tmp_path / "teacher")
     storage.upload_dir(tmp_path / "teacher", "s3://loopfree-test/models/tiny-teacher")
     data["model"] = {"teacher_dir": "s3://loopfree-test/models/tiny-teacher"}
     data["tracking"] = {"mlflow_uri": f"sqlite:///{tmp_path}/mlflow.db"}  # not the default ./runs of the repo
-    j = DistillJob.model_validate(data)
-    result = run_distill(j)
+    with FaultProxy(s3_endpoint, every=6) as proxy:
+        data["storage"] = {"path": "s3://loopfree-test/runs", "endpoint_url": proxy.url}
+        result = run_distill(DistillJob.model_validate(data))
+    assert proxy.injected >= 10, (proxy.injected, proxy.requests)  # faults were met all along the run
     assert result.corpus["empty"] == 2 and result.corpus["unique"] == len(set(lines))
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="loopfree-test", Prefix="runs/s3-smoke/")["Contents"]]
     assert any(k.startswith("runs/s3-smoke/checkpoint_00000004/") for k in keys)
     assert "runs/s3-smoke/samples/step_00000004.png" in keys and "runs/s3-smoke/job.resolved.yaml" in keys
     rows = read_metrics("s3://loopfree-test/runs/s3-smoke/metrics.jsonl")
-    assert rows[-1]["skipped_total"] == 1 and rows[-1]["step"] == 4
+    assert rows[-1]["skipped_total"] == 1 and [r["step"] for r in rows] == [1, 2, 3, 4]
     pipe = TiUEPipeline.from_pretrained(storage.download_dir(result.export_dir, tmp_path / "export"))
     assert len(pipe(["a cat", "a dog"], seeds=[0, 1]).images) == 2
     assert result.mlflow_run_id and result.model_version  # tracked, with S3 run storage
