@@ -127,3 +127,26 @@ def test_the_registered_model_carries_signature_example_description_pins_and_pre
     rows = json.loads(out.read_text())["predictions"]
     assert [(r["prompt"], r["seed"]) for r in rows] == [("a bag", 3)]
     assert PIL.Image.open(io.BytesIO(base64.b64decode(rows[0]["image_png_base64"]))).size == (64, 64)
+
+
+def test_mlflow_down_at_registration_names_the_export_and_a_rerun_registers_the_model_once(
+        job, tiny_pipeline_dir, monkeypatch):
+    import yaml
+    from loopfree_platform import storage
+    from loopfree_platform.distill.tracking import register_model
+    from mlflow.tracking import MlflowClient
+
+    j = job(registered_model="tiue-outage")
+    uri, run_id = start_run(j)
+    storage.write_bytes(storage.join(j.run_dir(), "job.resolved.yaml"), yaml.safe_dump(j.resolved()).encode())
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail now, not after MLflow's minutes of retries
+    with pytest.raises(TrackingError) as err:
+        register_model(j, "http://127.0.0.1:9/", run_id, str(tiny_pipeline_dir))  # the server is down
+    message = str(err.value)
+    assert "MLflow at http://127.0.0.1:9/ failed while logging and registering the model" in message
+    assert f"exported at {tiny_pipeline_dir}" in message and "run the same command again" in message
+    assert run_id in message
+    # MLflow answers again: the re-run's registration makes one version, and a further one makes none
+    assert register_model(j, uri, run_id, str(tiny_pipeline_dir)) == "1"
+    assert register_model(j, uri, run_id, str(tiny_pipeline_dir)) == "1"
+    assert [str(v.version) for v in MlflowClient(uri).search_model_versions("name = 'tiue-outage'")] == ["1"]

@@ -119,7 +119,7 @@ def _run_distill(job: DistillJob, address: str | None, progress: Progress | None
     from loopfree_platform.distill.callbacks import MetricsFeed, MetricsLog, read_metrics
     from loopfree_platform.distill.corpus import RankShards, prepare_corpus
     from loopfree_platform.distill.process_group import NodeAddressTorchConfig
-    from loopfree_platform.distill.tracking import MLflowTracking, log_final, start_run
+    from loopfree_platform.distill.tracking import MLflowTracking, register_model, start_run
     from loopfree_platform.distill.train import train_loop_per_worker
 
     progress = progress or Progress("distill", enabled=False)
@@ -168,7 +168,7 @@ def _run_distill(job: DistillJob, address: str | None, progress: Progress | None
     export_dir = storage.join(job.run_dir(), "export")
     if tracked:
         progress.phase("logging the model to MLflow")
-    version = log_final(job, *tracked, export_dir) if tracked else None
+    version = register_model(job, *tracked, export_dir) if tracked else None
     progress.phase()  # done: the bar ends as "distill: 100%|...", not on the last phase
     return DistillResult(run_dir=job.run_dir(), export_dir=export_dir, steps=steps, corpus=stats.as_dict(),
                          metrics=dict(result.metrics or {}), samples=samples, mlflow_run_id=tracked[1] if tracked else None,

@@ -273,6 +273,21 @@ def model_description(job: DistillJob, run_id: str, export_dir: str) -> str:
             "with `prompt` (and optional `seed`); output: `prompt`, `seed`, `image_png_base64`.")
 
 
+def register_model(job: DistillJob, uri: str, run_id: str, export_dir: str) -> str | None:
+    """log_final, its failure (MLflow down at the end of a run, after MLflow's own retries: minutes) turned
+    into an error that says what is safe and what to do. A re-run resumes the finished run and registers the
+    model once (log_final skips a version the run already has)."""
+    try:
+        return log_final(job, uri, run_id, export_dir)
+    except Exception as err:  # noqa: BLE001 - any client failure means the same to the user
+        detail = redact_text(str(err)).strip().splitlines()[0][:300] if str(err).strip() else ""
+        raise TrackingError(
+            f"tracking.mlflow_uri: MLflow at {redact(uri)} failed while logging and registering the model "
+            f"({type(err).__name__}: {detail}). Training finished and the pipeline is exported at {export_dir}; "
+            f"run the same command again once MLflow answers: it resumes the finished run (MLflow run {run_id}) "
+            "and registers the model once") from err
+
+
 def log_final(job: DistillJob, uri: str, run_id: str, export_dir: str) -> str | None:
     """Resolved config, the exported pipeline as a registered pyfunc model with an alias. Returns the version."""
     from importlib.metadata import version as installed
