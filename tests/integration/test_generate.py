@@ -113,15 +113,22 @@ def test_prompt_formats(tmp_path, tiny_pipeline_dir):
     assert got == [{"id": "c1", "prompt": "a cat", "seed": 99}, {"id": "d2", "prompt": "a dog", "seed": 11}]
 
 
-def test_s3_model_and_s3_output(ray_local, s3_endpoint, tiny_pipeline_dir, tmp_path, monkeypatch):
-    """Model read from an s3:// prefix, images and manifest written to s3:// (moto on 127.0.0.1)."""
+def test_s3_model_and_s3_output_through_an_endpoint_that_throttles(ray_local, s3_endpoint, tiny_pipeline_dir,
+                                                                    tmp_path, monkeypatch):
+    """Model read from an s3:// prefix, images and manifest written to s3:// (moto on 127.0.0.1), through a
+    proxy that answers every 5th request with 503 SlowDown: the download and the writes retry."""
     from loopfree_platform import storage
+
+    from tests.faults import FaultProxy
 
     monkeypatch.setenv("LOOPFREE_CACHE", str(tmp_path / "cache"))
     storage.upload_dir(tiny_pipeline_dir, "s3://loopfree-test/models/tiny")
     job = job_dict("s3://loopfree-test/models/tiny", "s3://loopfree-test/generated/parti")
     job["prompts"]["limit"] = 6
-    result = run_generate(GenerateJob.model_validate(job))
+    with FaultProxy(s3_endpoint, every=5) as proxy:
+        job["model"]["endpoint_url"] = job["output"]["endpoint_url"] = proxy.url
+        result = run_generate(GenerateJob.model_validate(job))
+    assert proxy.injected >= 3, (proxy.injected, proxy.requests)
     assert (result.generated, result.total) == (6, 6)
     rows = [json.loads(x) for x in storage.read_bytes("s3://loopfree-test/generated/parti/manifest.jsonl").decode().splitlines()]
     assert [r["id"] for r in rows] == [f"{i:06d}" for i in range(6)]
