@@ -143,15 +143,15 @@ def start_run(job: DistillJob) -> tuple[str, str] | None:
     id_file = storage.join(job.run_dir(), RUN_ID_FILE)
     tags = {"loopfree.job": job.name, "mlflow.note.content": describe(job), "mlflow.source.type": "JOB",
             "mlflow.source.name": f"loopfree distill ({job.name})"}
-    commit = git_commit()
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
     try:
         with _fail_fast():
             if storage.exists(id_file, job.storage.endpoint_url):
                 run_id = storage.read_bytes(id_file, job.storage.endpoint_url).decode().strip()
                 client.get_run(run_id)  # must still exist, and the server must answer
                 return uri, run_id
+            commit = git_commit()  # only for a new run: a resumed run keeps the commit it started from
+            if commit:
+                tags["mlflow.source.git.commit"] = commit
             exp_id = experiment_id(client, job.tracking.experiment, uri)
             if job.tracking.parent_run_id:
                 tags["mlflow.parentRunId"] = job.tracking.parent_run_id  # shows as a child in the MLflow UI
