@@ -90,11 +90,15 @@ def validation_table(runs: dict[str, dict]) -> list[str]:
 def test_rows(runs: dict[str, dict]) -> dict[str, dict]:
     """recipe -> mean of each metric over its seeds' test rows, with the seeds and per-seed FIDs."""
     by_recipe: dict[str, list[dict]] = {}
+    finals: dict[str, list[dict]] = {}  # the same seeds' last validation points: what recipes are chosen on
     for name, run in runs.items():
         if run["test"]:
             by_recipe.setdefault(_recipe(name)[0], []).append(run["test"])  # "recipe" or "recipe@steps"
+            finals.setdefault(_recipe(name)[0], []).append(run["curve"][-1])
     return {recipe: {**{m: statistics.fmean(t[m] for t in tests) for m in METRICS},
-                     "seeds": [t["seed"] for t in tests], "fids": [t["fid"] for t in tests], "steps": tests[0]["steps"]}
+                     "seeds": [t["seed"] for t in tests], "fids": [t["fid"] for t in tests], "steps": tests[0]["steps"],
+                     "val_fid": statistics.fmean(v["fid"] for v in finals[recipe]),
+                     "val_alignment": statistics.fmean(v["alignment"] for v in finals[recipe])}
             for recipe, tests in by_recipe.items()}
 
 
@@ -127,13 +131,16 @@ def targets(tests: dict[str, dict]) -> list[str]:
            for r, v in tests.items() if r != "init" and len(v["seeds"]) < 2]
     if not tiue:
         return ["No TiUE recipe has a test row yet: T1-T4 not measured."]
-    best_name, best = min(tiue.items(), key=lambda kv: kv[1]["fid"])
+    # The best recipe is chosen on the VALIDATION reference (final validation FID, mean over seeds), never on
+    # the test rows it is then judged by.
+    best_name, best = min(tiue.items(), key=lambda kv: kv[1]["val_fid"])
 
     def verdict(ok: bool) -> str:
         return "MET" if ok else "MISSED"
 
     out.append(f"- T1 (best TiUE FID <= teacher 4-step {t4[0]:.2f} and <= 1.1 x teacher 50-step = {1.1 * t50[0]:.2f}): "
-               f"{verdict(best['fid'] <= t4[0] and best['fid'] <= 1.1 * t50[0])}, {best_name} {best['fid']:.2f}.")
+               f"{verdict(best['fid'] <= t4[0] and best['fid'] <= 1.1 * t50[0])}, {best_name} {best['fid']:.2f} (chosen on "
+               f"validation FID {best['val_fid']:.1f}).")
     if "init" in tests:
         below = {r: v["fid"] < tests["init"]["fid"] for r, v in tiue.items()}
         out.append(f"- T2 (every TiUE recipe below its initial FID {tests['init']['fid']:.2f}): {verdict(all(below.values()))}: "
@@ -151,7 +158,7 @@ def targets(tests: dict[str, dict]) -> list[str]:
     out.append(f"- T4 (best TiUE alignment >= {t50[6] - 0.05:.3f}): {verdict(best['alignment'] >= t50[6] - 0.05)}: "
                f"{best['alignment']:.3f}.")
     if sb:
-        sb_name, sb_best = max(sb.items(), key=lambda kv: kv[1]["alignment"])
+        sb_name, sb_best = max(sb.items(), key=lambda kv: kv[1]["val_alignment"])  # chosen on validation
         out.append(f"- T5 (SwiftBrush best recipe alignment >= 0.6): {verdict(sb_best['alignment'] >= 0.6)}: "
                    f"{sb_name} {sb_best['alignment']:.3f}.")
     else:
