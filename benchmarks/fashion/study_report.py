@@ -210,8 +210,21 @@ READING = """- **The paper's recipe makes this student worse, on every seed.** W
   plateau within the 200-image evaluation's noise; test FID 122.0 at 4000 against 125.9 at 2000 for the
   same seed, coverage 0.071 (above the T3 bar) but recall 0.059. One seed: reported beside the targets,
   not used for them (seed 2 of the 4000-update run was stopped at 1700 updates to free the CPU).
+- **Milder teacher guidance (1.5 instead of 2) buys a little diversity, not enough for T3.** The combined
+  x0-error recipe at teacher guidance 1.5 (SiD-LSG's best COCO setting), 2000 updates, seeds 1 and 2:
+  validation FID 153.0 / 150.1 at 2000 (guidance 2: 151.9 / 148.5), so guidance 2 stays the recipe chosen on
+  validation; test FID 126.3 / 125.2 (mean 125.8 against 125.3), recall 0.134 / 0.074 (mean 0.104 against
+  0.085), coverage 0.058 / 0.054 (mean 0.056, above the T3 bar 0.054 where guidance 2's 0.0535 is just
+  below it), alignment 0.749 / 0.768 (against 0.826). Recall moves with the seed by more than with the
+  guidance, and stays below the 0.171 bar: T3 stays missed.
+- **SwiftBrush with the x0-error normalisation on the paper recipe (two seeds) is the best SwiftBrush on
+  FID and still misses T5.** Validation FID 259.5 / 260.9 and alignment 0.500 / 0.485 at 600 updates (the
+  paper recipe: 257.5 / 267.4, 0.485 / 0.460), so it is the SwiftBrush recipe chosen on validation alignment;
+  test FID 231.0 / 232.3 (mean 231.6 against the paper recipe's 235.3), alignment 0.571 / 0.500 (mean 0.536,
+  bar 0.6), recall 0. The 1-step student keeps drawing one texture; no SwiftBrush recipe tried reaches the
+  prompted garment reliably.
 - **Left:** the warm-up option, a teacher trained further (its 50-step FID 148.5 is now above the
-  student's), and recall (T3), which no recipe tried lifts above 0.112 on any seed.
+  student's), and recall (T3), which no recipe tried lifts above 0.134 on any seed.
 """
 
 
