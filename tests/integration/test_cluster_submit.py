@@ -50,8 +50,7 @@ def cluster(tmp_path_factory, s3_endpoint, free_port):
     yield {"env": env, "address": f"http://127.0.0.1:{dash_port}", "mlflow": env["MLFLOW_TRACKING_URI"], "tmp": tmp}
     # Only this cluster's processes (their command lines name its temp dir): `ray stop --force` would also
     # kill every other Ray instance on the machine, e.g. a developer's or a concurrent test run's.
-    stop_processes(ray_tmp)
-    time.sleep(2)
+    stop_processes(ray_tmp, grace_s=0)  # the cluster is thrown away: nothing to wait for
     mlflow.terminate()
     mlflow.wait(timeout=30)
     shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -143,7 +143,7 @@ def test_crashed_worker_restarts_from_the_last_checkpoint(runs, uninterrupted, j
 def test_s3_smoke_job_with_bad_records_and_a_nan_step_through_an_endpoint_that_throttles(s3_endpoint, tmp_path,
                                                                                          smoke_job):
     """The whole job on S3 (corpus, teacher, run folder, checkpoints, samples, export) through a proxy that
-    answers every 6th request with 503 SlowDown: every layer (Ray Data's corpus reads, the teacher download,
+    answers every 10th request with 503 SlowDown: every layer (Ray Data's corpus reads, the teacher download,
     Ray Train's checkpoint uploads, the run folder's files) retries and the run completes."""
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     lines = [line.split("\t")[0] for line in (ROOT / "data" / "PartiPrompts.tsv").read_text().splitlines()[1:41]]
@@ -156,7 +156,7 @@ def test_s3_smoke_job_with_bad_records_and_a_nan_step_through_an_endpoint_that_t
     storage.upload_dir(tmp_path / "teacher", "s3://loopfree-test/models/tiny-teacher")
     data["model"] = {"teacher_dir": "s3://loopfree-test/models/tiny-teacher"}
     data["tracking"] = {"mlflow_uri": f"sqlite:///{tmp_path}/mlflow.db"}  # not the default ./runs of the repo
-    with FaultProxy(s3_endpoint, every=6) as proxy:
+    with FaultProxy(s3_endpoint, every=10) as proxy:
         data["storage"] = {"path": "s3://loopfree-test/runs", "endpoint_url": proxy.url}
         result = run_distill(DistillJob.model_validate(data))
     assert proxy.injected >= 10, (proxy.injected, proxy.requests)  # faults were met all along the run
