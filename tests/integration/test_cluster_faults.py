@@ -1,10 +1,10 @@
-"""Node loss and a killed driver on a multi-node Ray cluster built on this machine: a head and two worker
+"""Node loss and a killed driver on a multi-node Ray cluster built on this machine: a head and three worker
 nodes on 127.0.0.1, each `ray start` with its own temp dir and ports, run storage on the S3 endpoint, an
 MLflow server; the job is sent with `loopfree submit` as a user sends it.
 
 One cluster, one job lineage, a few steps between faults: lose a worker node mid-run (the spare node takes
 its place, as on a cluster with headroom or once an autoscaler or KubeRay has replaced the node), then SIGKILL
-the driver, then resubmit. About three minutes on 2 cores, so it is its own tier (`-m multinode`), outside
+the driver, then resubmit. About 3.5 minutes on 2 cores, so it is its own tier (`-m multinode`), outside
 the default run (README, "Tests").
 
 Ray needs its multi-node mode for a second node; in that mode it addresses the GCS by this machine's own
@@ -33,6 +33,7 @@ JOB_ARGS = (f"--set name=node-loss --set scaling.cpus_per_worker=2 --set trainin
             "--set data.paths=[data/fashion_prompts.txt] --set data.format=text "
             f"--set sampling.every_steps=100 --set storage.path=s3://{BUCKET}/{RUN}")
 WORKER_NODES = ("a", "b", "c")  # two for the workers, one spare
+RESUMED = re.compile(r"resumed from \S+checkpoint_(\d+) at step (\d+)")  # the workers' line (rank 0)
 # The GCS declares a silent node dead after about 1.5 s instead of about 30 s (Ray's health-check settings).
 FAST_NODE_DEATH = {"RAY_health_check_period_ms": "500", "RAY_health_check_timeout_ms": "500",
                    "RAY_health_check_failure_threshold": "3", "RAY_health_check_initial_delay_ms": "0"}
@@ -109,14 +110,14 @@ def checkpoints(s3) -> list[int]:
     return sorted(int(m[1]) for o in objects if (m := re.search(r"checkpoint_(\d+)/state\.json$", o["Key"])))
 
 
-def reported_steps(s3) -> set[int]:
-    """Steps whose report the driver has processed (its metrics.jsonl rows): a checkpoint of such a step is
-    registered with Ray Train, so a restarted worker group gets it."""
+def reported_steps(s3) -> list[int]:
+    """Steps whose report the driver has processed (its metrics.jsonl rows, in file order): a checkpoint of
+    such a step is registered with Ray Train, so a restarted worker group gets it."""
     try:
         body = s3.get_object(Bucket=BUCKET, Key=f"{RUN}/node-loss/metrics.jsonl")["Body"].read().decode()
     except s3.exceptions.NoSuchKey:
-        return set()
-    return {json.loads(line)["step"] for line in body.splitlines()}
+        return []
+    return [json.loads(line)["step"] for line in body.splitlines()]
 
 
 def wait_for(predicate, what: str, logs, timeout: float = 240):
@@ -152,13 +153,13 @@ def test_a_lost_node_and_a_killed_driver_resume_from_the_last_s3_checkpoint_with
 
     # 1. Lose a worker node once a checkpoint is registered (a node lost between a checkpoint's upload and its
     # registration restarts from the one before: Ray Train's rule). The two workers are on two nodes.
-    wait_for(lambda: set(checkpoints(s3)) & reported_steps(s3), "a registered checkpoint", logs)
+    wait_for(lambda: set(checkpoints(s3)) & set(reported_steps(s3)), "a registered checkpoint", logs)
     holding = {n: len(train_workers(raylet(nodes, n))) for n in WORKER_NODES}
     assert sorted(holding.values()) == [0, 1, 1], holding
     print(f"submission to a registered checkpoint: {time.time() - t0:.0f} s", flush=True)
-    before_loss = max(set(checkpoints(s3)) & reported_steps(s3))
+    before_loss = max(set(checkpoints(s3)) & set(reported_steps(s3)))
     assert lose_node(nodes, next(n for n, held in holding.items() if held)) == 1
-    resumed = wait_for(lambda: re.search(r"resumed from \S+checkpoint_(\d+) at step (\d+)", logs()),
+    resumed = wait_for(lambda: RESUMED.search(logs()),
                        "the worker group to resume after the node loss", logs)
     assert int(resumed[2]) >= before_loss
     print(f"then to the restarted group's resume: {time.time() - t0:.0f} s", flush=True)
@@ -177,11 +178,10 @@ def test_a_lost_node_and_a_killed_driver_resume_from_the_last_s3_checkpoint_with
     second = submit()
     assert second.returncode == 0 and "ended: SUCCEEDED" in second.stdout, second.stdout[-3000:]
     print(f"then the resubmission to SUCCEEDED: {time.time() - t0:.0f} s", flush=True)
-    resumed_again = re.search(r"resumed from \S+checkpoint_(\d+) at step (\d+)", second.stdout)
+    resumed_again = RESUMED.search(second.stdout)
     assert resumed_again and int(resumed_again[2]) >= at_kill - 2, second.stdout[-3000:]
 
-    body = s3.get_object(Bucket=BUCKET, Key=f"{RUN}/node-loss/metrics.jsonl")["Body"].read().decode()
-    assert [json.loads(line)["step"] for line in body.splitlines()] == list(range(1, STEPS + 1))  # each step once
+    assert reported_steps(s3) == list(range(1, STEPS + 1))  # each step once
     run_id = s3.get_object(Bucket=BUCKET, Key=f"{RUN}/node-loss/mlflow_run_id")["Body"].read().decode().strip()
     client = MlflowClient(nodes["mlflow"])
     runs = client.search_runs([client.get_experiment_by_name("loopfree").experiment_id],
