@@ -19,13 +19,16 @@ SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Co
 
 class FaultProxy:
     """proxy = FaultProxy(endpoint); proxy.url is the endpoint to use; set proxy.every (fail every Nth
-    request, 0: none), proxy.mode ("503" or "cut") and proxy.methods (which HTTP methods may be picked).
-    proxy.injected counts the faults injected, proxy.requests the requests seen."""
+    request, 0: none), proxy.mode ("503", "cut", or a tuple of them taken in turn: "503", "cut", "503", ...)
+    and proxy.methods (which HTTP methods may be picked). proxy.injected counts the faults injected,
+    proxy.by_kind counts them per kind and method ("cut PUT": 2), proxy.requests the requests seen."""
 
-    def __init__(self, target: str, every: int = 0, mode: str = "503", methods: tuple[str, ...] = ("GET", "PUT", "POST")):
+    def __init__(self, target: str, every: int = 0, mode: str | tuple[str, ...] = "503",
+                 methods: tuple[str, ...] = ("GET", "PUT", "POST")):
         self.target = urllib.parse.urlsplit(target)
         self.every, self.mode, self.methods = every, mode, methods
-        self.requests = self.injected = 0
+        self.requests = self.injected = self._picked = 0
+        self.by_kind: dict[str, int] = {}
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -44,9 +47,16 @@ class FaultProxy:
         with self._lock:
             self.requests += 1
             if method in self.methods and self.every and self.requests % self.every == 0:
-                self.injected += 1
-                return self.mode
+                modes = (self.mode,) if isinstance(self.mode, str) else self.mode
+                self._picked += 1
+                return modes[(self._picked - 1) % len(modes)]
         return None
+
+    def _injected(self, fault: str, method: str) -> None:
+        """Count a fault that was applied (a cut of an empty body is not one: the request goes through)."""
+        with self._lock:
+            self.injected += 1
+            self.by_kind[f"{fault} {method}"] = self.by_kind.get(f"{fault} {method}", 0) + 1
 
     def _handler(self):
         proxy = self
@@ -62,12 +72,14 @@ class FaultProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 fault = proxy._pick(self.command)
                 if fault == "cut" and self.command in ("PUT", "POST") and (length > 1 or chunked):
+                    proxy._injected(fault, self.command)
                     self.rfile.read(length // 2) if length else self.rfile.readline()  # part of the upload
                     self.connection.shutdown(socket.SHUT_RDWR)  # then the line drops
                     self.close_connection = True
                     return
                 body = self._chunked_body() if chunked else (self.rfile.read(length) if length else b"")
                 if fault == "503":
+                    proxy._injected(fault, self.command)
                     self.send_response(503)
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(SLOW_DOWN)))
@@ -87,6 +99,7 @@ class FaultProxy:
                 self.send_header("Content-Length", head_length if self.command == "HEAD" else str(len(data)))
                 self.end_headers()
                 if fault == "cut" and self.command == "GET" and len(data) > 1:
+                    proxy._injected(fault, self.command)
                     self.wfile.write(data[:len(data) // 2])  # the download stops half-way
                     self.wfile.flush()
                     self.connection.shutdown(socket.SHUT_RDWR)

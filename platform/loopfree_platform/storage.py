@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import posixpath
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -24,6 +25,8 @@ T = TypeVar("T")
 # (docs/reliability.md, tests/integration/test_storage_faults.py).
 S3_SDK_ATTEMPTS = 3
 S3_ATTEMPTS = int(os.environ.get("LOOPFREE_S3_ATTEMPTS", "4"))
+COPY_THREADS = 8  # files of a folder copied side by side (checkpoint shards, model components)
+COPY_CHUNK = 8 << 20  # bytes per read: a multi-GB shard never sits in memory whole
 
 
 class StorageError(OSError):
@@ -92,22 +95,47 @@ def exists(uri: str, endpoint_url: str | None = None) -> bool:
 
 
 def upload_dir(local_dir: str | Path, uri: str, endpoint_url: str | None = None) -> None:
+    """Copy a local folder to `uri`; returns only when every file is there with its size."""
     fs, path = filesystem(uri, endpoint_url)
-
-    def upload() -> None:
-        fs.create_dir(path, recursive=True)
-        pafs.copy_files(str(Path(local_dir).resolve()), path, source_filesystem=pafs.LocalFileSystem(),
-                        destination_filesystem=fs)
-
-    _retried(uri, upload)
+    fs.create_dir(path, recursive=True)  # S3: no-op; local: the folder
+    copy_tree(pafs.LocalFileSystem(), str(Path(local_dir).resolve()), fs, path, uri)
 
 
 def download_dir(uri: str, local_dir: str | Path, endpoint_url: str | None = None) -> Path:
+    """Copy the folder `uri` to a local folder; returns only when every file is there with its size."""
     fs, path = filesystem(uri, endpoint_url)
     Path(local_dir).mkdir(parents=True, exist_ok=True)
-    _retried(uri, lambda: pafs.copy_files(path, str(Path(local_dir).resolve()), source_filesystem=fs,
-                                          destination_filesystem=pafs.LocalFileSystem()))
+    copy_tree(fs, path, pafs.LocalFileSystem(), str(Path(local_dir).resolve()), uri)
     return Path(local_dir)
+
+
+def copy_tree(src_fs: pafs.FileSystem, src: str, dst_fs: pafs.FileSystem, dst: str, uri: str) -> None:
+    """Copy every file below `src` to the same relative path below `dst`, then check every one arrived with
+    its size; StorageError names `uri` and the files that did not.
+
+    Not pyarrow's `copy_files`: when an upload still fails after the SDK's retries it logs "Error ignored
+    when destroying file" and returns as if done, with an empty object in the file's place (pyarrow 25.0,
+    tests/integration/test_storage_faults.py). Here each file is copied with an explicit close, whose failure raises, and retried
+    whole (docs/reliability.md, "Storage faults")."""
+    listed = _retried(uri, lambda: src_fs.get_file_info(pafs.FileSelector(src, recursive=True)))
+    sizes = {posixpath.relpath(f.path, src): f.size for f in listed if f.type == pafs.FileType.File}
+
+    def copy(rel: str) -> None:
+        target = posixpath.join(dst, rel)
+        if isinstance(dst_fs, pafs.LocalFileSystem):
+            dst_fs.create_dir(posixpath.dirname(target), recursive=True)
+        with src_fs.open_input_stream(posixpath.join(src, rel)) as f, dst_fs.open_output_stream(target) as out:
+            while chunk := f.read(COPY_CHUNK):
+                out.write(chunk)
+
+    with ThreadPoolExecutor(max_workers=COPY_THREADS) as pool:
+        for done in [pool.submit(_retried, f"{uri} ({rel})", lambda rel=rel: copy(rel)) for rel in sizes]:
+            done.result()
+    arrived = _retried(uri, lambda: dst_fs.get_file_info(pafs.FileSelector(dst, recursive=True)))
+    got = {posixpath.relpath(f.path, dst): f.size for f in arrived if f.type == pafs.FileType.File}
+    wrong = sorted(rel for rel, size in sizes.items() if got.get(rel) != size)
+    if wrong:
+        raise StorageError(f"{uri}: {len(wrong)} file(s) missing or short after the copy: {', '.join(wrong[:5])}")
 
 
 def write_bytes(uri: str, data: bytes, endpoint_url: str | None = None) -> None:

@@ -140,11 +140,12 @@ def test_crashed_worker_restarts_from_the_last_checkpoint(runs, uninterrupted, j
         assert got[step] == pytest.approx(reference[step], rel=1e-5, abs=1e-7), step
 
 
-def test_s3_smoke_job_with_bad_records_and_a_nan_step_through_an_endpoint_that_throttles(s3_endpoint, tmp_path,
-                                                                                         smoke_job):
+def test_s3_smoke_job_with_bad_records_and_a_nan_step_through_an_endpoint_that_throttles_and_cuts(
+        s3_endpoint, tmp_path, smoke_job):
     """The whole job on S3 (corpus, teacher, run folder, checkpoints, samples, export) through a proxy that
-    answers every 10th request with 503 SlowDown: every layer (Ray Data's corpus reads, the teacher download,
-    Ray Train's checkpoint uploads, the run folder's files) retries and the run completes."""
+    spoils every 7th request, in turn answering 503 SlowDown and cutting the transfer half-way (a download's
+    body, an upload's body): every layer (Ray Data's corpus reads, the teacher download, Ray Train's
+    checkpoint uploads, the run folder's files) retries, the run completes and every object is whole."""
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     lines = [line.split("\t")[0] for line in (ROOT / "data" / "PartiPrompts.tsv").read_text().splitlines()[1:41]]
     s3.put_object(Bucket="loopfree-test", Key="corpus/smoke/prompts.txt", Body="\n".join(lines + ["", "  "]).encode())
@@ -156,13 +157,20 @@ def test_s3_smoke_job_with_bad_records_and_a_nan_step_through_an_endpoint_that_t
     storage.upload_dir(tmp_path / "teacher", "s3://loopfree-test/models/tiny-teacher")
     data["model"] = {"teacher_dir": "s3://loopfree-test/models/tiny-teacher"}
     data["tracking"] = {"mlflow_uri": f"sqlite:///{tmp_path}/mlflow.db"}  # not the default ./runs of the repo
-    with FaultProxy(s3_endpoint, every=10) as proxy:
+    with FaultProxy(s3_endpoint, every=7, mode=("503", "cut")) as proxy:
         data["storage"] = {"path": "s3://loopfree-test/runs", "endpoint_url": proxy.url}
         result = run_distill(DistillJob.model_validate(data))
+    print(f"faults injected: {proxy.by_kind} in {proxy.requests} requests")
     assert proxy.injected >= 10, (proxy.injected, proxy.requests)  # faults were met all along the run
+    assert {"cut GET", "cut PUT", "503 GET", "503 PUT"} <= set(proxy.by_kind), proxy.by_kind
     assert result.corpus["empty"] == 2 and result.corpus["unique"] == len(set(lines))
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="loopfree-test", Prefix="runs/s3-smoke/")["Contents"]]
-    assert any(k.startswith("runs/s3-smoke/checkpoint_00000004/") for k in keys)
+    objects = s3.list_objects_v2(Bucket="loopfree-test", Prefix="runs/s3-smoke/")["Contents"]
+    keys = [o["Key"] for o in objects]
+    files = {c: {o["Key"].split(c)[1]: o["Size"] for o in objects if c in o["Key"] and not o["Key"].endswith("/")}
+             for c in ("checkpoint_00000002/", "checkpoint_00000004/")}
+    assert len(files["checkpoint_00000004/"]) >= 12
+    assert files["checkpoint_00000002/"].keys() == files["checkpoint_00000004/"].keys()
+    assert all(size > 0 for c in files.values() for size in c.values()), files  # no file left empty by a cut
     assert "runs/s3-smoke/samples/step_00000004.png" in keys and "runs/s3-smoke/job.resolved.yaml" in keys
     rows = read_metrics("s3://loopfree-test/runs/s3-smoke/metrics.jsonl")
     assert rows[-1]["skipped_total"] == 1 and [r["step"] for r in rows] == [1, 2, 3, 4]

@@ -116,7 +116,8 @@ def test_a_planted_pickle_in_a_checkpoint_is_refused_not_run(make_engine, tmp_pa
     assert not _RunsCode.marker.exists()
 
 
-def test_verify_accepts_a_whole_checkpoint_and_names_what_is_wrong_with_a_truncated_one(make_engine, tmp_path):
+def test_verify_accepts_a_whole_checkpoint_and_names_what_is_wrong_with_a_truncated_or_incomplete_one(make_engine,
+                                                                                                     tmp_path):
     import pyarrow.fs as pafs
     from loopfree_platform.distill import checkpoint
     from safetensors.torch import save_file
@@ -131,6 +132,7 @@ def test_verify_accepts_a_whole_checkpoint_and_names_what_is_wrong_with_a_trunca
         checkpoint.TrainState(step=step).save(d)
     latest = tmp_path / "run" / "checkpoint_00000004"
     assert checkpoint.verify(latest, rank=0) is None
+    assert checkpoint.verify(latest, rank=1) == "student: no DeepSpeed partition of rank 1"  # its files never arrived
     shard = sorted((latest / "student" / "state").glob("*optim_states.pt"))[0]
     shard.write_bytes(shard.read_bytes()[:100])
     problem = checkpoint.verify(latest, rank=0)

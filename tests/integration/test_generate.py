@@ -1,6 +1,7 @@
 """The batch generation job on a real local Ray: a PartiPrompts subset, killed mid-way and re-run, yields
 every image exactly once; prompt files with bad records fail with file:line before any cluster work."""
 
+import io
 import json
 import os
 import signal
@@ -9,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import PIL.Image
 import pytest
 import ray
 from loopfree_platform.serve.generate import GenerateError, read_records, run_generate
@@ -113,10 +115,11 @@ def test_prompt_formats(tmp_path, tiny_pipeline_dir):
     assert got == [{"id": "c1", "prompt": "a cat", "seed": 99}, {"id": "d2", "prompt": "a dog", "seed": 11}]
 
 
-def test_s3_model_and_s3_output_through_an_endpoint_that_throttles(ray_local, s3_endpoint, tiny_pipeline_dir,
-                                                                    tmp_path, monkeypatch):
+def test_s3_model_and_s3_output_through_an_endpoint_that_throttles_and_cuts(ray_local, s3_endpoint, tiny_pipeline_dir,
+                                                                             tmp_path, monkeypatch):
     """Model read from an s3:// prefix, images and manifest written to s3:// (moto on 127.0.0.1), through a
-    proxy that answers every 5th request with 503 SlowDown: the download and the writes retry."""
+    proxy that spoils every 5th request, in turn answering 503 SlowDown and cutting the transfer half-way:
+    the download and the writes retry, and every image arrives whole."""
     from loopfree_platform import storage
 
     from tests.faults import FaultProxy
@@ -125,16 +128,17 @@ def test_s3_model_and_s3_output_through_an_endpoint_that_throttles(ray_local, s3
     storage.upload_dir(tiny_pipeline_dir, "s3://loopfree-test/models/tiny")
     job = job_dict("s3://loopfree-test/models/tiny", "s3://loopfree-test/generated/parti")
     job["prompts"]["limit"] = 6
-    with FaultProxy(s3_endpoint, every=5) as proxy:
+    with FaultProxy(s3_endpoint, every=5, mode=("503", "cut")) as proxy:
         job["model"]["endpoint_url"] = job["output"]["endpoint_url"] = proxy.url
         result = run_generate(GenerateJob.model_validate(job))
-    assert proxy.injected >= 3, (proxy.injected, proxy.requests)
+    assert proxy.injected >= 3 and {"cut GET", "cut PUT"} <= set(proxy.by_kind), (proxy.by_kind, proxy.requests)
     assert (result.generated, result.total) == (6, 6)
     rows = [json.loads(x) for x in storage.read_bytes("s3://loopfree-test/generated/parti/manifest.jsonl").decode().splitlines()]
     assert [r["id"] for r in rows] == [f"{i:06d}" for i in range(6)]
     images = storage.list_files("s3://loopfree-test/generated/parti/images")
     assert [i.rsplit("/", 1)[1] for i in images] == [f"{i:06d}.png" for i in range(6)]
-    assert storage.read_bytes(images[0])[:8] == b"\x89PNG\r\n\x1a\n"
+    for image in images:  # whole PNGs: each decodes
+        PIL.Image.open(io.BytesIO(storage.read_bytes(image))).load()
 
 
 def test_registry_source_resolves_to_the_aliased_version(tiny_pipeline_dir, tmp_path, monkeypatch):

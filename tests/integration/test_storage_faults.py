@@ -8,6 +8,7 @@ and `download_dir` (models from S3).
 """
 
 import os
+from pathlib import Path
 
 import boto3
 import pytest
@@ -40,17 +41,42 @@ def test_throttled_writes_and_reads_are_retried_and_the_bytes_arrive_whole(s3_en
     assert s3.get_object(Bucket=BUCKET, Key=f"faults/throttled-{every}.bin")["Body"].read() == data
 
 
-def test_throttled_folder_upload_and_download_complete(s3_endpoint, tmp_path):
-    source = tmp_path / "model"
+def model_folder(folder):
     for i in range(6):
-        (source / f"part{i % 2}").mkdir(parents=True, exist_ok=True)
-        (source / f"part{i % 2}" / f"f{i}.bin").write_bytes(payload(50_000 + i))
-    with FaultProxy(s3_endpoint, every=3, mode="503") as proxy:
-        storage.upload_dir(source, f"s3://{BUCKET}/faults/model", proxy.url)
-        storage.download_dir(f"s3://{BUCKET}/faults/model", tmp_path / "copy", proxy.url)
-    assert proxy.injected >= 2
+        (folder / f"part{i % 2}").mkdir(parents=True, exist_ok=True)
+        (folder / f"part{i % 2}" / f"f{i}.bin").write_bytes(payload(50_000 + i))
+    return folder
+
+
+@pytest.mark.parametrize("mode", ["503", "cut"])
+def test_throttled_or_cut_folder_upload_and_download_complete(s3_endpoint, tmp_path, mode):
+    source = model_folder(tmp_path / "model")
+    with FaultProxy(s3_endpoint, every=3, mode=mode) as proxy:
+        storage.upload_dir(source, f"s3://{BUCKET}/faults/model-{mode}", proxy.url)
+        storage.download_dir(f"s3://{BUCKET}/faults/model-{mode}", tmp_path / "copy", proxy.url)
+    assert proxy.injected >= 2, proxy.by_kind
     for f in source.rglob("*.bin"):
         assert (tmp_path / "copy" / f.relative_to(source)).read_bytes() == f.read_bytes()
+
+
+def test_a_folder_upload_whose_transfers_are_always_cut_raises_instead_of_returning_as_done(s3_endpoint, s3,
+                                                                                           tmp_path, monkeypatch):
+    """pyarrow's copy_files (Ray Train's default checkpoint upload) returns without an error here and the
+    objects are simply absent; storage.upload_dir (and so every checkpoint and export) must raise."""
+    import pyarrow.fs as pafs
+
+    monkeypatch.setattr(storage, "S3_ATTEMPTS", 2)
+    source = model_folder(tmp_path / "model")
+    with FaultProxy(s3_endpoint, every=1, mode="cut", methods=("PUT", "POST")) as proxy:
+        fs, _ = storage.filesystem("s3://x", proxy.url)
+        pafs.copy_files(str(source), f"{BUCKET}/faults/copy-files", destination_filesystem=fs)  # "done"
+        with pytest.raises(StorageError, match=f"s3://{BUCKET}/faults/cut-folder"):
+            storage.upload_dir(source, f"s3://{BUCKET}/faults/cut-folder", proxy.url)
+    assert proxy.by_kind.get("cut PUT", 0) >= 6
+    # the reference: the library call above reported success and left no file whole (empty objects in their
+    # place, measured with pyarrow 25.0)
+    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix="faults/copy-files").get("Contents", [])
+    assert [o["Key"] for o in listed if o["Key"].endswith(".bin") and o["Size"] > 0] == []
 
 
 def test_a_download_cut_half_way_is_retried_or_refused_never_returned_half(s3_endpoint, s3):
@@ -91,3 +117,21 @@ def test_an_endpoint_that_always_throttles_fails_with_an_error_naming_the_object
         with pytest.raises(StorageError, match=f"s3://{BUCKET}/faults/there.bin"):
             storage.exists(f"s3://{BUCKET}/faults/there.bin", proxy.url)  # never "missing" for "no answer"
     assert "never.bin" not in str(s3.list_objects_v2(Bucket=BUCKET, Prefix="faults/"))
+
+
+def test_a_checkpoint_upload_reports_only_when_every_file_arrived(s3_endpoint, s3, tmp_path, monkeypatch):
+    """The distillation's checkpoint_upload_fn (instead of Ray Train's copy_files): through a clean endpoint it
+    returns a checkpoint holding the rank's files; through one that cuts every upload it raises, so the rank
+    fails and Ray Train restarts from the last complete checkpoint instead of registering an empty one."""
+    import ray.train
+    from loopfree_platform.distill.checkpoint import uploader
+
+    monkeypatch.setattr(storage, "S3_ATTEMPTS", 2)
+    local = ray.train.Checkpoint.from_directory(str(model_folder(tmp_path / "rank0")))
+    done = uploader(f"s3://{BUCKET}/faults/run", s3_endpoint)(local, "checkpoint_00000002")
+    with done.as_directory() as d:
+        assert sorted(str(p.relative_to(d)) for p in Path(d).rglob("*.bin")) == sorted(
+            str(p.relative_to(local.path)) for p in Path(local.path).rglob("*.bin"))
+    with FaultProxy(s3_endpoint, every=1, mode="cut", methods=("PUT", "POST")) as proxy:
+        with pytest.raises(StorageError, match=f"s3://{BUCKET}/faults/run/checkpoint_00000004"):
+            uploader(f"s3://{BUCKET}/faults/run", proxy.url)(local, "checkpoint_00000004")

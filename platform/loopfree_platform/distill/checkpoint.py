@@ -5,8 +5,9 @@
     ema.safetensors     EMA of the student (rank 0)
     state.json          step, data position (rows consumed) and counters (rank 0)
 
-A resumed run takes the newest checkpoint that every rank can read in full (`verify`): a truncated or
-corrupt latest one falls back to the one before, with a warning (docs/reliability.md).
+Every rank uploads its own files (`uploader`) and reports only once each of them is in storage with its
+size. A resumed run takes the newest checkpoint that every rank can read in full (`verify`): a truncated,
+incomplete or corrupt latest one falls back to the one before, with a warning (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pyarrow.fs as pafs
+import ray.train
 import torch
 from safetensors.torch import load_file, save_file
 
 from loopfree.distiller import Distiller
+from loopfree_platform import storage
 
 
 @dataclass
@@ -49,6 +52,21 @@ def save(directory: Path, distiller: Distiller, student_engine, lora_engine, sta
         state.save(directory)
 
 
+def uploader(run_dir: str, endpoint_url: str | None):
+    """`checkpoint_upload_fn` for `ray.train.report`: this rank's checkpoint files to <run_dir>/<name>.
+
+    Ray Train's own upload is pyarrow's `copy_files`, which returns as if done when an upload still fails
+    after the SDK's retries (the file is simply absent); `storage.upload_dir` raises instead, so the rank
+    fails and Ray Train restarts the group from the last complete checkpoint."""
+    def upload(local: ray.train.Checkpoint, name: str) -> ray.train.Checkpoint:
+        uri = storage.join(run_dir, name)
+        storage.upload_dir(local.path, uri, endpoint_url)
+        fs, path = storage.filesystem(uri, endpoint_url)
+        return ray.train.Checkpoint(path=path, filesystem=fs)
+
+    return upload
+
+
 def restore(directory: Path, distiller: Distiller, student_engine, lora_engine) -> TrainState:
     student_engine.load(str(directory / "student"))
     lora_engine.load(str(directory / "lora"))
@@ -72,8 +90,8 @@ def verify(directory: Path, rank: int) -> str | None:
         load_file(str(directory / "ema.safetensors"))
         for engine in ("student", "lora"):
             shards = sorted((directory / engine / "state").glob("*.pt"))
-            if not shards:
-                return f"{engine}: no DeepSpeed files"
+            if not any(f"zero_pp_rank_{rank}_" in s.name for s in shards):
+                return f"{engine}: no DeepSpeed partition of rank {rank}"
             for shard in shards:
                 own = re.search(r"zero_pp_rank_(\d+)_", shard.name)
                 if own is None or int(own.group(1)) == rank:  # shared files, and this rank's partition

@@ -154,6 +154,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         state = _resume(resume_from, distiller, student_engine, lora_engine, rank)
     batches = _rank_batches(ray.train.get_dataset_shard("train"), job, state.step, distiller.tokenize)
     evaluator = TrainingEvaluator(job, device, rank, world) if job.evaluation else None
+    upload = checkpoint.uploader(job.run_dir(), job.storage.endpoint_url)  # fails loudly, unlike Ray's default
     if evaluator and state.step == 0 and job.evaluation.at_start:  # the curve's starting point: the initial student
         ray.train.report({"step": 0, **evaluator(_export_pipeline(distiller, components))})
 
@@ -203,7 +204,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 with tempfile.TemporaryDirectory() as d:
                     checkpoint.save(Path(d), distiller, student_engine, lora_engine, state, rank)
                     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
-                                     checkpoint_dir_name=f"checkpoint_{step + 1:08d}")
+                                     checkpoint_dir_name=f"checkpoint_{step + 1:08d}", checkpoint_upload_fn=upload)
             else:
                 ray.train.report(metrics)
 
