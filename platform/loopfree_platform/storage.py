@@ -77,12 +77,12 @@ def join(prefix: str, *parts: str) -> str:
 def list_files(uri: str, endpoint_url: str | None = None) -> list[str]:
     """A file URI as itself, a folder URI as the sorted files below it (same scheme as the input)."""
     fs, path = filesystem(uri, endpoint_url)
-    info = fs.get_file_info(path)
+    info = _retried(uri, lambda: fs.get_file_info(path))
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"{uri} does not exist")
     if info.type == pafs.FileType.File:
         return [uri if is_s3(uri) else path]
-    found = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    found = _retried(uri, lambda: fs.get_file_info(pafs.FileSelector(path, recursive=True)))
     files = sorted(f.path for f in found if f.type == pafs.FileType.File and not f.base_name.startswith("."))
     return [("s3://" + f) if is_s3(uri) else f for f in files]
 
