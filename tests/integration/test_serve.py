@@ -172,18 +172,18 @@ def test_a_replica_killed_mid_batch_fails_its_requests_with_a_503_and_serve_repl
     assert generate(url, {"prompts": ["warm"], "seeds": [0]}).status_code == 200
     victim = replica_pid()
     assert victim
-    replica = psutil.Process(victim)
-    with ThreadPoolExecutor(16) as pool:  # enough work that the replica is mid-batch when it dies
-        busy_from = sum(replica.cpu_times()[:2])
+    with ThreadPoolExecutor(16) as pool:  # 16 requests of 4 images: 8 batches of 8, one after another
         futures = [pool.submit(generate, url, {"prompts": [f"p{i}"] * 4, "seeds": [i] * 4}) for i in range(16)]
         deadline = time.monotonic() + 60
-        while sum(replica.cpu_times()[:2]) - busy_from < 0.3:  # it is computing the first batches
-            assert time.monotonic() < deadline, "the replica never started on the requests"
-            time.sleep(0.02)
+        while not any(f.done() for f in futures):  # the first batch is answered: the next ones are queued on it
+            assert time.monotonic() < deadline, "the replica never answered the first batch"
+            time.sleep(0.01)
+        pending = sum(not f.done() for f in futures)
         os.kill(victim, signal.SIGKILL)
         replies = [f.result() for f in futures]
+    assert pending, "every request was answered together: nothing was left for the killed replica"
     failed = [r for r in replies if r.status_code != 200]
-    assert failed, "the replica finished everything before it was killed: nothing was mid-batch"
+    assert failed, f"{pending} requests were in flight at the kill and all succeeded"
     for reply in failed:
         assert reply.status_code == 503 and "model replica failed" in reply.json()["error"], reply.text
     deadline = time.monotonic() + 180
