@@ -4,7 +4,7 @@ MLflow server; the job is sent with `loopfree submit` as a user sends it.
 
 One cluster, one job lineage, a few steps between faults: lose a worker node mid-run (the spare node takes
 its place, as on a cluster with headroom or once an autoscaler or KubeRay has replaced the node), then SIGKILL
-the driver, then resubmit. About 3.5 minutes on 2 cores, so it is its own tier (`-m multinode`), outside
+the driver, then resubmit. 3 to 4 minutes on 2 cores, so it is its own tier (`-m multinode`), outside
 the default run (README, "Tests").
 
 Ray needs its multi-node mode for a second node; in that mode it addresses the GCS by this machine's own
