@@ -110,13 +110,33 @@ def test_parity_two_workers_equal_one_worker_with_the_global_batch(runs, uninter
         assert one[step] == pytest.approx(two[step], rel=1e-4, abs=1e-6), step
 
 
-def test_a_truncated_latest_checkpoint_falls_back_to_the_one_before(runs, uninterrupted, job, capfd):
-    first = job(runs, "fallback", training={"max_steps": 4}, checkpoint={"every_steps": 2})
-    run_distill(first)
-    run_root = Path(first.run_dir())
+@pytest.fixture(scope="module")
+def crashed(runs, job):
+    """A ZeRO-3 run (sharded parameters, gathered EMA, per-rank model shards in the checkpoint) whose worker
+    crashes at step 3: (job, result, its losses as it ended). The fallback test below goes on from its folder."""
+    crashing = job(runs, "crashing", training={"max_steps": 4, "fail_at_step": 3}, checkpoint={"every_steps": 2},
+                   deepspeed={"zero_stage": 3})
+    result = run_distill(crashing)
+    return crashing, result, losses(crashing)
+
+
+def test_crashed_worker_restarts_from_the_last_checkpoint(crashed, uninterrupted):
+    crashing, result, got = crashed
+    reference = losses(uninterrupted[0])
+    assert result.steps == 4 and sorted(got) == [1, 2, 3, 4]  # every step counted once
+    assert storage.exists(storage.join(crashing.run_dir(), "fault_injected"))
+    assert TiUEPipeline.from_pretrained(result.export_dir).config.num_steps == 4
+    for step in range(1, 5):
+        assert got[step] == pytest.approx(reference[step], rel=1e-5, abs=1e-7), step
+
+
+def test_a_truncated_latest_checkpoint_falls_back_to_the_one_before(crashed, uninterrupted, job, runs, capfd):
+    """The crashed run's latest checkpoint (step 4) loses half of a rank's optimizer shard, as an interrupted
+    upload leaves it; the run resumed to step 6 falls back to checkpoint 2."""
+    run_root = Path(crashed[0].run_dir())
     shard = sorted((run_root / "checkpoint_00000004" / "student" / "state").glob("*optim_states.pt"))[-1]
-    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # an interrupted upload
-    again = job(runs, "fallback", training={"max_steps": 6}, checkpoint={"every_steps": 2})
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    again = job(runs, "crashing", training={"max_steps": 6}, checkpoint={"every_steps": 2}, deepspeed={"zero_stage": 3})
     result = run_distill(again)
     assert result.steps == 6
     captured = capfd.readouterr()
@@ -125,19 +145,6 @@ def test_a_truncated_latest_checkpoint_falls_back_to_the_one_before(runs, uninte
     assert sorted(resumed) == [1, 2, 3, 4, 5, 6]  # each step once in the run's metrics
     for step in (3, 4, 5, 6):  # resumed from checkpoint 2: steps 3-6 exactly as in the uninterrupted run
         assert resumed[step] == pytest.approx(reference[step], rel=1e-5, abs=1e-7), step
-
-
-def test_crashed_worker_restarts_from_the_last_checkpoint(runs, uninterrupted, job):
-    # ZeRO-3 here: sharded parameters, gathered EMA, per-rank model shards in the checkpoint
-    crashing = job(runs, "crashing", training={"max_steps": 6, "fail_at_step": 3}, checkpoint={"every_steps": 2},
-                   deepspeed={"zero_stage": 3})
-    result = run_distill(crashing)
-    got, reference = losses(crashing), losses(uninterrupted[0])
-    assert result.steps == 6 and sorted(got) == [1, 2, 3, 4, 5, 6]  # every step counted once
-    assert storage.exists(storage.join(crashing.run_dir(), "fault_injected"))
-    assert TiUEPipeline.from_pretrained(result.export_dir).config.num_steps == 4
-    for step in range(1, 7):
-        assert got[step] == pytest.approx(reference[step], rel=1e-5, abs=1e-7), step
 
 
 def test_s3_smoke_job_with_bad_records_and_a_nan_step_through_an_endpoint_that_throttles_and_cuts(
