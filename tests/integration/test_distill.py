@@ -110,12 +110,15 @@ def test_parity_two_workers_equal_one_worker_with_the_global_batch(runs, uninter
         assert one[step] == pytest.approx(two[step], rel=1e-4, abs=1e-6), step
 
 
+# The crashed-worker run and the fallback run that goes on from its folder: the same run, so the same sections.
+CRASHING = {"checkpoint": {"every_steps": 2}, "deepspeed": {"zero_stage": 3}}
+
+
 @pytest.fixture(scope="module")
 def crashed(runs, job):
     """A ZeRO-3 run (sharded parameters, gathered EMA, per-rank model shards in the checkpoint) whose worker
     crashes at step 3: (job, result, its losses as it ended). The fallback test below goes on from its folder."""
-    crashing = job(runs, "crashing", training={"max_steps": 4, "fail_at_step": 3}, checkpoint={"every_steps": 2},
-                   deepspeed={"zero_stage": 3})
+    crashing = job(runs, "crashing", training={"max_steps": 4, "fail_at_step": 3}, **CRASHING)
     result = run_distill(crashing)
     return crashing, result, losses(crashing)
 
@@ -136,7 +139,7 @@ def test_a_truncated_latest_checkpoint_falls_back_to_the_one_before(crashed, uni
     run_root = Path(crashed[0].run_dir())
     shard = sorted((run_root / "checkpoint_00000004" / "student" / "state").glob("*optim_states.pt"))[-1]
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
-    again = job(runs, "crashing", training={"max_steps": 6}, checkpoint={"every_steps": 2}, deepspeed={"zero_stage": 3})
+    again = job(runs, "crashing", training={"max_steps": 6}, **CRASHING)
     result = run_distill(again)
     assert result.steps == 6
     captured = capfd.readouterr()
