@@ -83,13 +83,13 @@ def main() -> int:
             break
         logs = distill_local(distiller, batches, args.eval_every, seed=0, engines=engines, start_step=step)
         step += args.eval_every
-        print("  last losses: " + ", ".join(f"{k} {logs[-1][k]:.4g}" for k in ("loss_vsd", "loss_kl", "loss_lora")), flush=True)
+        print("  last losses: " + ", ".join(f"{k} {logs[-1][k]:.4g}" for k in ("loss_vsd", "loss_kl", "loss_fake_score")), flush=True)
 
     fd_four = frechet_distance(four_step, reference)
     lines = [f"# Does the objective learn? Tiny preset, {args.mode} student vs. the teacher's 50-step samples", "",
              f"Fréchet distance between pooled final latents (64-d) of {args.samples} samples, same prompts and seeds; "
              "lower is closer to the teacher's 50-step DDIM + CFG "
-             f"{config.guidance_scale} distribution. Student lr {args.student_lr}, LoRA lr {config.lora_lr}, batch "
+             f"{config.guidance_scale} distribution. Student lr {args.student_lr}, LoRA lr {config.fake_score_lr}, batch "
              f"{args.batch_size}, other settings docs/method.md defaults. Reference point: the teacher itself with 4 DDIM "
              f"steps + CFG scores **{fd_four:.4f}**; a second set of 50-step teacher samples with other seeds (the "
              f"noise floor of this measure) scores **{floor:.4f}**.", "",

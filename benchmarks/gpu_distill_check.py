@@ -83,7 +83,7 @@ def one_config(args, stage: int, checkpointing: bool, device: torch.device) -> d
     # Not wrapped: text_states (called again, cached, inside the turns); the text encoder's time is in "other".
     for obj, method, phase in [(distiller, "student_turn", "student turn"),
                                (student_engine, "backward", "student turn"), (distiller, "sample_x0", "fake-score turn"),
-                               (distiller, "lora_teacher_turn", "fake-score turn"), (fake_engine, "backward", "fake-score turn"),
+                               (distiller, "fake_score_turn", "fake-score turn"), (fake_engine, "backward", "fake-score turn"),
                                (student_engine, "step", "optimizers + EMA"), (fake_engine, "step", "optimizers + EMA"),
                                (distiller, "update_ema", "optimizers + EMA")]:
         timer.wrap(obj, method, phase)

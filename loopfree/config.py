@@ -15,6 +15,10 @@ from loopfree.losses import KL_REDUCTIONS, VSD_WEIGHTINGS
 from loopfree.schedule import MODES, SPACINGS, check_timesteps
 
 FAKE_SCORES = ("lora", "full")
+# Keys renamed because they train the fake score whether it is a LoRA or a full copy (docs/jobs.md).
+RENAMED = {"lora_lr": "fake_score_lr", "lora_warmup_steps": "fake_score_warmup_steps",
+           "lora_adam_betas": "fake_score_adam_betas", "lora_t_min": "fake_score_t_min",
+           "lora_t_max": "fake_score_t_max", "lora_prompt_dropout": "fake_score_prompt_dropout"}
 
 
 @dataclass(frozen=True)
@@ -38,17 +42,17 @@ class DistillConfig:
     lora_rank: int = 64
     lora_alpha: float = 108.0
     lora_target_modules: tuple[str, ...] = ("to_q", "to_v")
-    lora_t_min: int = 0
-    lora_t_max: int = 999
-    lora_prompt_dropout: float = 0.1
+    fake_score_t_min: int = 0
+    fake_score_t_max: int = 999
+    fake_score_prompt_dropout: float = 0.1
     # optimisation (3.4, 3.5): Adam, learning rates constant after an optional linear warm-up, grad-norm
-    # clipping. The lora_* fields train the fake score, LoRA or full copy.
+    # clipping. The fake_score_* fields train the fake score, LoRA or full copy; lora_* shape the LoRA only.
     student_lr: float = 1e-6
-    lora_lr: float = 1e-3
+    fake_score_lr: float = 1e-3
     student_warmup_steps: int = 0
-    lora_warmup_steps: int = 0
+    fake_score_warmup_steps: int = 0
     student_adam_betas: tuple[float, float] = (0.9, 0.999)
-    lora_adam_betas: tuple[float, float] = (0.9, 0.999)
+    fake_score_adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -62,8 +66,10 @@ class DistillConfig:
             raise ValueError("invalid DistillConfig: " + "; ".join(errors))
 
     def _errors(self):
-        if self.extra:
-            yield f"unknown keys {sorted(self.extra)}"
+        for old in sorted(set(self.extra) & set(RENAMED)):
+            yield f"{old} was renamed: use {RENAMED[old]}"
+        if set(self.extra) - set(RENAMED):
+            yield f"unknown keys {sorted(set(self.extra) - set(RENAMED))}"
         if self.mode not in MODES:
             yield f"mode must be one of {MODES}, got {self.mode!r}"
         if self.spacing not in (*SPACINGS, "custom"):
@@ -85,31 +91,31 @@ class DistillConfig:
         for name in ("fake_score_updates",):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 yield f"{name} must be an integer >= 1, got {getattr(self, name)!r}"
-        for name in ("student_warmup_steps", "lora_warmup_steps"):
+        for name in ("student_warmup_steps", "fake_score_warmup_steps"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
                 yield f"{name} must be an integer >= 0, got {getattr(self, name)!r}"
         if self.fake_guidance_scale is not None and (not _is_number(self.fake_guidance_scale) or self.fake_guidance_scale < 0):
             yield f"fake_guidance_scale must be a number >= 0 or null, got {self.fake_guidance_scale!r}"
-        for lo, hi in (("vsd_t_min", "vsd_t_max"), ("lora_t_min", "lora_t_max")):
+        for lo, hi in (("vsd_t_min", "vsd_t_max"), ("fake_score_t_min", "fake_score_t_max")):
             a, b = getattr(self, lo), getattr(self, hi)
             if not (_is_int(a) and _is_int(b) and 0 <= a <= b <= 999):
                 yield f"{lo}/{hi} must be integers with 0 <= {lo} <= {hi} <= 999, got {a!r}/{b!r}"
         if self.kl_reduction not in KL_REDUCTIONS:
             yield f"kl_reduction must be one of {KL_REDUCTIONS}, got {self.kl_reduction!r}"
-        if not 0 <= self.lora_prompt_dropout <= 1:
-            yield f"lora_prompt_dropout must be in [0, 1], got {self.lora_prompt_dropout!r}"
+        if not 0 <= self.fake_score_prompt_dropout <= 1:
+            yield f"fake_score_prompt_dropout must be in [0, 1], got {self.fake_score_prompt_dropout!r}"
         if not 0 <= self.ema_decay < 1:
             yield f"ema_decay must be in [0, 1), got {self.ema_decay!r}"
         if not _is_int(self.lora_rank) or self.lora_rank < 1:
             yield f"lora_rank must be an integer >= 1, got {self.lora_rank!r}"
         if not self.lora_target_modules:
             yield "lora_target_modules must name at least one module"
-        for name in ("student_lr", "lora_lr", "adam_eps", "grad_clip", "lora_alpha"):
+        for name in ("student_lr", "fake_score_lr", "adam_eps", "grad_clip", "lora_alpha"):
             if not isinstance(getattr(self, name), (int, float)) or getattr(self, name) <= 0:
                 yield f"{name} must be a positive number, got {getattr(self, name)!r}"
         if self.lambda_kl < 0 or self.weight_decay < 0 or self.guidance_scale < 0:
             yield "lambda_kl, weight_decay and guidance_scale must be >= 0"
-        for name in ("student_adam_betas", "lora_adam_betas"):
+        for name in ("student_adam_betas", "fake_score_adam_betas"):
             betas = getattr(self, name)
             if not isinstance(betas, tuple) or len(betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in betas):
                 yield f"{name} must be two numbers in [0, 1), got {betas!r}"

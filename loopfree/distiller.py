@@ -20,7 +20,7 @@ from peft import LoraConfig
 from torch import nn
 
 from loopfree.config import DistillConfig
-from loopfree.losses import add_noise, cfg, kl_loss, lora_teacher_loss, vsd_loss
+from loopfree.losses import add_noise, cfg, kl_loss, fake_score_loss, vsd_loss
 from loopfree.presets import Components
 from loopfree.rng import IterationRNG
 from loopfree.schedule import plan_for
@@ -174,21 +174,21 @@ class Distiller(nn.Module):
         z = rng.randn(self._latent_shape(), self.alphas_cumprod.device)  # (B, C, H, W)
         return self.student(z.to(dtype), self.text_states(batch).to(dtype))[0]
 
-    def lora_teacher_turn(self, x0_detached: torch.Tensor, batch: dict, rng: IterationRNG):
+    def fake_score_turn(self, x0_detached: torch.Tensor, batch: dict, rng: IterationRNG):
         """Step 5: denoising loss of the fake score on stopgrad(x0); the whole batch drops to the empty
-        prompt with probability lora_prompt_dropout. Gradients reach only the fake score's weights."""
+        prompt with probability fake_score_prompt_dropout. Gradients reach only the fake score's weights."""
         cfg_ = self.config
         text = self.text_states(batch)
-        if rng.shared_uniform() < cfg_.lora_prompt_dropout:
+        if rng.shared_uniform() < cfg_.fake_score_prompt_dropout:
             text = self.uncond_text.expand_as(text)
         device = self.alphas_cumprod.device
-        t = rng.randint(cfg_.lora_t_min, cfg_.lora_t_max, device)
+        t = rng.randint(cfg_.fake_score_t_min, cfg_.fake_score_t_max, device)
         alpha_bar_t = self.alphas_cumprod[t]
         eps = rng.randn(x0_detached.shape[1:], device)
         fake = self.fake_score
         x_t = add_noise(x0_detached.detach(), eps, alpha_bar_t).to(fake.dtype)
         eps_fake = fake(x_t, t, encoder_hidden_states=text.to(fake.dtype)).sample
-        return lora_teacher_loss(eps_fake, eps, alpha_bar_t)
+        return fake_score_loss(eps_fake, eps, alpha_bar_t)
 
     # -- EMA and export ------------------------------------------------------------------------
     def update_ema(self) -> None:

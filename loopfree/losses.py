@@ -84,9 +84,9 @@ def kl_loss(eps_all: torch.Tensor, lambda_kl: float = 0.1, reduction: str = "sum
     return loss, {"loss_kl": loss.detach(), "kl_mean_per_map": kl.mean().detach()}
 
 
-def lora_teacher_loss(eps_fake: torch.Tensor, eps: torch.Tensor, alpha_bar_t: torch.Tensor):
+def fake_score_loss(eps_fake: torch.Tensor, eps: torch.Tensor, alpha_bar_t: torch.Tensor):
     """Denoising loss of the fake score (the LoRA teacher, or a full copy) on the student's samples
-    (docs/method.md, "Training", step 5): L_lora = mean(a_t * (eps_fake(x_t, t, c) - eps)^2)."""
+    (docs/method.md, "Training", step 5): L_fake = mean(a_t * (eps_fake(x_t, t, c) - eps)^2)."""
     with fp32(eps.device):
         loss = (_per_sample(alpha_bar_t) * (eps_fake.float() - eps.float()).square()).mean()
-    return loss, {"loss_lora": loss.detach()}
+    return loss, {"loss_fake_score": loss.detach()}

@@ -64,7 +64,7 @@ class LocalEngine:
 def local_engines(distiller: Distiller) -> tuple[LocalEngine, LocalEngine]:
     cfg = distiller.config
     return (LocalEngine(distiller.student_parameters(), cfg.student_lr, cfg.student_adam_betas, cfg),
-            LocalEngine(distiller.fake_score_parameters(), cfg.lora_lr, cfg.lora_adam_betas, cfg))
+            LocalEngine(distiller.fake_score_parameters(), cfg.fake_score_lr, cfg.fake_score_adam_betas, cfg))
 
 
 def warmup_lr(base_lr: float, step: int, warmup_steps: int) -> float:
@@ -72,13 +72,13 @@ def warmup_lr(base_lr: float, step: int, warmup_steps: int) -> float:
     return base_lr if warmup_steps <= 0 else base_lr * min(1.0, (step + 1) / warmup_steps)
 
 
-def train_iteration(distiller: Distiller, student_engine: Engine, lora_engine: Engine, batch: dict,
+def train_iteration(distiller: Distiller, student_engine: Engine, fake_score_engine: Engine, batch: dict,
                     rng: IterationRNG, step: int = 0) -> dict[str, float]:
     cfg = distiller.config
     # 0. text states once per iteration, shared by both turns; learning rates of this step (warm-up)
     batch = {**batch, "text_states": distiller.text_states(batch)}
     student_engine.set_lr(warmup_lr(cfg.student_lr, step, cfg.student_warmup_steps))
-    lora_engine.set_lr(warmup_lr(cfg.lora_lr, step, cfg.lora_warmup_steps))
+    fake_score_engine.set_lr(warmup_lr(cfg.fake_score_lr, step, cfg.fake_score_warmup_steps))
     # 1-3. student turn: x0 and eps_all with gradient; VSD (teacher vs fake score, both no-grad) + KL
     turn = distiller.student_turn(batch, rng)
     # 4. student update
@@ -86,23 +86,23 @@ def train_iteration(distiller: Distiller, student_engine: Engine, lora_engine: E
     student = student_engine.step()
     # 5. fake-score updates: the first on stopgrad(x0) of this iteration (drawn before the student step, as
     #    in the paper); any further ones (DMD2's two time-scale rule) on fresh samples of the updated student
-    lora_skipped, lora_overflow, lora_logs = 0.0, 0.0, {}
+    fake_skipped, fake_overflow, fake_logs = 0.0, 0.0, {}
     for i in range(cfg.fake_score_updates):
         x0 = turn.x0.detach() if i == 0 else distiller.sample_x0(batch, rng)
-        lora_loss, lora_logs = distiller.lora_teacher_turn(x0, batch, rng)
-        lora_engine.backward(lora_loss)
-        lora = lora_engine.step()
-        lora_skipped += lora["skipped"]
-        lora_overflow += lora.get("overflow", 0.0)
+        fake_loss, fake_logs = distiller.fake_score_turn(x0, batch, rng)
+        fake_score_engine.backward(fake_loss)
+        fake = fake_score_engine.step()
+        fake_skipped += fake["skipped"]
+        fake_overflow += fake.get("overflow", 0.0)
     # 6. EMA of the student (on full parameters, gathered if ZeRO-3 shards them)
     with student_engine.gathered_parameters():
         distiller.update_ema()
-    logs = {k: float(v) for k, v in {**turn.logs, **lora_logs}.items()}
+    logs = {k: float(v) for k, v in {**turn.logs, **fake_logs}.items()}
     return {**logs, "loss_student": float(turn.loss.detach()), "grad_norm_student": student["grad_norm"],
-            "grad_norm_lora": lora["grad_norm"], "skipped": student["skipped"] + lora_skipped,
-            "overflow": student.get("overflow", 0.0) + lora_overflow,
+            "grad_norm_fake_score": fake["grad_norm"], "skipped": student["skipped"] + fake_skipped,
+            "overflow": student.get("overflow", 0.0) + fake_overflow,
             **({"loss_scale_student": student["loss_scale"]} if "loss_scale" in student else {}),
-            **({"loss_scale_lora": lora["loss_scale"]} if "loss_scale" in lora else {})}
+            **({"loss_scale_fake_score": fake["loss_scale"]} if "loss_scale" in fake else {})}
 
 
 def cycle_batches(input_ids: torch.Tensor, batch_size: int) -> Iterator[dict]:
@@ -115,9 +115,9 @@ def cycle_batches(input_ids: torch.Tensor, batch_size: int) -> Iterator[dict]:
 def distill_local(distiller: Distiller, batches: Iterable[dict], iterations: int, seed: int = 0,
                   engines: tuple[Engine, Engine] | None = None, start_step: int = 0) -> list[dict[str, float]]:
     """Single-process distillation with plain torch optimizers; returns the logs of every iteration."""
-    student_engine, lora_engine = engines or local_engines(distiller)
+    student_engine, fake_score_engine = engines or local_engines(distiller)
     history = []
     for step, batch in zip(range(start_step, start_step + iterations), batches):
         rng = IterationRNG(seed, step, 0, len(batch["input_ids"]))
-        history.append(train_iteration(distiller, student_engine, lora_engine, batch, rng, step))
+        history.append(train_iteration(distiller, student_engine, fake_score_engine, batch, rng, step))
     return history

@@ -199,7 +199,7 @@ def training_row(name: str, student: dict[str, Any]) -> str:
             if line.strip()]
     step = sum(r["step_time_s"] for r in rows) / max(len(rows), 1)
     last = rows[-1] if rows else {}
-    losses = ", ".join(f"{k} {last[k]:.4f}" for k in ("loss_vsd", "loss_kl", "loss_lora") if k in last)
+    losses = ", ".join(f"{k} {last[k]:.4f}" for k in ("loss_vsd", "loss_kl", "loss_fake_score") if k in last)
     return (f"| {name} | {student['steps']} | {student['wall_s']:.0f} | {last.get('worker_startup_s', 0):.0f} "
             f"| {step:.3f} | {losses} |")
 

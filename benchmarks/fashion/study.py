@@ -26,31 +26,31 @@ TEACHER = Path("models/fashion-teacher")
 CLASSIFIER = Path("models/fashion-classifier")
 # The quickstart's small-model settings (student lr 1e-4: a 3M-parameter UNet needs a larger step than the
 # paper's 1e-6 for 865M; EMA 0.99 for a few thousand steps) with the paper's LoRA (rank 64, alpha 108).
-BASE = dict(num_steps=4, spacing="leading", lambda_kl=0.1, student_lr=1e-4, lora_lr=1e-3, lora_rank=64,
+BASE = dict(num_steps=4, spacing="leading", lambda_kl=0.1, student_lr=1e-4, fake_score_lr=1e-3, lora_rank=64,
             lora_alpha=108.0, ema_decay=0.99)
 RECIPES: dict[str, dict] = {
     "init": {},  # run with --steps 0: the initial student (the teacher's UNet in the TiUE pipeline)
     "paper": {},
     "ttur5": {"fake_score_updates": 5},
-    "full": {"fake_score": "full", "lora_lr": 1e-4},
+    "full": {"fake_score": "full", "fake_score_lr": 1e-4},
     "guid2-1": {"guidance_scale": 2.0, "fake_guidance_scale": 1.0},
     "x0err": {"vsd_weighting": "x0_error"},
-    "warmup": {"student_warmup_steps": 200, "lora_warmup_steps": 200},
-    "full-ttur5-guid2-1": {"fake_score": "full", "lora_lr": 1e-4, "fake_score_updates": 5, "guidance_scale": 2.0,
+    "warmup": {"student_warmup_steps": 200, "fake_score_warmup_steps": 200},
+    "full-ttur5-guid2-1": {"fake_score": "full", "fake_score_lr": 1e-4, "fake_score_updates": 5, "guidance_scale": 2.0,
                            "fake_guidance_scale": 1.0},
-    "full-ttur5-guid2-1-x0err": {"fake_score": "full", "lora_lr": 1e-4, "fake_score_updates": 5, "guidance_scale": 2.0,
+    "full-ttur5-guid2-1-x0err": {"fake_score": "full", "fake_score_lr": 1e-4, "fake_score_updates": 5, "guidance_scale": 2.0,
                                  "fake_guidance_scale": 1.0, "vsd_weighting": "x0_error"},
     # SiD-LSG (Zhou et al. 2024) reports its best COCO FID at guidance 1.5, not 4.5: milder teacher guidance
     # is the usual lever for diversity (recall), which guidance 2 left at 0.085 here.
-    "full-ttur5-guid1.5-1-x0err": {"fake_score": "full", "lora_lr": 1e-4, "fake_score_updates": 5,
+    "full-ttur5-guid1.5-1-x0err": {"fake_score": "full", "fake_score_lr": 1e-4, "fake_score_updates": 5,
                                    "guidance_scale": 1.5, "fake_guidance_scale": 1.0, "vsd_weighting": "x0_error"},
     "sb-paper": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0},
     # The paper's SwiftBrush recipe (its best alignment so far) plus the normalisation that helped TiUE most.
     "sb-x0err": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0, "vsd_weighting": "x0_error"},
     "sb-full-ttur5-guid2-1": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0, "fake_score": "full",
-                              "lora_lr": 1e-4, "fake_score_updates": 5, "guidance_scale": 2.0, "fake_guidance_scale": 1.0},
+                              "fake_score_lr": 1e-4, "fake_score_updates": 5, "guidance_scale": 2.0, "fake_guidance_scale": 1.0},
     "sb-full-ttur5-guid2-1-x0err": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0, "fake_score": "full",
-                                    "lora_lr": 1e-4, "fake_score_updates": 5, "guidance_scale": 2.0,
+                                    "fake_score_lr": 1e-4, "fake_score_updates": 5, "guidance_scale": 2.0,
                                     "fake_guidance_scale": 1.0, "vsd_weighting": "x0_error"},
 }
 

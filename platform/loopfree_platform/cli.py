@@ -147,7 +147,7 @@ def _distill(args: argparse.Namespace) -> int:
     if code is not None:
         return code
     result, throughput = out
-    shown = ", ".join(f"{k} {result.metrics[k]:.3g}" for k in ("loss_vsd", "loss_lora", "eval/fid")
+    shown = ", ".join(f"{k} {result.metrics[k]:.3g}" for k in ("loss_vsd", "loss_fake_score", "eval/fid")
                       if isinstance(result.metrics.get(k), (int, float)))
     speed = f", {throughput * job.scaling.global_batch_size:.2f} samples/s" if throughput else ""
     print(f"distilled {result.steps} steps in {duration(time.perf_counter() - start)}{speed}"

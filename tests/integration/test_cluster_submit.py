@@ -124,7 +124,7 @@ def test_the_readme_commands_stopped_and_resubmitted_resume_one_run_with_the_upl
     run = runs[0]
     assert sorted({m.step for m in client.get_metric_history(run.info.run_id, "train/loss_vsd")}) == list(range(1, 9))
     assert run.data.params["scaling.num_workers"] == "2" and run.data.params["method.lambda_kl"] == "0.1"
-    for key in ("train/loss_kl", "train/loss_lora", "train/grad_norm_student", "train/lr_student", "perf/samples_per_s"):
+    for key in ("train/loss_kl", "train/loss_fake_score", "train/grad_norm_student", "train/lr_student", "perf/samples_per_s"):
         assert len(client.get_metric_history(run.info.run_id, key)) >= 8, key
     assert "perf/first_batch_s" not in run.data.metrics and "perf.first_batch_s" in run.data.tags
     # Credentials in the environment never reach MLflow params, tags, the logged job or the job's logs.

@@ -23,7 +23,7 @@ from loopfree.presets import tiny
 from tests.faults import FaultProxy
 
 ROOT = Path(__file__).resolve().parents[2]
-LOSSES = ("loss_vsd", "loss_kl", "loss_lora", "grad_norm_student")
+LOSSES = ("loss_vsd", "loss_kl", "loss_fake_score", "grad_norm_student")
 EVAL_PROMPTS = ["a photo of a sneaker", "a photo of a bag", "a photo of a dress", "a photo of a coat"]
 # Each test runs one to three TorchTrainer jobs.
 pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.timeout(600)]

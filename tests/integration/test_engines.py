@@ -131,7 +131,7 @@ def test_verify_accepts_a_whole_checkpoint_and_names_what_is_wrong_with_a_trunca
 
     for step in (2, 4):
         d = tmp_path / "run" / f"checkpoint_{step:08d}"
-        for name in ("student", "lora"):
+        for name in ("student", "fake_score"):
             engine = make_engine("fp32")
             _train(engine, 1)
             engine.save(str(d / name))

@@ -69,7 +69,7 @@ def test_teacher_mode_equals_untouched_base_and_lora_teacher_starts_equal(distil
 @pytest.mark.integration  # slow: several distillation turns on the tiny model
 def test_teacher_base_never_changes_and_turns_touch_only_their_network(distiller):
     d, _ = distiller
-    student_engine, lora_engine = local_engines(d)
+    student_engine, fake_score_engine = local_engines(d)
     b, g = batch(d), IterationRNG(0, 0, 0, 2)
     base0, lora0, student0 = snapshot(base_params(d)), snapshot(d.fake_score_parameters()), snapshot(d.student_parameters())
 
@@ -80,13 +80,13 @@ def test_teacher_base_never_changes_and_turns_touch_only_their_network(distiller
     assert not same(student0, d.student_parameters())
 
     student1 = snapshot(d.student_parameters())  # LoRA step alone: student and base unchanged
-    loss, _ = d.lora_teacher_turn(turn.x0.detach(), b, g)
-    lora_engine.backward(loss)
-    lora_engine.step()
+    loss, _ = d.fake_score_turn(turn.x0.detach(), b, g)
+    fake_score_engine.backward(loss)
+    fake_score_engine.step()
     assert same(student1, d.student_parameters()) and same(base0, base_params(d))
     assert not same(lora0, d.fake_score_parameters())
 
-    distill_local(d, [b] * 3, 3, engines=(student_engine, lora_engine))
+    distill_local(d, [b] * 3, 3, engines=(student_engine, fake_score_engine))
     assert same(base0, base_params(d))
 
 
@@ -124,12 +124,12 @@ def test_guidance_on_both_branches(distiller):
 
 
 def test_prompt_dropout_uses_the_empty_prompt(tiny_components):
-    d, _ = make(tiny_components, lora_prompt_dropout=1.0)
+    d, _ = make(tiny_components, fake_score_prompt_dropout=1.0)
     x0 = torch.randn(2, 4, 8, 8)
-    dropped, _ = d.lora_teacher_turn(x0, batch(d), IterationRNG(0, 5, 0, 2))
-    d.config = DistillConfig(**SMALL_LORA, lora_prompt_dropout=0.0)
-    explicit, _ = d.lora_teacher_turn(x0, {"text_states": d.uncond_text.expand(2, -1, -1)}, IterationRNG(0, 5, 0, 2))
-    kept, _ = d.lora_teacher_turn(x0, batch(d), IterationRNG(0, 5, 0, 2))
+    dropped, _ = d.fake_score_turn(x0, batch(d), IterationRNG(0, 5, 0, 2))
+    d.config = DistillConfig(**SMALL_LORA, fake_score_prompt_dropout=0.0)
+    explicit, _ = d.fake_score_turn(x0, {"text_states": d.uncond_text.expand(2, -1, -1)}, IterationRNG(0, 5, 0, 2))
+    kept, _ = d.fake_score_turn(x0, batch(d), IterationRNG(0, 5, 0, 2))
     dropped, explicit, kept = (float(x.detach()) for x in (dropped, explicit, kept))
     assert dropped == pytest.approx(explicit, rel=1e-6)
     assert kept != pytest.approx(explicit, rel=1e-6)
@@ -168,11 +168,11 @@ def test_nonfinite_gradients_skip_the_step():
         ({"spacing": "custom", "timesteps": (100, 500)}, "timesteps"),
         ({"vsd_t_min": 990, "vsd_t_max": 980}, "vsd_t_min"),
         ({"kl_reduction": "max"}, "kl_reduction"),
-        ({"lora_prompt_dropout": 1.5}, "lora_prompt_dropout"),
+        ({"fake_score_prompt_dropout": 1.5}, "fake_score_prompt_dropout"),
         ({"student_lr": 0}, "student_lr"),
         ({"ema_decay": 1.0}, "ema_decay"),
         ({"student_adam_betas": (0.9,)}, "student_adam_betas"),
-        ({"lora_adam_betas": (0.9, 1.0)}, "lora_adam_betas"),
+        ({"fake_score_adam_betas": (0.9, 1.0)}, "fake_score_adam_betas"),
         ({"spacing": "custom", "timesteps": (999, 500)}, "num_steps is 4"),
         ({"fake_score": "half"}, "fake_score"),
         ({"fake_score_updates": 0}, "fake_score_updates"),
@@ -192,7 +192,7 @@ def test_config_from_dict_rejects_unknown_keys_and_round_trips():
     cfg = DistillConfig.from_dict({"lora_target_modules": ["to_q", "to_k", "to_v"], "num_steps": 2})
     assert cfg.lora_target_modules == ("to_q", "to_k", "to_v")
     assert DistillConfig.from_dict(cfg.to_dict()) == cfg
-    assert DistillConfig().student_lr == 1e-6 and DistillConfig().lora_lr == 1e-3 and DistillConfig().guidance_scale == 4.5
+    assert DistillConfig().student_lr == 1e-6 and DistillConfig().fake_score_lr == 1e-3 and DistillConfig().guidance_scale == 4.5
 
 
 def test_nonfinite_gradient_with_finite_loss_is_skipped():

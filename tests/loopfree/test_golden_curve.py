@@ -18,7 +18,7 @@ from loopfree.presets import tiny
 from loopfree.training import cycle_batches, distill_local
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "losses"
-KEYS = ("loss_vsd", "loss_kl", "loss_lora", "vsd_g_norm", "grad_norm_student", "grad_norm_lora")
+KEYS = ("loss_vsd", "loss_kl", "loss_fake_score", "vsd_g_norm", "grad_norm_student", "grad_norm_fake_score")
 PROMPTS = ["a photo of a cat", "a red sneaker", "a bowl of fruit", "a lighthouse at dusk"]
 
 

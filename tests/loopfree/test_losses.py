@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from loopfree.losses import add_noise, cfg, kl_loss, lora_teacher_loss, vsd_loss
+from loopfree.losses import add_noise, cfg, kl_loss, fake_score_loss, vsd_loss
 
 
 def test_vsd_gradient_is_g_over_n():
@@ -91,9 +91,9 @@ def test_lora_loss_weighting_by_alpha_bar():
     eps = torch.zeros(3, 1, 2, 2)
     eps_lora = torch.stack([torch.full((1, 2, 2), v) for v in (1.0, 2.0, 3.0)])  # squared errors 1, 4, 9
     a = torch.tensor([0.5, 0.25, 0.1])
-    loss, logs = lora_teacher_loss(eps_lora, eps, a)
+    loss, logs = fake_score_loss(eps_lora, eps, a)
     assert float(loss) == pytest.approx((0.5 * 1 + 0.25 * 4 + 0.1 * 9) / 3)
-    assert float(logs["loss_lora"]) == float(loss)
+    assert float(logs["loss_fake_score"]) == float(loss)
 
 
 def test_cfg_and_add_noise():

@@ -85,8 +85,8 @@ def test_guidance_scale_one_is_the_conditional_prediction_alone(tiny_components)
 
 @pytest.mark.integration  # slow: 5 training iterations
 def test_warmup_and_betas_reach_the_optimizers(tiny_components):
-    d = make(tiny_components, student_lr=1e-4, lora_lr=1e-3, student_warmup_steps=4, lora_warmup_steps=2,
-             student_adam_betas=(0.0, 0.99), lora_adam_betas=(0.5, 0.9))
+    d = make(tiny_components, student_lr=1e-4, fake_score_lr=1e-3, student_warmup_steps=4, fake_score_warmup_steps=2,
+             student_adam_betas=(0.0, 0.99), fake_score_adam_betas=(0.5, 0.9))
     student_engine, fake_engine = local_engines(d)
     assert student_engine.optimizer.param_groups[0]["betas"] == (0.0, 0.99)
     assert fake_engine.optimizer.param_groups[0]["betas"] == (0.5, 0.9)
@@ -105,7 +105,7 @@ def test_student_samples_move_from_the_fake_score_toward_the_teacher(tiny_compon
     constant `offset`, so the fake places data sqrt((1 - a) / a) * offset lower (x0 space) than the teacher.
     Student updates must move its samples by +offset on average. Swapping teacher and fake score where the
     Distiller computes the VSD gradient reverses the direction and fails this test."""
-    d = make(tiny_components, fake_score="full", student_lr=1e-3, lora_lr=1e-12, ema_decay=0.0)
+    d = make(tiny_components, fake_score="full", student_lr=1e-3, fake_score_lr=1e-12, ema_decay=0.0)
     with torch.no_grad():
         d.fake_unet.conv_out.bias.add_(offset)
     probe = {"input_ids": d.tokenize(PROMPTS)}

@@ -1,7 +1,7 @@
 """Checkpoint layout of a distillation run (one Ray Train checkpoint directory, merged from all ranks):
 
     student/state/...   DeepSpeed shards of the student and its optimizer (every rank writes its own)
-    lora/state/...      the same for the shared UNet (LoRA weights) and the LoRA optimizer
+    fake_score/state/... the same for the fake score (LoRA weights on the shared UNet, or the full copy) and its optimizer
     ema.safetensors     EMA of the student (rank 0)
     state.json          step, data position (rows consumed) and counters (rank 0)
 
@@ -43,9 +43,9 @@ class TrainState:
         return cls(**json.loads((directory / "state.json").read_text()))
 
 
-def save(directory: Path, distiller: Distiller, student_engine, lora_engine, state: TrainState, rank: int) -> None:
+def save(directory: Path, distiller: Distiller, student_engine, fake_score_engine, state: TrainState, rank: int) -> None:
     student_engine.save(str(directory / "student"))
-    lora_engine.save(str(directory / "lora"))
+    fake_score_engine.save(str(directory / "fake_score"))
     if rank == 0:
         save_file({f"{i}": t.detach().contiguous().cpu() for i, t in enumerate(distiller.ema.shadow)},
                   str(directory / "ema.safetensors"))
@@ -67,9 +67,9 @@ def uploader(run_dir: str, endpoint_url: str | None):
     return upload
 
 
-def restore(directory: Path, distiller: Distiller, student_engine, lora_engine) -> TrainState:
+def restore(directory: Path, distiller: Distiller, student_engine, fake_score_engine) -> TrainState:
     student_engine.load(str(directory / "student"))
-    lora_engine.load(str(directory / "lora"))
+    fake_score_engine.load(str(directory / "fake_score"))
     ema = load_file(str(directory / "ema.safetensors"))
     with torch.no_grad():
         for i, shadow in enumerate(distiller.ema.shadow):
@@ -88,7 +88,7 @@ def verify(directory: Path, rank: int) -> str | None:
     try:
         TrainState.load(directory)
         load_file(str(directory / "ema.safetensors"))
-        for engine in ("student", "lora"):
+        for engine in ("student", "fake_score"):
             shards = sorted((directory / engine / "state").glob("*.pt"))
             if not any(f"zero_pp_rank_{rank}_" in s.name for s in shards):
                 return f"{engine}: no DeepSpeed partition of rank {rank}"

@@ -114,6 +114,6 @@ def build_engines(distiller: Distiller, ds_config: dict) -> tuple[DeepSpeedEngin
     cfg = distiller.config
     student = DeepSpeedEngine(distiller.student, distiller.student_parameters(), cfg.student_lr, cfg.student_adam_betas,
                               cfg, ds_config)
-    lora = DeepSpeedEngine(distiller.fake_score, distiller.fake_score_parameters(), cfg.lora_lr, cfg.lora_adam_betas,
+    fake_score = DeepSpeedEngine(distiller.fake_score, distiller.fake_score_parameters(), cfg.fake_score_lr, cfg.fake_score_adam_betas,
                            cfg, ds_config)
-    return student, lora
+    return student, fake_score

@@ -33,7 +33,7 @@ COLUMNS = ("variant", "seed", "steps", "final_fid", "best_fid", "best_step", "re
 
 class Variant(Section):
     name: str = Field(pattern=NAME)
-    overrides: dict[str, Any] = Field(default_factory=dict, description="dotted keys of the base job, e.g. method.lora_lr")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="dotted keys of the base job, e.g. method.fake_score_lr")
 
 
 class SweepJob(Section):

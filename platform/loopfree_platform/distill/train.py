@@ -30,7 +30,7 @@ from loopfree_platform.distill.evaluation import TrainingEvaluator
 from loopfree_platform.distill.job import DistillJob, deepspeed_config
 from loopfree_platform.models import local_model_dir
 
-LOGGED = ("loss_vsd", "loss_kl", "loss_lora", "loss_student", "grad_norm_student", "grad_norm_lora", "vsd_g_norm")
+LOGGED = ("loss_vsd", "loss_kl", "loss_fake_score", "loss_student", "grad_norm_student", "grad_norm_fake_score", "vsd_g_norm")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -116,14 +116,14 @@ def _all_ranks(ok: bool) -> bool:
     return bool(flag.item() > 0)
 
 
-def _resume(latest: ray.train.Checkpoint, distiller, student_engine, lora_engine, rank: int) -> checkpoint.TrainState:
+def _resume(latest: ray.train.Checkpoint, distiller, student_engine, fake_score_engine, rank: int) -> checkpoint.TrainState:
     """Load the newest checkpoint every rank can read; a truncated or corrupt latest one falls back to the one
     before it, with a warning. All ranks decide together, so they load the same one."""
     for path in checkpoint.candidates(latest.path, latest.filesystem):
         with ray.train.Checkpoint(path, filesystem=latest.filesystem).as_directory() as d:
             problem = checkpoint.verify(Path(d), rank)
             if _all_ranks(problem is None):
-                state = checkpoint.restore(Path(d), distiller, student_engine, lora_engine)
+                state = checkpoint.restore(Path(d), distiller, student_engine, fake_score_engine)
                 if rank == 0:  # the line an operator looks for after a crash, a lost node or a resubmission
                     print(f"resumed from {path} at step {state.step}", flush=True)
                 return state
@@ -145,13 +145,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
     components, student_unet = build_components(job)
     device = torch.device("cuda", ctx.get_local_rank()) if job.scaling.use_gpu else torch.device("cpu")
     distiller = Distiller(components, job.distill_config, student_unet=student_unet).to(device)
-    student_engine, lora_engine = build_engines(distiller, deepspeed_config(job, distiller.config.grad_clip))
+    student_engine, fake_score_engine = build_engines(distiller, deepspeed_config(job, distiller.config.grad_clip))
 
     # 3. resume: student, LoRA, both optimizers, EMA, step and data position
     state = checkpoint.TrainState()
     resume_from = ray.train.get_checkpoint()
     if resume_from:
-        state = _resume(resume_from, distiller, student_engine, lora_engine, rank)
+        state = _resume(resume_from, distiller, student_engine, fake_score_engine, rank)
     batches = _rank_batches(ray.train.get_dataset_shard("train"), job, state.step, distiller.tokenize)
     evaluator = TrainingEvaluator(job, device, rank, world) if job.evaluation else None
     upload = checkpoint.uploader(job.run_dir(), job.storage.endpoint_url)  # fails loudly, unlike Ray's default
@@ -171,7 +171,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             batch["text_states"] = torch.full_like(distiller.text_states(batch), math.nan)
         # 4. one iteration: student turn + update, LoRA turn + update, EMA (docs/method.md, "Training", steps 1-6)
         rng = IterationRNG(job.data.seed, step, rank * b, b)
-        logs = train_iteration(distiller, student_engine, lora_engine, batch, rng, step)
+        logs = train_iteration(distiller, student_engine, fake_score_engine, batch, rng, step)
         state.step, state.rows_consumed = step + 1, (step + 1) * job.scaling.global_batch_size
         nonfinite_in_a_row = nonfinite_in_a_row + 1 if logs["skipped"] else 0
         state.nonfinite_total += int(logs["skipped"] > 0)
@@ -193,7 +193,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             rate = (step + 1 - first_step) / (time.perf_counter() - t_start)
             metrics = {**_mean_over_ranks(logs), "step": step + 1, "step_time_s": step_time,
                        "samples_per_s": rate * job.scaling.global_batch_size, "eta_s": (total_steps - step - 1) / rate,
-                       "lr_student": student_engine.lr(), "lr_lora": lora_engine.lr(),
+                       "lr_student": student_engine.lr(), "lr_fake_score": fake_score_engine.lr(),
                        "peak_memory_gb": _peak_memory_gb(), "skipped_total": state.nonfinite_total,
                        "overflow_total": state.overflow_total,
                        **{k: v for k, v in logs.items() if k.startswith("loss_scale_")},  # fp16 only; equal on all ranks
@@ -202,7 +202,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if save:
                 state.metrics = metrics
                 with tempfile.TemporaryDirectory() as d:
-                    checkpoint.save(Path(d), distiller, student_engine, lora_engine, state, rank)
+                    checkpoint.save(Path(d), distiller, student_engine, fake_score_engine, state, rank)
                     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
                                      checkpoint_dir_name=f"checkpoint_{step + 1:08d}", checkpoint_upload_fn=upload)
             else:
