@@ -45,6 +45,12 @@ class DistillConfig:
     fake_score_t_min: int = 0
     fake_score_t_max: int = 999
     fake_score_prompt_dropout: float = 0.1
+    # DMD's regression loss (docs/method.md, "Keeping the teacher's diversity"): the student's x0 for a fixed set of
+    # (noise, prompt) pairs is pulled towards the teacher's multi-step sample from the same noise. 0 = off.
+    regression_weight: float = 0.0
+    regression_pairs: int = 1024  # pairs generated once per run
+    regression_teacher_steps: int = 50  # the teacher's DDIM steps per pair
+    regression_guidance_scale: float | None = None  # the teacher's CFG for the pairs; None: guidance_scale
     # optimisation (3.4, 3.5): Adam, learning rates constant after an optional linear warm-up, grad-norm
     # clipping. The fake_score_* fields train the fake score, LoRA or full copy; lora_* shape the LoRA only.
     student_lr: float = 1e-6
@@ -100,6 +106,14 @@ class DistillConfig:
             a, b = getattr(self, lo), getattr(self, hi)
             if not (_is_int(a) and _is_int(b) and 0 <= a <= b <= 999):
                 yield f"{lo}/{hi} must be integers with 0 <= {lo} <= {hi} <= 999, got {a!r}/{b!r}"
+        if not _is_number(self.regression_weight) or self.regression_weight < 0:
+            yield f"regression_weight must be a number >= 0, got {self.regression_weight!r}"
+        for name in ("regression_pairs", "regression_teacher_steps"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                yield f"{name} must be an integer >= 1, got {getattr(self, name)!r}"
+        if self.regression_guidance_scale is not None and (
+                not _is_number(self.regression_guidance_scale) or self.regression_guidance_scale < 1):
+            yield f"regression_guidance_scale must be a number >= 1 or null, got {self.regression_guidance_scale!r}"
         if self.kl_reduction not in KL_REDUCTIONS:
             yield f"kl_reduction must be one of {KL_REDUCTIONS}, got {self.kl_reduction!r}"
         if not 0 <= self.fake_score_prompt_dropout <= 1:
@@ -131,6 +145,11 @@ class DistillConfig:
     def fake_cfg(self) -> float:
         """Guidance of the fake-score branch (the paper uses the teacher's scale on both)."""
         return self.guidance_scale if self.fake_guidance_scale is None else self.fake_guidance_scale
+
+    @property
+    def pair_cfg(self) -> float:
+        """Guidance of the teacher's sampler that makes the regression pairs (default: the VSD teacher's)."""
+        return self.guidance_scale if self.regression_guidance_scale is None else self.regression_guidance_scale
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "extra"}

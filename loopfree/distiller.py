@@ -20,7 +20,8 @@ from peft import LoraConfig
 from torch import nn
 
 from loopfree.config import DistillConfig
-from loopfree.losses import add_noise, cfg, kl_loss, fake_score_loss, vsd_loss
+from loopfree.losses import add_noise, cfg, fake_score_loss, kl_loss, regression_loss, vsd_loss
+from loopfree.pairs import TeacherPairs
 from loopfree.presets import Components
 from loopfree.rng import IterationRNG
 from loopfree.schedule import plan_for
@@ -94,6 +95,15 @@ class Distiller(nn.Module):
         # The empty-prompt states are used by every CFG call and by prompt dropout: compute once.
         self.register_buffer("uncond_text", self.encode_text(self.tokenize([""])), persistent=False)  # (1, 77, D)
         self.ema = EMA(student_unet, config.ema_decay)
+        self.teacher_pairs: TeacherPairs | None = None  # set by the caller when regression_weight > 0
+
+    def set_teacher_pairs(self, pairs: TeacherPairs) -> None:
+        """The stored (noise, prompt) -> teacher-sample pairs of DMD's regression loss (docs/method.md)."""
+        if pairs.noise.shape[1:] != self._latent_shape():
+            raise ValueError(f"teacher pairs hold latents {tuple(pairs.noise.shape[1:])}, "
+                             f"the student makes {self._latent_shape()}")
+        device = self.alphas_cumprod.device
+        self.teacher_pairs = TeacherPairs(pairs.noise.to(device), pairs.x0.to(device), pairs.input_ids)
 
     # -- roles ---------------------------------------------------------------------------------
     @property
@@ -165,7 +175,23 @@ class Distiller(nn.Module):
 
         loss_vsd, logs = vsd_loss(x0, x_t, eps_teacher, eps_fake, alpha_bar_t, cfg_.vsd_weighting)
         loss_kl, kl_logs = kl_loss(eps_all, cfg_.lambda_kl, cfg_.kl_reduction)
-        return StudentTurn(loss_vsd + loss_kl, {**logs, **kl_logs}, x0)
+        loss, logs = loss_vsd + loss_kl, {**logs, **kl_logs}
+        if cfg_.regression_weight > 0:
+            loss_reg, reg_logs = self._regression(rng, dtype)
+            loss, logs = loss + loss_reg, {**logs, **reg_logs}
+        return StudentTurn(loss, logs, x0)
+
+    def _regression(self, rng: IterationRNG, dtype: torch.dtype):
+        """DMD's regression term: each sample of the batch draws one stored pair (with its own generator, so the
+        draw does not depend on how the batch is split) and the student's x0 from that pair's noise and prompt
+        is pulled towards the teacher's sample."""
+        pairs = self.teacher_pairs
+        if pairs is None:
+            raise RuntimeError("regression_weight > 0 needs teacher pairs: call Distiller.set_teacher_pairs first")
+        idx = rng.randint(0, len(pairs) - 1)  # (B,)
+        text = self.encode_text(pairs.input_ids[idx])  # (B, 77, D)
+        x0, _ = self.student(pairs.noise[idx.to(pairs.noise.device)].to(dtype), text.to(dtype))  # (B, C, H, W)
+        return regression_loss(x0, pairs.x0[idx.to(pairs.x0.device)], self.config.regression_weight)
 
     @torch.no_grad()
     def sample_x0(self, batch: dict, rng: IterationRNG) -> torch.Tensor:

@@ -90,3 +90,16 @@ def fake_score_loss(eps_fake: torch.Tensor, eps: torch.Tensor, alpha_bar_t: torc
     with fp32(eps.device):
         loss = (_per_sample(alpha_bar_t) * (eps_fake.float() - eps.float()).square()).mean()
     return loss, {"loss_fake_score": loss.detach()}
+
+
+def regression_loss(x0: torch.Tensor, x0_teacher: torch.Tensor, weight: float):
+    """DMD's regression loss (Yin et al., CVPR 2024, eq. 6; docs/method.md, "Keeping the teacher's diversity").
+
+    x0 is the student's sample from a stored noise z and prompt c, x0_teacher the teacher's multi-step DDIM
+    sample from the same (z, c). DMD compares them with LPIPS in pixel space; here the distance is the mean
+    squared error of the latents, which keeps the loss image-free and needs no extra network:
+    L_reg = weight * mean((x0 - x0_teacher)^2). Both (P, C, H, W); the teacher side carries no gradient.
+    """
+    with fp32(x0.device):
+        loss = weight * F.mse_loss(x0.float(), x0_teacher.detach().float(), reduction="mean")
+    return loss, {"loss_regression": loss.detach()}

@@ -44,9 +44,20 @@ RECIPES: dict[str, dict] = {
     # is the usual lever for diversity (recall), which guidance 2 left at 0.085 here.
     "full-ttur5-guid1.5-1-x0err": {"fake_score": "full", "fake_score_lr": 1e-4, "fake_score_updates": 5,
                                    "guidance_scale": 1.5, "fake_guidance_scale": 1.0, "vsd_weighting": "x0_error"},
+    # DMD's regression loss on 1024 stored teacher pairs (50-step DDIM at the VSD teacher's guidance): anchors the
+    # student's noise-to-image map to the teacher's modes, which VSD's mode seeking alone gives up (docs/method.md).
+    **{f"full-ttur5-guid2-1-x0err-reg{w}": {"fake_score": "full", "fake_score_lr": 1e-4, "fake_score_updates": 5,
+                                            "guidance_scale": 2.0, "fake_guidance_scale": 1.0, "vsd_weighting": "x0_error",
+                                            "regression_weight": float(w)} for w in ("0.25", "1", "4")},
     "sb-paper": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0},
     # The paper's SwiftBrush recipe (its best alignment so far) plus the normalisation that helped TiUE most.
     "sb-x0err": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0, "vsd_weighting": "x0_error"},
+    **{f"sb-x0err-reg{w}": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0, "vsd_weighting": "x0_error",
+                            "regression_weight": float(w)} for w in ("0.25", "1", "4")},
+    **{f"sb-full-ttur5-guid2-1-x0err-reg{w}": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0, "fake_score": "full",
+                                               "fake_score_lr": 1e-4, "fake_score_updates": 5, "guidance_scale": 2.0,
+                                               "fake_guidance_scale": 1.0, "vsd_weighting": "x0_error",
+                                               "regression_weight": float(w)} for w in ("0.25", "1", "4")},
     "sb-full-ttur5-guid2-1": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0, "fake_score": "full",
                               "fake_score_lr": 1e-4, "fake_score_updates": 5, "guidance_scale": 2.0, "fake_guidance_scale": 1.0},
     "sb-full-ttur5-guid2-1-x0err": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0, "fake_score": "full",
@@ -55,17 +66,16 @@ RECIPES: dict[str, dict] = {
 }
 
 
-def reference_features(split: str, n: int, seed: int, inception) -> torch.Tensor:
-    """Inception features of n Fashion-MNIST images of `split` in the teacher's framing, cached."""
-    from examples.fashion.data import load_split, to_model_images
+def validation_reference(inception) -> torch.Tensor:
+    """Inception features of the shipped validation split (1000 Fashion-MNIST TRAINING images, drawn with seed 0:
+    data/fashion-mnist/README.md) in the teacher's framing, cached. Every choice of the study is made on it."""
+    from examples.fashion.data import load_validation, to_model_images
     from loopfree.features import to_uint8
 
-    cache = WORK / f"reference-{split}-{n}-seed{seed}.pt"
+    cache = WORK / "reference-train-1000-seed0.pt"  # the same images the study drew from the full split before
     if cache.is_file():
         return torch.load(cache)
-    images, _ = load_split(split)
-    keep = sorted(random.Random(seed).sample(range(len(images)), n))
-    model_images = to_model_images(images[keep])  # (n, 3, 32, 32) in [-1, 1]
+    model_images = to_model_images(load_validation())  # (1000, 3, 32, 32) in [-1, 1]
     feats = torch.cat([inception(to_uint8((b + 1) / 2)) for b in model_images.split(50)])
     _save(feats, cache)
     return feats
@@ -74,13 +84,13 @@ def reference_features(split: str, n: int, seed: int, inception) -> torch.Tensor
 def test_reference(inception) -> torch.Tensor:
     """The final table's reference: the first 1000 Fashion-MNIST TEST images in the teacher's framing, as in
     benchmarks/results/fashion.md (compare.reference_folder), so the teacher rows there stay comparable."""
-    from examples.fashion.data import load_split, to_model_images
+    from examples.fashion.data import SHIPPED, load_split, to_model_images
     from loopfree.features import to_uint8
 
     cache = WORK / "reference-test-first1000.pt"
     if cache.is_file():
         return torch.load(cache)
-    model_images = to_model_images(load_split("test", 1000)[0])
+    model_images = to_model_images(load_split("test", 1000, data_dir=SHIPPED)[0])
     feats = torch.cat([inception(to_uint8((b + 1) / 2)) for b in model_images.split(50)])
     _save(feats, cache)
     return feats
@@ -115,13 +125,46 @@ def batches(tokenize, prompts: list[str], batch_size: int, seed: int):
 
 
 STANDARD_STEPS = 600  # the study's run length; runs of another length carry it in their name
+PAIRS = 1024  # teacher pairs of the regression recipes, made once and shared by every run that asks
 
 
 def run_name(recipe: str, seed: int, steps: int) -> str:
     return f"{recipe}-s{seed}" if steps in (0, STANDARD_STEPS) else f"{recipe}@{steps}-s{seed}"
 
 
-def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_size: int, test_images: int) -> Path:
+def study_pairs(config, components):
+    """The regression recipes' teacher pairs: caption i % 80 with pair seed i, the teacher's 50-step DDIM sample
+    at the pairs' guidance; cached (`loopfree.pairs`)."""
+    from examples.fashion.data import all_captions
+    from loopfree.pairs import TeacherPairs, make_teacher_pairs, pair_seeds
+    from loopfree.pipeline import TiUEPipeline
+
+    cache = WORK / f"pairs-{PAIRS}-{config.regression_teacher_steps}steps-g{config.pair_cfg:g}.safetensors"
+    if cache.is_file():
+        return TeacherPairs.load(cache)
+    captions = all_captions()
+    pipe = TiUEPipeline.from_components(components)
+    pipe.set_progress_bar_config(disable=True)
+    t0 = time.perf_counter()
+    pairs = make_teacher_pairs(pipe, [captions[i % len(captions)] for i in range(PAIRS)], pair_seeds(0, PAIRS),
+                               config.regression_teacher_steps, config.pair_cfg)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    pairs.save(cache)
+    print(f"{PAIRS} teacher pairs in {time.perf_counter() - t0:.0f} s -> {cache}", flush=True)
+    return pairs
+
+
+def student_init(init_from: str | None):
+    """The student UNet of a K-transfer run: the EMA student exported by a finished run (None: the teacher's)."""
+    if init_from is None:
+        return None
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel.from_pretrained(WORK / init_from / "export" / "unet")
+
+
+def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_size: int, test_images: int,
+        init_from: str | None = None, num_steps: int | None = None) -> Path:
     from examples.fashion.data import all_captions
     from loopfree.classifier import load_classifier
     from loopfree.config import DistillConfig
@@ -133,7 +176,8 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
     from loopfree.rng import IterationRNG
     from loopfree.training import local_engines, train_iteration
 
-    name = run_name(recipe, seed, steps)
+    label = recipe if init_from is None else f"k{num_steps}ft-{init_from.rsplit('-s', 1)[0]}"
+    name = run_name(label, seed, steps)
     out = WORK / name
     curve, test_json = RECORDS / f"{name}.jsonl", RECORDS / f"{name}.test.json"
     rows = [json.loads(x) for x in curve.read_text().splitlines()] if curve.is_file() else []
@@ -144,11 +188,14 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
     curve.write_text("")  # a partial run starts over: nothing random is checkpointed here
     torch.manual_seed(seed)
     components = load_components(TEACHER)
-    config = DistillConfig(**{**BASE, **RECIPES[recipe]})
-    distiller = Distiller(components, config)
+    config = DistillConfig(**{**BASE, **RECIPES[recipe], **({"num_steps": num_steps} if num_steps else {})})
+    pairs = study_pairs(config, components) if config.regression_weight > 0 else None
+    distiller = Distiller(components, config, student_unet=student_init(init_from))
+    if pairs is not None:
+        distiller.set_teacher_pairs(pairs)
     engines = local_engines(distiller)
     inception = InceptionFeatures(batch_size=50)
-    ref = reference_features("train", 1000, 0, inception)  # validation reference
+    ref = validation_reference(inception)
     classifier, classes = load_classifier(CLASSIFIER)
     captions = all_captions()
     eval_set = EvalSet.cycle([captions[(i % 10) * 8 + (i // 10) % 8] for i in range(80)], images, seed=10_000)
@@ -162,11 +209,13 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
         row = {"step": step, **metrics(gen, ref), "train_s": round(train_s, 1), "eval_s": round(time.perf_counter() - t0, 1)}
         with curve.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        print(f"{recipe} s{seed} step {step}: " + " ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "step"), flush=True)
+        print(f"{name} step {step}: " + " ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "step"), flush=True)
 
     train_s = 0.0
     initial = WORK / f"initial-{config.mode}-{images}.json"  # the same student for every recipe of a mode
-    if initial.is_file():
+    if init_from is not None:
+        evaluate(0, train_s)
+    elif initial.is_file():
         with curve.open("a") as f:
             f.write(initial.read_text().strip() + "\n")
     else:
@@ -178,7 +227,7 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
         train_iteration(distiller, *engines, batch, IterationRNG(seed, step, 0, batch_size), step)
         train_s += time.perf_counter() - t0
         if (step + 1) % 50 == 0:
-            print(f"{recipe} s{seed} step {step + 1}/{steps}: {train_s / (step + 1):.2f} s/step", flush=True)
+            print(f"{name} step {step + 1}/{steps}: {train_s / (step + 1):.2f} s/step", flush=True)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             evaluate(step + 1, train_s)
     if test_images:  # the final row: the TEST reference, never used for choosing recipes or steps
@@ -186,10 +235,53 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
                             components.scheduler, num_steps=distiller.student.plan.num_steps, mode=config.mode)
         pipe.save_pretrained(out / "export", safe_serialization=True)
         gen = generate_features(pipe, test_set(test_images), range(test_images), inception, classifier, classes)
-        result = {"recipe": recipe, "seed": seed, "steps": steps, "images": test_images,
+        result = {"recipe": label, "seed": seed, "steps": steps, "images": test_images, "num_steps": config.num_steps,
+                  "mode": config.mode, "init_from": init_from, "uses_training_images": False,
                   **metrics(gen, test_reference(inception))}
         test_json.write_text(json.dumps(result, indent=1))
-        print(f"{recipe} s{seed} TEST: " + json.dumps(result), flush=True)
+        print(f"{name} TEST: " + json.dumps(result), flush=True)
+    return curve
+
+
+class TeacherSampler:
+    """The teacher's multi-step DDIM sampler with CFG, called like a TiUE pipeline (what generate_features needs)."""
+
+    def __init__(self, pipe, steps: int, guidance: float):
+        self.pipe, self.steps, self.guidance = pipe, steps, guidance
+
+    def __call__(self, prompts, seeds, batch_size, output_type):
+        return self.pipe.sample_multistep(prompts, num_inference_steps=self.steps, guidance_scale=self.guidance,
+                                          seeds=seeds, batch_size=batch_size, output_type=output_type)
+
+
+def teacher_row(steps: int, guidance: float, images: int, test_images: int) -> Path:
+    """The teacher's own rows: its `steps`-step sampler at `guidance` on the validation protocol (the images the
+    students are evaluated on during training) and on the test protocol, recorded like a run."""
+    from examples.fashion.data import all_captions
+    from loopfree.classifier import load_classifier
+    from loopfree.evaluation import EvalSet, generate_features, metrics
+    from loopfree.features import InceptionFeatures
+    from loopfree.pipeline import TiUEPipeline
+    from loopfree.presets import load_components
+
+    name = f"teacher{steps}-g{guidance:g}-s0"
+    curve, test_json = RECORDS / f"{name}.jsonl", RECORDS / f"{name}.test.json"
+    if test_json.is_file():
+        return curve
+    pipe = TiUEPipeline.from_components(load_components(TEACHER))
+    pipe.set_progress_bar_config(disable=True)
+    sampler, inception = TeacherSampler(pipe, steps, guidance), InceptionFeatures(batch_size=50)
+    classifier, classes = load_classifier(CLASSIFIER)
+    captions = all_captions()
+    eval_set = EvalSet.cycle([captions[(i % 10) * 8 + (i // 10) % 8] for i in range(80)], images, seed=10_000)
+    gen = generate_features(sampler, eval_set, range(images), inception, classifier, classes)
+    RECORDS.mkdir(parents=True, exist_ok=True)
+    curve.write_text(json.dumps({"step": 0, **metrics(gen, validation_reference(inception))}) + "\n")
+    gen = generate_features(sampler, test_set(test_images), range(test_images), inception, classifier, classes)
+    result = {"recipe": f"teacher{steps}-g{guidance:g}", "seed": 0, "steps": 0, "images": test_images,
+              "teacher_steps": steps, "guidance_scale": guidance, **metrics(gen, test_reference(inception))}
+    test_json.write_text(json.dumps(result, indent=1))
+    print(f"{name}: validation " + curve.read_text().strip() + " TEST " + json.dumps(result), flush=True)
     return curve
 
 
@@ -203,6 +295,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--test-images", type=int, default=0, help="at the end: export, and this many images vs the test set")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--init-from", help="K transfer: start the student from this finished run's export")
+    parser.add_argument("--num-steps", type=int, help="K transfer: the new student's K (with --init-from)")
+    parser.add_argument("--teacher-steps", type=int, help="score the teacher's sampler with this many steps instead")
+    parser.add_argument("--guidance", type=float, default=2.0, help="the teacher's CFG (with --teacher-steps)")
     parser.add_argument("--report", action="store_true", help="write benchmarks/results/fashion_study.md and the PNG")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -211,9 +307,15 @@ def main() -> None:
 
         print(write_report(RECORDS, RECIPES))
         return
+    if args.teacher_steps:
+        teacher_row(args.teacher_steps, args.guidance, args.images, args.test_images)
+        return
     if not args.recipe:
-        parser.error("--recipe is required (or --report)")
-    run(args.recipe, args.seed, args.steps, args.eval_every, args.images, args.batch_size, args.test_images)
+        parser.error("--recipe is required (or --report, or --teacher-steps)")
+    if (args.init_from is None) != (args.num_steps is None):
+        parser.error("--init-from and --num-steps go together")
+    run(args.recipe, args.seed, args.steps, args.eval_every, args.images, args.batch_size, args.test_images,
+        args.init_from, args.num_steps)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,12 @@
 
     python data/fashion-mnist/make_subset.py [--source /usr/share/datasets/fashion-mnist] [--count 1000]
 
-Keeps the first `count` images and labels of the test split (t10k) in the original IDX layout, gzipped
-with a fixed header (no name, mtime 0), so the same source gives the same bytes. The source is any folder
+Writes two subsets in the original IDX layout, gzipped with a fixed header (no name, mtime 0), so the same
+source gives the same bytes:
+- the test subset: the first `count` images and labels of the test split (t10k);
+- the validation subset (train-val-*): `count` images and labels of the TRAINING split, the indices drawn with
+  random.Random(0).sample(range(60000), count) and kept in file order. Recipes and run lengths are chosen on
+  it; the test subset is scored once per final row. The source is any folder
 with the four files of https://github.com/zalandoresearch/fashion-mnist (Debian: dataset-fashion-mnist).
 """
 
@@ -12,14 +16,19 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
+import random
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 IMAGES, LABELS = "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"
+VALIDATION = {"train-images-idx3-ubyte.gz": "train-val-images-idx3-ubyte.gz",
+              "train-labels-idx1-ubyte.gz": "train-val-labels-idx1-ubyte.gz"}
+VALIDATION_SEED = 0
 
 
-def subset_idx(data: bytes, count: int) -> bytes:
-    """An IDX file (any type, any rank) -> the same file with only its first `count` items."""
+def subset_idx(data: bytes, count: int, indices: list[int] | None = None) -> bytes:
+    """An IDX file (any type, any rank) -> the same file with only its first `count` items (or the items at
+    `indices`, in that order)."""
     if data[:2] != b"\x00\x00":
         raise ValueError(f"not an IDX file (magic {data[:4].hex()})")
     rank = data[3]
@@ -33,7 +42,9 @@ def subset_idx(data: bytes, count: int) -> bytes:
         item *= d
     body = 4 + 4 * rank
     header = data[:4] + count.to_bytes(4, "big") + data[8:body]
-    return header + data[body : body + count * item]
+    if indices is None:
+        return header + data[body : body + count * item]
+    return header + b"".join(data[body + i * item : body + (i + 1) * item] for i in indices)
 
 
 def write_gzip(path: Path, data: bytes) -> None:
@@ -47,11 +58,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=HERE)
     args = parser.parse_args(argv)
-    for name in (IMAGES, LABELS):
-        full = gzip.decompress((args.source / name).read_bytes())
-        write_gzip(args.out / name, subset_idx(full, args.count))
-        digest = hashlib.sha256(gzip.decompress((args.out / name).read_bytes())).hexdigest()
-        print(f"{args.out / name}: {args.count} items, sha256 of the IDX data {digest} "
+    validation = sorted(random.Random(VALIDATION_SEED).sample(range(60000), args.count))
+    jobs = [(name, name, None) for name in (IMAGES, LABELS)] + [(s, o, validation) for s, o in VALIDATION.items()]
+    for source, out, indices in jobs:
+        full = gzip.decompress((args.source / source).read_bytes())
+        write_gzip(args.out / out, subset_idx(full, args.count, indices))
+        digest = hashlib.sha256(gzip.decompress((args.out / out).read_bytes())).hexdigest()
+        print(f"{args.out / out}: {args.count} items, sha256 of the IDX data {digest} "
               f"(source IDX data {hashlib.sha256(full).hexdigest()})")
 
 

@@ -1,0 +1,103 @@
+"""The diversity options (docs/method.md, "Keeping the teacher's diversity"): each does what it must, not only runs."""
+
+import copy
+
+import pytest
+import torch
+
+from loopfree.config import DistillConfig
+from loopfree.distiller import Distiller
+from loopfree.losses import regression_loss
+from loopfree.pairs import TeacherPairs, make_teacher_pairs, pair_seeds
+from loopfree.pipeline import TiUEPipeline
+from loopfree.rng import IterationRNG
+from loopfree.training import LocalEngine, train_iteration
+
+PROMPTS = ["a photo of a cat", "a red sneaker"]
+SMALL = dict(lora_rank=4, lora_alpha=8.0, lambda_kl=0.0)
+
+
+def make(tiny_components, **overrides) -> Distiller:
+    return Distiller(copy.deepcopy(tiny_components), DistillConfig(**{**SMALL, **overrides}))
+
+
+def test_regression_loss_is_the_weighted_mean_squared_latent_error_and_its_gradient_points_at_the_teacher():
+    x0 = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]], requires_grad=True)  # (1, 1, 2, 2)
+    teacher = torch.tensor([[[[1.0, 0.0], [3.0, 8.0]]]])
+    loss, logs = regression_loss(x0, teacher, weight=0.5)
+    assert loss.item() == pytest.approx(0.5 * (0 + 4 + 0 + 16) / 4)  # hand-computed: 2.5
+    loss.backward()
+    torch.testing.assert_close(x0.grad, 0.5 * 2 * (x0.detach() - teacher) / 4)  # d/dx0 = 2 w (x0 - x0_teacher) / N
+    assert logs["loss_regression"].item() == pytest.approx(2.5)
+
+
+@pytest.mark.parametrize("bad, key", [(dict(regression_weight=-1.0), "regression_weight"),
+                                      (dict(regression_pairs=0), "regression_pairs"),
+                                      (dict(regression_teacher_steps=0), "regression_teacher_steps"),
+                                      (dict(regression_guidance_scale=0.5), "regression_guidance_scale")])
+def test_bad_regression_settings_are_refused_naming_the_key(bad, key):
+    with pytest.raises(ValueError, match=key):
+        DistillConfig(**bad)
+
+
+def test_regression_is_off_by_default_and_pairs_guidance_follows_the_teacher():
+    config = DistillConfig(guidance_scale=2.0)
+    assert config.regression_weight == 0 and config.pair_cfg == 2.0
+    assert DistillConfig(guidance_scale=2.0, regression_guidance_scale=3.0).pair_cfg == 3.0
+
+
+def test_teacher_pairs_are_the_teachers_ddim_samples_from_their_own_noise_whatever_the_batching(tiny_components):
+    pipe = TiUEPipeline.from_components(copy.deepcopy(tiny_components))
+    pipe.set_progress_bar_config(disable=True)
+    seeds = pair_seeds(0, 3)
+    pairs = make_teacher_pairs(pipe, PROMPTS + PROMPTS[:1], seeds, num_inference_steps=3, guidance_scale=2.0, batch_size=2)
+    assert len(pairs) == 3 and pairs.noise.shape == pairs.x0.shape == (3, 4, 8, 8)
+    one = pipe.sample_multistep([PROMPTS[1]], num_inference_steps=3, guidance_scale=2.0, seeds=[seeds[1]],
+                                output_type="latent").images
+    torch.testing.assert_close(pairs.x0[1:2], one, rtol=1e-5, atol=1e-5)  # pair 1 alone = pair 1 in a batch of 2
+    torch.testing.assert_close(pairs.noise[1], torch.randn((4, 8, 8), generator=torch.Generator().manual_seed(seeds[1])))
+    assert not torch.allclose(pairs.x0[0], pairs.x0[2])  # same prompt, other noise: another sample
+
+
+def test_teacher_pairs_survive_a_save_and_load(tmp_path):
+    pairs = TeacherPairs(torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.randint(0, 100, (2, 77)))
+    pairs.save(tmp_path / "pairs.safetensors")
+    back = TeacherPairs.load(tmp_path / "pairs.safetensors")
+    for k in ("noise", "x0", "input_ids"):
+        torch.testing.assert_close(getattr(back, k), getattr(pairs, k))
+    with pytest.raises(ValueError, match="disagree"):
+        TeacherPairs(torch.randn(2, 4, 8, 8), torch.randn(3, 4, 8, 8), torch.zeros(2, 77, dtype=torch.long))
+
+
+def test_regression_without_pairs_or_with_pairs_of_another_shape_is_refused(tiny_components):
+    d = make(tiny_components, regression_weight=1.0)
+    with pytest.raises(RuntimeError, match="set_teacher_pairs"):
+        d.student_turn({"input_ids": d.tokenize(PROMPTS)}, IterationRNG(0, 0, 0, 2))
+    with pytest.raises(ValueError, match="latents"):
+        d.set_teacher_pairs(TeacherPairs(torch.randn(1, 4, 4, 4), torch.randn(1, 4, 4, 4), torch.zeros(1, 77, dtype=torch.long)))
+
+
+def _distance_to_pairs(d: Distiller, pairs: TeacherPairs) -> float:
+    with torch.no_grad():
+        x0, _ = d.student(pairs.noise, d.encode_text(pairs.input_ids))
+    return float((x0 - pairs.x0).square().mean())
+
+
+@pytest.mark.integration  # slow: distillation iterations
+def test_regression_pulls_the_students_samples_towards_the_teachers_and_off_leaves_the_run_unchanged(tiny_components):
+    pipe = TiUEPipeline.from_components(copy.deepcopy(tiny_components))
+    pipe.set_progress_bar_config(disable=True)
+    pairs = make_teacher_pairs(pipe, PROMPTS, pair_seeds(0, 2), num_inference_steps=4, guidance_scale=2.0)
+    distances, losses = {}, {}
+    for weight in (0.0, 50.0):
+        torch.manual_seed(0)
+        d = make(tiny_components, regression_weight=weight, student_lr=1e-3)
+        d.set_teacher_pairs(pairs)
+        start = _distance_to_pairs(d, pairs)
+        student, fake = (LocalEngine(p, lr, (0.9, 0.999), d.config) for p, lr in
+                         ((d.student_parameters(), 1e-3), (d.fake_score_parameters(), 1e-3)))
+        logs = [train_iteration(d, student, fake, {"input_ids": d.tokenize(PROMPTS)}, IterationRNG(0, s, 0, 2), s)
+                for s in range(8)]
+        distances[weight], losses[weight] = _distance_to_pairs(d, pairs) / start, logs[0]["loss_vsd"]
+    assert distances[50.0] < 0.5 * distances[0.0]  # the student moved towards the teacher's samples
+    assert losses[0.0] == losses[50.0]  # the first VSD loss is drawn from the same randomness either way
