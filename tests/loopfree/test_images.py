@@ -39,7 +39,7 @@ def test_a_long_caption_is_cut_to_the_cell_width():
     assert grid.width == 64  # the caption never widens the cell
 
 
-def test_bad_inputs_are_refused():
+def test_image_grid_refuses_no_images_a_caption_count_mismatch_and_mixed_sizes():
     with pytest.raises(ValueError, match="at least one image"):
         image_grid([])
     with pytest.raises(ValueError, match="1 captions for 2 images"):

@@ -40,7 +40,7 @@ def test_zero_for_identical_sets_and_shift():
     assert frechet_distance(a, a + 2.0) == pytest.approx(16 * 4.0, rel=1e-9)
 
 
-def test_bad_shapes():
+def test_frechet_distance_refuses_features_of_unequal_width_or_fewer_than_two_rows():
     with pytest.raises(ValueError, match="equal D"):
         frechet_distance(torch.randn(10, 3), torch.randn(10, 4))
     with pytest.raises(ValueError, match="at least 2"):

@@ -20,7 +20,7 @@ def alphas():
         ("trailing", [999, 749, 499, 249], 14.64, [-10.53, -2.47, -0.92, -0.66], 1e-3 + 5e-3),
     ],
 )
-def test_spec_table(alphas, spacing, timesteps, S, E, tol):
+def test_closed_form_S_and_E_match_the_reference_table_for_leading_and_trailing_spacing(alphas, spacing, timesteps, S, E, tol):
     plan = ddim_plan(alphas, 4, spacing)
     assert list(plan.timesteps) == timesteps
     assert plan.S == pytest.approx(S, abs=tol)
@@ -81,7 +81,7 @@ def test_one_step_plan_is_x0_inversion(alphas):
         (lambda a: ddim_plan(a, 3, [500, 100]), "num_steps"),
     ],
 )
-def test_bad_input(alphas, call, match):
+def test_bad_num_steps_spacing_or_timesteps_raise_a_value_error_naming_the_problem(alphas, call, match):
     with pytest.raises(ValueError, match=match):
         call(alphas)
 

@@ -111,7 +111,7 @@ def test_refuses_unsupported_unets(make, match):
         TiUEGenerator(make(), ddim_plan(torch.linspace(0.999, 0.005, 1000), 2))
 
 
-def test_bad_shapes_name_the_argument(tiny_components):
+def test_wrong_noise_text_or_mode_raise_an_error_naming_the_argument(tiny_components):
     gen = TiUEGenerator(tiny_components.unet, ddim_plan(tiny_components.scheduler.alphas_cumprod, 2))
     with pytest.raises(ValueError, match="text"):
         gen(torch.randn(2, 4, 8, 8), torch.randn(3, 77, 32))

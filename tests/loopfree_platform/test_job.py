@@ -77,7 +77,7 @@ def test_deepspeed_config_is_generated_from_the_job(smoke_job, write_job):
     assert ds["gradient_clipping"] == 1.0
 
 
-def test_redaction():
+def test_redact_masks_secret_keys_at_any_depth_and_keeps_lookalikes_like_tokenizer():
     out = redact({"aws_secret_access_key": "abc", "api-token": "t", "tokenizer": "kept", "nested": [{"password": "p"}]})
     assert out == {"aws_secret_access_key": "***", "api-token": "***", "tokenizer": "kept", "nested": [{"password": "***"}]}
 
