@@ -179,7 +179,7 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
     label = recipe if init_from is None else f"k{num_steps}ft-{init_from.rsplit('-s', 1)[0]}"
     name = run_name(label, seed, steps)
     out = WORK / name
-    curve, test_json = RECORDS / f"{name}.jsonl", RECORDS / f"{name}.test.json"
+    curve = RECORDS / f"{name}.jsonl"
     rows = [json.loads(x) for x in curve.read_text().splitlines()] if curve.is_file() else []
     if rows and rows[-1]["step"] >= steps:
         return curve
@@ -230,17 +230,36 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
             print(f"{name} step {step + 1}/{steps}: {train_s / (step + 1):.2f} s/step", flush=True)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             evaluate(step + 1, train_s)
-    if test_images:  # the final row: the TEST reference, never used for choosing recipes or steps
-        pipe = TiUEPipeline(distiller.export_unet(), components.vae, distiller.text_encoder, distiller.tokenizer,
-                            components.scheduler, num_steps=distiller.student.plan.num_steps, mode=config.mode)
-        pipe.save_pretrained(out / "export", safe_serialization=True)
-        gen = generate_features(pipe, test_set(test_images), range(test_images), inception, classifier, classes)
-        result = {"recipe": label, "seed": seed, "steps": steps, "images": test_images, "num_steps": config.num_steps,
-                  "mode": config.mode, "init_from": init_from, "uses_training_images": False,
-                  **metrics(gen, test_reference(inception))}
-        test_json.write_text(json.dumps(result, indent=1))
-        print(f"{name} TEST: " + json.dumps(result), flush=True)
+    pipe = TiUEPipeline(distiller.export_unet(), components.vae, distiller.text_encoder, distiller.tokenizer,
+                        components.scheduler, num_steps=distiller.student.plan.num_steps, mode=config.mode)
+    pipe.save_pretrained(out / "export", safe_serialization=True)  # the EMA student: scored on test later, or not
+    (out / "run.json").write_text(json.dumps({"recipe": label, "seed": seed, "steps": steps, "init_from": init_from,
+                                              "num_steps": config.num_steps, "mode": config.mode}))
+    if test_images:
+        score_test(name, test_images)
     return curve
+
+
+def score_test(name: str, test_images: int) -> Path:
+    """The final row of a finished run: its exported EMA student on the TEST protocol. Called once per run, after
+    the recipe and run length were chosen on the validation curves."""
+    from loopfree.classifier import load_classifier
+    from loopfree.evaluation import generate_features, metrics
+    from loopfree.features import InceptionFeatures
+    from loopfree.pipeline import TiUEPipeline
+
+    test_json = RECORDS / f"{name}.test.json"
+    if test_json.is_file():
+        raise SystemExit(f"{test_json} exists: the test split is scored once per run")
+    info = json.loads((WORK / name / "run.json").read_text())
+    pipe = TiUEPipeline.from_pretrained(WORK / name / "export")
+    pipe.set_progress_bar_config(disable=True)
+    inception, (classifier, classes) = InceptionFeatures(batch_size=50), load_classifier(CLASSIFIER)
+    gen = generate_features(pipe, test_set(test_images), range(test_images), inception, classifier, classes)
+    result = {**info, "images": test_images, "uses_training_images": False, **metrics(gen, test_reference(inception))}
+    test_json.write_text(json.dumps(result, indent=1))
+    print(f"{name} TEST: " + json.dumps(result), flush=True)
+    return test_json
 
 
 class TeacherSampler:
@@ -297,6 +316,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--init-from", help="K transfer: start the student from this finished run's export")
     parser.add_argument("--num-steps", type=int, help="K transfer: the new student's K (with --init-from)")
+    parser.add_argument("--score-test", metavar="RUN", help="score a finished run's export on the test split (once)")
     parser.add_argument("--teacher-steps", type=int, help="score the teacher's sampler with this many steps instead")
     parser.add_argument("--guidance", type=float, default=2.0, help="the teacher's CFG (with --teacher-steps)")
     parser.add_argument("--report", action="store_true", help="write benchmarks/results/fashion_study.md and the PNG")
@@ -306,6 +326,9 @@ def main() -> None:
         from benchmarks.fashion.study_report import write_report
 
         print(write_report(RECORDS, RECIPES))
+        return
+    if args.score_test:
+        score_test(args.score_test, args.test_images or 1000)
         return
     if args.teacher_steps:
         teacher_row(args.teacher_steps, args.guidance, args.images, args.test_images)
