@@ -126,7 +126,7 @@ HOSTILE = [
     (b"[" * 100_000 + b"]" * 100_000, 400, "not valid JSON"),  # nesting deeper than the parser's recursion
     (b'{"prompts": ["a"], "seeds": [' + b"9" * 5000 + b"]}", 400, "not valid JSON"),
     (b'{"prompts": ["a bag \\ud83d"]}', 422, "prompts[0]: not valid Unicode"),
-    ({"prompts": ["  "]}, 422, "prompts[0]: empty"),
+    ({"prompts": ["  "]}, 422, "prompts[0]: no visible character"),
 ]
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 from loopfree_platform.jobfile import JobError
-from loopfree_platform.serve.app import RequestError, parse_request, run_isolated
+from loopfree_platform.serve.app import RequestError, parse_request, run_isolated, visible
+from loopfree_platform.serve.guard import CALLBACK, CALLBACK_ENV, Limits, proxy_env
 from loopfree_platform.serve.job import ServeApp, load_generate_job, load_serve_job
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,8 +43,10 @@ def test_a_good_request_parses_with_defaults():
     ({"prompts": ["a"], "seeds": 1}, 422, "seeds: must be a list"),
     ({"prompts": ["a"], "format": "jpeg"}, 422, "format: must be one of"),
     ({"prompts": ["a"], "steps": 4}, 422, "unknown field(s) ['steps']"),
-    ({"prompts": [""]}, 422, "prompts[0]: empty or whitespace only"),
-    ({"prompts": ["a", " \t\n"]}, 422, "prompts[1]: empty or whitespace only"),
+    ({"prompts": [""]}, 422, "prompts[0]: no visible character"),
+    ({"prompts": ["a", " \t\n"]}, 422, "prompts[1]: no visible character"),
+    ({"prompts": ["\u200b\u200c\u200d\u2060\ufeff"]}, 422, "prompts[0]: no visible character"),  # zero-width only
+    ({"prompts": ["a", "\u3164\u2800 \x00\u00ad"]}, 422, "prompts[1]: no visible character"),  # blank letters, NUL, soft hyphen
     (b'{"prompts": ["a bag \\ud83d"]}', 422, "prompts[0]: not valid Unicode"),
     (b'{"prompts": ["a"], "seeds": [' + b"9" * 5000 + b"]}", 400, "not valid JSON"),
     (b"[" * 100_000 + b"]" * 100_000, 400, "not valid JSON"),
@@ -63,6 +66,9 @@ def test_serve_job_validation_names_the_key(tmp_path, tiny_pipeline_dir, write_j
                      ({**good, "serving": {"max_batch_size": 0}}, "serving.max_batch_size"),
                      ({**good, "serving": {"autoscaling": {"min_replicas": 3, "max_replicas": 2}}}, "serving.autoscaling"),
                      ({**good, "http": {"port": 70000}}, "http.port"),
+                     ({**good, "http": {"request_timeout_s": 0}}, "http.request_timeout_s"),
+                     ({**good, "http": {"max_header_bytes": 100}}, "http.max_header_bytes"),
+                     ({**good, "serving": {"max_queued_requests": 0}}, "serving.max_queued_requests"),
                      ({**good, "auth": {"token": "x"}}, "auth.token")]:
         with pytest.raises(JobError) as err:
             load_serve_job(write_job(bad))
@@ -89,8 +95,24 @@ def test_the_shipped_serve_configs_validate():
     assert config["applications"][0]["import_path"] == "loopfree_platform.serve.app:build_app"
     assert ServeApp.model_validate(args).auth.required
     service = yaml.safe_load((ROOT / "infra/kuberay/rayservice-serve.yaml").read_text())
-    app = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]
-    ServeApp.model_validate(app["args"])
+    service_config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    ServeApp.model_validate(service_config["applications"][0]["args"])
+    for shipped in (config, service_config):  # both install the proxy guard with settings it can read
+        env = shipped["controller_options"]["runtime_env"]["env_vars"]
+        assert env[CALLBACK_ENV] == CALLBACK
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in env.items():
+                mp.setenv(key, value)
+            assert Limits.from_env() == Limits()  # the documented defaults, written out
+
+
+def test_visible_characters_and_the_proxy_settings_round_trip(monkeypatch):
+    assert not any(visible(t) for t in ["", " \t", "\u200b\u200c\u200d\u2060\ufeff", "\u3164", "\ufe0f", "\x00\x7f"])
+    assert all(visible(t) for t in ["a", "\u00e0", "\U0001f45c", "\u9774", "\u200ba", "\u0301"])
+    limits = Limits(request_timeout_s=2.5, max_header_bytes=4096, max_body_bytes=2048)
+    for key, value in proxy_env(limits).items():
+        monkeypatch.setenv(key, value)
+    assert Limits.from_env() == limits
 
 
 def test_shipped_job_files_parse_to_their_schemas():

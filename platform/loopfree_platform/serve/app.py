@@ -21,12 +21,16 @@ import hmac
 import io
 import json
 import os
+import time
+import unicodedata
 import zipfile
+from collections import deque
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
+from starlette.requests import ClientDisconnect
 
 from loopfree.images import png_bytes
 from loopfree.pipeline import MAX_SEED
@@ -65,6 +69,19 @@ def run_isolated(run, prompts: list[str], seeds: list[int]) -> list:
         return out
 
 
+# Letters and marks Unicode draws as nothing (Hangul fillers, the Braille blank, the combining grapheme joiner,
+# variation selectors): with separators, controls and format characters (zero-width space, joiners, BOM) they
+# make a prompt that looks empty.
+BLANK = frozenset("\u115f\u1160\u3164\uffa0\u2800\u034f") | frozenset(map(chr, [*range(0xFE00, 0xFE10),
+                                                                                 *range(0xE0100, 0xE01F0)]))
+
+
+def visible(text: str) -> bool:
+    """Whether any character of `text` shows: one that is not a separator or space (Z*), not a control, format
+    (zero-width), surrogate, private-use or unassigned code point (C*), and not in BLANK."""
+    return any(unicodedata.category(c)[0] not in "ZC" and c not in BLANK for c in text)
+
+
 class RequestError(ValueError):
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -92,12 +109,13 @@ def parse_request(raw: bytes, max_prompts: int, max_chars: int) -> tuple[list[st
             raise RequestError(422, f"prompts[{i}]: must be a string, got {type(p).__name__}")
         if len(p) > max_chars:
             raise RequestError(422, f"prompts[{i}]: {len(p)} characters, at most {max_chars}")
-        if not p.strip():
-            raise RequestError(422, f"prompts[{i}]: empty or whitespace only")
         try:
             p.encode("utf-8")
         except UnicodeEncodeError:  # e.g. a lone UTF-16 surrogate ("\ud83d"): no tokenizer can read it
             raise RequestError(422, f"prompts[{i}]: not valid Unicode text (a lone surrogate code point)") from None
+        if not visible(p):
+            raise RequestError(422, f"prompts[{i}]: no visible character (empty, whitespace, or only zero-width, "
+                                    "format or control characters)")
     if seeds is not None:
         if not isinstance(seeds, list) or len(seeds) != len(prompts):
             raise RequestError(422, f"seeds: must be a list with one integer per prompt ({len(prompts)})")
@@ -166,6 +184,29 @@ def _respond(results: list[dict], fmt: str) -> Response:
     return Response(buf.getvalue(), media_type="application/zip")
 
 
+class Traffic:
+    """What the ingress answered on /generate: totals, and the latencies of the last requests (the console's
+    periodic line, serve/monitor.py)."""
+
+    def __init__(self, keep: int = 10_000):
+        self.requests = self.images = self.client_errors = self.server_errors = 0
+        self.recent: deque[tuple[float, float]] = deque(maxlen=keep)  # (time answered, latency in s)
+
+    def record(self, status: int, images: int, latency_s: float) -> None:
+        self.requests += 1
+        self.images += images if status == 200 else 0
+        self.client_errors += 400 <= status < 500
+        self.server_errors += status >= 500
+        self.recent.append((time.time(), latency_s))
+
+    def summary(self, window_s: float) -> dict:
+        since = time.time() - window_s
+        latencies = sorted(lat for t, lat in self.recent if t >= since)
+        p95 = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))] if latencies else None
+        return {"requests": self.requests, "images": self.images, "client_errors": self.client_errors,
+                "server_errors": self.server_errors, "p95_s": p95}
+
+
 api = FastAPI(title="Loopfree TiUE", description="Loop-free text-to-image generation (TiUE)")
 
 
@@ -176,6 +217,7 @@ class Ingress:
         self.model = model
         self.cfg = ServeApp.model_validate(app)
         self.token_sha256 = token_sha256  # only a digest travels: the token never sits in Ray's actor specs
+        self.traffic = Traffic()
 
     def _authorized(self, request: Request) -> bool:
         if self.token_sha256 is None:
@@ -184,6 +226,9 @@ class Ingress:
         if scheme.lower() != "bearer" or not given:
             return False
         return hmac.compare_digest(hashlib.sha256(given.encode()).hexdigest(), self.token_sha256)
+
+    def traffic_summary(self, window_s: float) -> dict:
+        return self.traffic.summary(window_s)
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
@@ -195,26 +240,40 @@ class Ingress:
 
     @api.post("/generate")
     async def generate(self, request: Request) -> Response:
+        start, images, status = time.monotonic(), 0, 500
+        try:
+            response, images = await self._generate(request)
+            status = response.status_code
+            return response
+        except asyncio.CancelledError:  # the client went away and Serve cancelled the request
+            status = 499
+            raise
+        finally:
+            self.traffic.record(status, images, time.monotonic() - start)
+
+    async def _generate(self, request: Request) -> tuple[Response, int]:
         if not self._authorized(request):
             return JSONResponse({"error": "missing or invalid bearer token"}, status_code=401,
-                                headers={"WWW-Authenticate": "Bearer"})
+                                headers={"WWW-Authenticate": "Bearer"}), 0
         serving = self.cfg.serving
         try:
             body = await read_body(request, serving.max_body_bytes)
             prompts, seeds, fmt = parse_request(body, serving.max_prompts_per_request, serving.max_prompt_chars)
         except RequestError as err:
-            return JSONResponse({"error": str(err)}, status_code=err.status)
+            return JSONResponse({"error": str(err)}, status_code=err.status), 0
+        except ClientDisconnect:  # gone before its body arrived (where the proxy guard is not installed)
+            return Response(status_code=499), 0
         if seeds is None:  # fresh seeds, returned so every image can be reproduced
             seeds = [int.from_bytes(os.urandom(4), "little") >> 1 for _ in prompts]
         try:
             results = await asyncio.gather(*(self.model.generate.remote((p, s)) for p, s in zip(prompts, seeds)))
         except Exception as err:  # e.g. the replica died mid-batch: this request fails, Serve replaces it
-            return JSONResponse({"error": f"model replica failed: {type(err).__name__}"}, status_code=503)
+            return JSONResponse({"error": f"model replica failed: {type(err).__name__}"}, status_code=503), 0
         failed = [i for i, r in enumerate(results) if "error" in r]
         if failed:  # only this request's own prompts failed; the rest of the batch was served
             return JSONResponse({"error": f"prompts{failed}: could not be generated: {results[failed[0]]['error']}"},
-                                status_code=500)
-        return _respond(results, fmt)
+                                status_code=500), 0
+        return _respond(results, fmt), len(results)
 
 
 def token_digest(auth_env: str, required: bool) -> str | None:
@@ -237,8 +296,11 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         ray_actor_options={"num_cpus": s.num_cpus, "num_gpus": s.num_gpus},
     ).bind(app.model_dump(mode="json"))
     # Serve's default (5 ongoing requests per replica) would cap every batch at 5 prompts: the ingress only
-    # forwards and waits, so let it hold enough requests to fill several batches.
-    ingress = Ingress.options(max_ongoing_requests=max(100, 4 * s.max_batch_size * s.autoscaling.max_replicas))
+    # forwards and waits, so let it hold enough requests to fill several batches. Beyond its slots and a short
+    # queue, Serve answers 503 with Retry-After instead of letting requests wait without end (docs/serving.md).
+    ingress = Ingress.options(
+        max_ongoing_requests=s.max_concurrent_requests or max(100, 4 * s.max_batch_size * s.autoscaling.max_replicas),
+        max_queued_requests=s.max_queued_requests, backpressure_config={"retry_after_s": s.retry_after_s})
     return ingress.bind(model, app.model_dump(mode="json"), token_digest(app.auth.token_env, app.auth.required))
 
 
@@ -252,10 +314,15 @@ def app_args(app: ServeApp) -> dict[str, Any]:
 def start(job, address: str | None = None, route_prefix: str = "/") -> str:
     """Deploy a ServeJob on a cluster (or a local Ray on 127.0.0.1); returns the application's base URL."""
     from loopfree_platform.runtime import ensure_ray, without_env
+    from loopfree_platform.serve.guard import Limits, proxy_env
 
     application = build_app(app_args(job))  # the token is read here, once; only its digest travels on
     with without_env(job.auth.token_env):  # a local instance's processes, replicas included, never hold it
         ensure_ray(address, serve=True)
-    serve.start(http_options={"host": job.http.host, "port": job.http.port})
+    # The proxy guard (serve/guard.py) through the controller's environment, which Serve's proxies inherit; like
+    # http_options, it takes effect when this call starts Serve, not on a Serve instance already running.
+    limits = Limits(job.http.request_timeout_s, job.http.max_header_bytes, job.serving.max_body_bytes)
+    serve.start(http_options={"host": job.http.host, "port": job.http.port},
+                controller_options={"runtime_env": {"env_vars": proxy_env(limits)}})
     serve.run(application, name=job.name, route_prefix=route_prefix, blocking=False)
     return f"http://{job.http.host}:{job.http.port}{route_prefix.rstrip('/')}"

@@ -56,6 +56,11 @@ class Serving(Section):
     max_prompts_per_request: int = Field(16, ge=1)
     max_prompt_chars: int = Field(1000, ge=1)
     max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get 413 before they are read")
+    max_concurrent_requests: int | None = Field(None, ge=1, description="requests the ingress handles at once "
+                                                "(default: max(100, 4 x max_batch_size x max_replicas))")
+    max_queued_requests: int = Field(100, ge=1, description="requests that may wait for one of those slots; "
+                                     "beyond them 503 with Retry-After")
+    retry_after_s: int = Field(1, ge=0, description="the Retry-After of that 503, in seconds")
     autoscaling: Autoscaling = Autoscaling()
     num_cpus: float = Field(1.0, ge=0, description="per model replica")
     num_gpus: float = Field(0.0, ge=0, description="per model replica")
@@ -74,12 +79,23 @@ class ServeApp(Section):
 
 
 class Http(Section):
+    """The Serve HTTP proxy's settings: they hold for every application on the Serve instance this job starts
+    (serve/guard.py, docs/serving.md)."""
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    request_timeout_s: float = Field(10.0, gt=0, le=3600, description="a request's line and headers, and then its "
+                                     "body, must each arrive within this time (else 408 and the connection closed)")
+    max_header_bytes: int = Field(16 << 10, ge=1024, description="request line plus headers; larger get 431")
+
+
+class Console(Section):
+    log_dir: str = Field("runs/serve", description="serve.log (Ray's logs, access logs) goes to <log_dir>/<name>/")
+    every_s: float = Field(30.0, gt=0, description="seconds between the console's traffic lines")
 
 
 class ServeJob(ServeApp):
     http: Http = Http()
+    console: Console = Console()
     name: str = Field("loopfree", pattern=r"^[A-Za-z0-9_.-]+$")
 
     @model_validator(mode="before")
