@@ -310,18 +310,9 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     if args.dry_run:
         return print_plan("serve", job)
-    from loopfree_platform.serve.app import start
+    from loopfree_platform.serve.monitor import run_serve
 
-    url = start(job, address=args.address)
-    print(f"serving {job.model.source} at {url} (POST /generate, GET /model, GET /healthz); Ctrl-C stops", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        from ray import serve
-
-        serve.shutdown()
-    return 0
+    return run_serve(job, args.job, args.address, args.verbose)  # quiet console, traffic lines, serve.log
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -483,8 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--seed", type=int, default=0, help="first seed (and preset weights seed)")
     analyze.add_argument("--out", default="runs/analysis", help="output folder (default: runs/analysis)")
     analyze.set_defaults(func=_analyze_features)
-    _job_command(sub, "serve", "serve a TiUE model over HTTP with Ray Serve (jobs/serve.yaml)", "jobs/serve.yaml",
-                 run=False).set_defaults(func=_serve)
+    _job_command(sub, "serve", "serve a TiUE model over HTTP with Ray Serve (jobs/serve.yaml)",
+                 "jobs/serve.yaml").set_defaults(func=_serve)
     _job_command(sub, "generate", "batch-generate images for a prompt file with Ray Data (jobs/generate.yaml); "
                  "re-running skips what is done", "jobs/generate.yaml").set_defaults(func=_generate)
     env = sub.add_parser("env", help="versions, devices, and whether RAY_ADDRESS and MLFLOW_TRACKING_URI are reachable")

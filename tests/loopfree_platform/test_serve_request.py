@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 import yaml
 from loopfree_platform.jobfile import JobError
-from loopfree_platform.serve.app import RequestError, parse_request, run_isolated, visible
+from loopfree_platform.serve.app import RequestError, Traffic, parse_request, run_isolated, visible
 from loopfree_platform.serve.guard import CALLBACK, CALLBACK_ENV, Limits, proxy_env
 from loopfree_platform.serve.job import ServeApp, load_generate_job, load_serve_job
+from loopfree_platform.serve.monitor import traffic_line
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -113,6 +114,19 @@ def test_visible_characters_and_the_proxy_settings_round_trip(monkeypatch):
     for key, value in proxy_env(limits).items():
         monkeypatch.setenv(key, value)
     assert Limits.from_env() == limits
+
+
+def test_traffic_totals_p95_and_the_console_line():
+    traffic = Traffic()
+    for i in range(20):
+        traffic.record(200, 2, latency_s=0.1 * (i + 1))
+    traffic.record(422, 0, 0.01)
+    traffic.record(500, 0, 0.01)
+    now = traffic.summary(window_s=60)
+    assert (now["requests"], now["images"], now["client_errors"], now["server_errors"]) == (22, 40, 1, 1)
+    assert now["p95_s"] == pytest.approx(1.9)
+    before = {"requests": 2, "images": 0, "client_errors": 0, "server_errors": 0, "p95_s": None}
+    assert traffic_line(now, before, elapsed_s=10) == "22 requests (+20), 4.00 images/s, p95 1.90 s, errors 2 (4xx 1, 5xx 1)"
 
 
 def test_shipped_job_files_parse_to_their_schemas():
