@@ -1,13 +1,17 @@
 """The Serve application on a real local Ray instance, called over HTTP on 127.0.0.1 as users do.
 
-Two applications share one Serve instance: an open one ("/") and one behind a bearer token ("/secure").
+Two applications share one Serve instance: an open one ("/") and one behind a bearer token ("/secure") that
+also takes few requests at a time. The instance's proxy guard (serve/guard.py) allows 5 s for a request's
+headers and again for its body, and 4 KiB of headers.
 """
 
 import base64
 import io
 import json
+import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlparse
 
 import numpy as np
 import PIL.Image
@@ -17,17 +21,23 @@ from loopfree_platform.serve.app import start
 from loopfree_platform.serve.job import ServeJob
 from ray import serve
 
+from tests.slow_clients import STALLS, answered, answers, endless_headers, opened, post, serve_log_sizes, written_since
+
 TOKEN = "s3cret-serve-token-for-tests"
+TIMEOUT_S, MAX_HEADER_BYTES = 5, 4096  # the proxy guard's limits here (the defaults are 10 s and 16 KiB)
 
 
 @pytest.fixture(scope="module")
 def server(ray_local, tiny_pipeline_dir, monkeypatch_module, free_port):
     port = free_port()
     serving = {"max_batch_size": 8, "batch_wait_timeout_s": 0.3, "max_prompts_per_request": 4, "max_prompt_chars": 50}
-    job = {"model": {"source": str(tiny_pipeline_dir)}, "serving": serving, "http": {"port": port}}
-    url = start(ServeJob.model_validate({**job, "name": "open"}), route_prefix="/")
+    http = {"port": port, "request_timeout_s": TIMEOUT_S, "max_header_bytes": MAX_HEADER_BYTES}
+    job = {"model": {"source": str(tiny_pipeline_dir)}, "serving": serving, "http": http}
+    url = start(ServeJob.model_validate({**job, "name": "open"}), route_prefix="/")  # starts Serve and its guard
     monkeypatch_module.setenv("LOOPFREE_SERVE_TOKEN", TOKEN)
-    secure = start(ServeJob.model_validate({**job, "name": "secure", "auth": {"required": True}}), route_prefix="/secure")
+    few = {**serving, "max_concurrent_requests": 1, "max_queued_requests": 1, "retry_after_s": 2}
+    secure = start(ServeJob.model_validate({**job, "serving": few, "name": "secure", "auth": {"required": True}}),
+                   route_prefix="/secure")
     monkeypatch_module.delenv("LOOPFREE_SERVE_TOKEN")
     yield url, secure
     serve.shutdown()
@@ -127,6 +137,7 @@ HOSTILE = [
     (b'{"prompts": ["a"], "seeds": [' + b"9" * 5000 + b"]}", 400, "not valid JSON"),
     (b'{"prompts": ["a bag \\ud83d"]}', 422, "prompts[0]: not valid Unicode"),
     ({"prompts": ["  "]}, 422, "prompts[0]: no visible character"),
+    ({"prompts": ["a", "\u200b\u200c\u200d\u2060\ufeff"]}, 422, "prompts[1]: no visible character"),  # zero-width
 ]
 
 
@@ -150,6 +161,78 @@ def test_a_prompt_over_77_tokens_is_served_and_reported_as_truncated(server):
     assert len(clip_tokenizer()(long).input_ids) > 77 >= len(clip_tokenizer()(short).input_ids)
     images = generate(url, {"prompts": [long, short], "seeds": [1, 2]}).json()["images"]
     assert [i["truncated"] for i in images] == [True, False]
+
+
+@pytest.mark.timeout(300)
+def test_stalled_requests_get_408_or_are_closed_and_never_hold_up_another_clients_requests(server):
+    """150 connections from one client stop half-way: more than the open app's 100 ingress slots wait for a
+    body. Another client is served meanwhile; every stalled one is answered 408 (closed) or, if it never sent a
+    byte, closed, within the time limit (the bound here is generous: the limit plus a minute)."""
+    url, _ = server
+    kinds = [kind for kind, n in zip(STALLS, (60, 60, 20, 10)) for _ in range(n)]
+    stalled = [opened(urlparse(url).port, STALLS[kind]) for kind in kinds]
+    started = time.monotonic()
+    with requests.Session() as other:
+        replies = [other.post(f"{url}/generate", json={"prompts": [f"good {i}"], "seeds": [i]}, timeout=60)
+                   for i in range(3)]
+    assert [r.status_code for r in replies] == [200] * 3
+    assert not any(answered(sock) for sock in stalled), "the stalls were over before the other client was served"
+    for kind, answer in zip(kinds, answers(stalled, deadline=started + TIMEOUT_S + 60)):
+        assert answer is not None, f"{kind}: still open {TIMEOUT_S + 60} s after it stalled"
+        if kind == "nothing sent":
+            assert answer == b"", answer
+        else:
+            assert answer.startswith(b"HTTP/1.1 408 ") and b"did not arrive within 5 s" in answer, (kind, answer)
+    assert generate(url, {"prompts": ["after"], "seeds": [1]}).status_code == 200
+
+
+def test_oversized_request_headers_get_431_and_the_connection_is_closed(server):
+    url, _ = server
+    assert requests.get(f"{url}/healthz", headers={"X-Pad": "a" * 3000}, timeout=30).status_code == 200
+    for headers in ({"X-Pad": "a" * 5000}, {f"X-Pad-{i}": "a" * 100 for i in range(60)}):
+        reply = requests.get(f"{url}/healthz", headers=headers, timeout=30)
+        assert reply.status_code == 431 and f"at most {MAX_HEADER_BYTES}" in reply.json()["error"], reply.text
+    answer, sent = endless_headers(urlparse(url).port, limit_bytes=32 << 20)  # a 32 MB header, 8 KiB at a time
+    assert answer.startswith(b"HTTP/1.1 431 ") and f"more than {MAX_HEADER_BYTES}".encode() in answer, answer
+    assert sent < 1 << 20, f"refused only after {sent} bytes"
+    assert requests.get(f"{url}/healthz", timeout=30).status_code == 200
+
+
+def test_requests_beyond_the_concurrency_limit_get_503_with_retry_after(server):
+    """The secure app takes 1 request at a time and 1 waiting; 12 at once: the rest are told when to retry."""
+    _, secure = server
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with ThreadPoolExecutor(12) as pool:
+        replies = list(pool.map(lambda i: generate(secure, {"prompts": [f"p{i}"] * 4, "seeds": [i] * 4}, headers=auth),
+                                range(12)))
+    codes = sorted(r.status_code for r in replies)
+    assert set(codes) == {200, 503}, codes
+    assert all(r.headers.get("retry-after") == "2" for r in replies if r.status_code == 503)
+    assert generate(secure, {"prompts": ["after"], "seeds": [1]}, headers=auth).status_code == 200
+
+
+def test_clients_that_hang_up_leave_no_traceback_in_the_logs(server):
+    """Hang-ups half-way through a body, and while the images are being made; then Serve's logs of the proxy and
+    the open app's replicas are read once they show the cancelled requests."""
+    import ray
+
+    url, _ = server
+    port = urlparse(url).port
+    logs = serve_log_sizes(ray._private.worker._global_node.get_logs_dir_path(), "open")
+    body = json.dumps({"prompts": ["a bag"] * 4, "seeds": [1, 2, 3, 4]}).encode()
+    for data in [STALLS["declared length never sent"], STALLS["chunked body that never ends"], post(body)] * 3:
+        sock = opened(port, data)
+        time.sleep(0.1)  # the body half-way, or the batch waiting 0.3 s to fill
+        sock.close()
+    deadline = time.monotonic() + 60
+    while written_since(logs).count("POST /generate CANCELLED") < 3:
+        assert time.monotonic() < deadline, f"Serve never logged the cancelled requests:\n{written_since(logs)[-3000:]}"
+        time.sleep(0.5)
+    time.sleep(2)  # anything logged with the cancellation
+    text = written_since(logs)
+    for words in ("Traceback", "never retrieved", "TaskCancelledError", "ClientDisconnect"):
+        assert words not in text, text[-3000:]
+    assert generate(url, {"prompts": ["after"], "seeds": [1]}).status_code == 200
 
 
 @pytest.mark.timeout(300)

@@ -30,7 +30,6 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
-from starlette.requests import ClientDisconnect
 
 from loopfree.images import png_bytes
 from loopfree.pipeline import MAX_SEED
@@ -261,8 +260,6 @@ class Ingress:
             prompts, seeds, fmt = parse_request(body, serving.max_prompts_per_request, serving.max_prompt_chars)
         except RequestError as err:
             return JSONResponse({"error": str(err)}, status_code=err.status), 0
-        except ClientDisconnect:  # gone before its body arrived (where the proxy guard is not installed)
-            return Response(status_code=499), 0
         if seeds is None:  # fresh seeds, returned so every image can be reproduced
             seeds = [int.from_bytes(os.urandom(4), "little") >> 1 for _ in prompts]
         try:
