@@ -12,19 +12,22 @@ returns ASGI middlewares. `install` is that function. It
 - returns `WholeBodies`: the body is read in full, within the time limit (408) and the size limit (413),
   before the request is forwarded, so a replica only ever sees whole requests.
 
-The settings travel as environment variables of the proxy process (`proxy_env`): `loopfree serve` sets them
-through Serve's controller options, a RayService through its container environment (infra/kuberay).
+The settings travel as environment variables of the proxy process (`proxy_env`), set through Serve's controller
+options, whose environment the proxies inherit: by `loopfree serve` (serve/app.py `start`), and in
+platform/serve_config.yaml and the RayService (infra/kuberay) for `serve deploy` and KubeRay.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from dataclasses import dataclass
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+logger = logging.getLogger("ray.serve")  # the proxy's own log (serve.log for `loopfree serve`)
 CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 CALLBACK = "loopfree_platform.serve.guard:install"
 TIMEOUT_ENV, HEADER_ENV, BODY_ENV = ("LOOPFREE_SERVE_REQUEST_TIMEOUT_S", "LOOPFREE_SERVE_MAX_HEADER_BYTES",
@@ -59,8 +62,9 @@ def install() -> list:
     return [Middleware(WholeBodies, limits=Limits.from_env())]
 
 
-def refusal(status: int, message: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
-    """Headers and body of a JSON refusal that closes the connection (its unread rest is never read)."""
+def refusal(status: int, message: str, client) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """Headers and body of a JSON refusal that closes the connection (its unread rest is never read); logged."""
+    logger.warning(f"refused {status} to {client[0] if client else 'a client'}: {message}")
     body = json.dumps({"error": message}).encode()
     return [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
             (b"connection", b"close")], body
@@ -109,9 +113,10 @@ class WholeBodies:
             async with asyncio.timeout(self.limits.request_timeout_s):
                 body = await read_whole_body(receive, self.limits.max_body_bytes, declared)
         except TimeoutError:
-            return await self._refuse(send, 408, f"the request body did not arrive within {self.limits.request_timeout_s:g} s")
+            timeout = f"the request body did not arrive within {self.limits.request_timeout_s:g} s"
+            return await self._refuse(send, 408, timeout, scope.get("client"))
         except BodyTooLarge as err:
-            return await self._refuse(send, 413, str(err))
+            return await self._refuse(send, 413, str(err), scope.get("client"))
         except ClientGone:  # nothing to answer, nothing forwarded
             return
         await self.app(scope, self._replay(body, receive), send)
@@ -130,8 +135,8 @@ class WholeBodies:
         return replayed
 
     @staticmethod
-    async def _refuse(send, status: int, message: str) -> None:
-        headers, body = refusal(status, message)
+    async def _refuse(send, status: int, message: str, client) -> None:
+        headers, body = refusal(status, message, client)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
@@ -211,6 +216,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse(self, status: int, message: str) -> None:
         self.refused = True
         self._stop_head_clock()
-        headers, body = refusal(status, message)
+        headers, body = refusal(status, message, self.client)
         self.transport.write(STATUS_LINE[status] + b"".join(k + b": " + v + b"\r\n" for k, v in headers) + b"\r\n" + body)
         self.transport.close()
