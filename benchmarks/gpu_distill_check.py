@@ -77,8 +77,8 @@ def one_config(args, stage: int, checkpointing: bool, device: torch.device) -> d
     student.load_state_dict(components.unet.state_dict())
     if checkpointing:
         student.enable_gradient_checkpointing()
-    distiller = Distiller(components, job.distill_config, student_unet=student).to(device)
-    student_engine, fake_engine = build_engines(distiller, deepspeed_config(job, grad_clip=job.distill_config.grad_clip))
+    distiller = Distiller(components, job.method, student_unet=student).to(device)
+    student_engine, fake_engine = build_engines(distiller, deepspeed_config(job, grad_clip=job.method.grad_clip))
     timer = PhaseTimer(device)
     # Not wrapped: text_states (called again, cached, inside the turns); the text encoder's time is in "other".
     for obj, method, phase in [(distiller, "student_turn", "student turn"),

@@ -178,7 +178,7 @@ def _sweep(args: argparse.Namespace) -> int:
         return print_plan("sweep", loaded)
     from loopfree_platform import storage
     from loopfree_platform.console import LogFile, duration
-    from loopfree_platform.distill.driver import absolute_paths, step_bar
+    from loopfree_platform.distill.driver import absolute_paths, run_steps, step_bar
     from loopfree_platform.distill.sweep import tables
     from loopfree_platform.distill.sweep_driver import run_sweep
 
@@ -190,11 +190,11 @@ def _sweep(args: argparse.Namespace) -> int:
     def run(bar):
         from loopfree_platform.distill.callbacks import MetricsFeed, read_metrics
 
-        uris = [storage.join(absolute_paths(job).run_dir(), "metrics.jsonl") for _, _, job in runs]
-        totals = [job.training.max_steps for _, _, job in runs]
+        jobs = [absolute_paths(job) for _, _, job in runs]
+        uris = [storage.join(job.run_dir(), "metrics.jsonl") for job in jobs]
         logged = [max((int(r["step"]) for r in read_metrics(u, endpoint)), default=0) for u in uris]
         bar.phase(f"{len(runs)} runs: starting")
-        with MetricsFeed(uris, endpoint, step_bar(bar, totals, None, logged)):
+        with MetricsFeed(uris, endpoint, step_bar(bar, lambda: [run_steps(job) for job in jobs], None, logged)):
             result = run_sweep(sweep, runs, address=args.address)
         return result
 

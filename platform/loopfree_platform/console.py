@@ -202,6 +202,12 @@ class Progress:
             self.bar.total = self._started + self._planned
         self.phase("" if name == self.desc else name)
 
+    def retotal(self, total: int) -> None:
+        """A total learnt after counting started (a sweep's run caps its steps when its corpus is read)."""
+        if self.bar is not None and self.bar.total != total:
+            self.bar.total = total
+            self.bar.refresh()
+
     def update(self, n: int = 1) -> None:
         if self.bar is not None:
             self.bar.update(n)

@@ -5,9 +5,9 @@ import warnings
 from pathlib import Path
 
 import pytest
-from loopfree_platform.distill.driver import run_distill
+from loopfree_platform.distill.driver import capped, run_distill
 from loopfree_platform.distill.job import DistillJob
-from loopfree_platform.distill.tracking import MLflowTracking, TrackingError, flatten, run_page, start_run
+from loopfree_platform.distill.tracking import MLflowTracking, TrackingError, describe_run, flatten, run_page, start_run
 
 
 @pytest.fixture
@@ -63,6 +63,8 @@ def test_a_run_reads_in_sections_with_its_description_commit_and_one_off_values_
 
     j = job()
     uri, run_id = start_run(j)
+    asked = j.model_copy(update={"training": j.training.model_copy(update={"max_steps": 500})})
+    describe_run(capped(asked, rows=8), uri, run_id)  # the corpus holds 2 global batches of 4: the run is 2 steps
     callback = MLflowTracking(j, uri, run_id)
     for step in (1, 2):
         callback.after_report(None, [{"step": step, "loss_vsd": 0.5, "grad_norm_student": 1.0, "samples_per_s": 3.0,
@@ -74,6 +76,7 @@ def test_a_run_reads_in_sections_with_its_description_commit_and_one_off_values_
     assert run.data.tags["perf.first_batch_s"] == "4.250" and run.data.tags["perf.worker_startup_s"] == "9.500"
     note = run.data.tags["mlflow.note.content"]
     assert j.name in note and "K=4" in note and "tiny" in note and "2 steps" in note
+    assert run.data.params["training.max_steps"] == "2" and run.data.params["method.vsd_weighting"] == "one_minus_alpha_bar"
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert run.data.tags.get("mlflow.source.git.commit") == (head or None)
     experiment = client.get_experiment(run.info.experiment_id)

@@ -21,11 +21,11 @@ def _in_repo(monkeypatch):
 
 def test_students_share_the_budget_and_differ_only_in_method(tmp_path):
     jobs = {name: compare.student_job(name, tmp_path, 40) for name in compare.STUDENTS}
-    budgets = {(j.training.max_steps, j.scaling.global_batch_size, j.distill_config.student_lr, j.distill_config.fake_score,
-                j.distill_config.fake_score_updates) for j in jobs.values()}
+    budgets = {(j.training.max_steps, j.scaling.global_batch_size, j.method.student_lr, j.method.fake_score,
+                j.method.fake_score_updates) for j in jobs.values()}
     assert budgets == {(40, 8, 1e-4, "full", 5)}  # the quickstart's recipe (the study's best) for every student
-    assert jobs["swiftbrush-1step"].distill_config.mode == "one_step"
-    assert [j.distill_config.lambda_kl for j in jobs.values()] == [0.0, 0.1, 0.0]
+    assert jobs["swiftbrush-1step"].method.mode == "one_step"
+    assert [j.method.lambda_kl for j in jobs.values()] == [0.0, 0.1, 0.0]
     assert all(j.tracking.registered_model is None for j in jobs.values())
 
 

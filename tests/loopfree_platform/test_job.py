@@ -20,7 +20,7 @@ def test_shipped_job_files_validate(monkeypatch):
     recipe = DistillJob.model_validate(yaml.safe_load((ROOT / "jobs" / "distill.yaml").read_text()))
     assert recipe.scaling.global_batch_size == 64 and recipe.scaling.batch_per_worker == 8
     assert recipe.deepspeed.zero_stage == 2 and recipe.storage.path.startswith("s3://")
-    assert recipe.distill_config.student_lr == 1e-6
+    assert recipe.method.student_lr == 1e-6
 
 
 @pytest.mark.parametrize(

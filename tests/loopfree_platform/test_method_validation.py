@@ -31,3 +31,27 @@ def test_a_method_the_distiller_refuses_fails_the_dry_run_naming_method(tiny, sm
         Distiller(tiny, DistillConfig.from_dict(method))  # the premise: training would fail on the workers
     with pytest.raises(JobError, match="method"):
         load_job(write_job(smoke_job({"method": method})))
+
+
+@pytest.mark.parametrize("method, line", [
+    ({"lora_lr": 1e-3}, "method.lora_lr: was renamed: use method.fake_score_lr"),
+    ({"lora_t_max": 900}, "method.lora_t_max: was renamed: use method.fake_score_t_max"),
+    ({"lamda_kl": 0.2}, "method.lamda_kl: unknown key (did you mean lambda_kl?)"),
+    ({"num_steps": "4"}, "method.num_steps: Input should be a valid integer"),
+    ({"lora_target_modules": "to_q"}, "method.lora_target_modules: Input should be a list"),
+    ({"num_steps": 0}, "method.num_steps: must be an integer >= 1, got 0"),
+    ({"spacing": "custom", "timesteps": [999, 500]}, "method.timesteps: 2 listed but num_steps is 4; they must agree"),
+    ({"num_steps": 2000}, "method.num_steps: num_steps (K) must be <= num_train_timesteps=1000"),
+    ({"lora_target_modules": ["to_x"]}, "method.lora_target_modules: 'to_x' names no module"),
+])
+def test_a_bad_method_key_is_named_by_its_dotted_path(smoke_job, write_job, method, line):
+    with pytest.raises(JobError) as err:
+        load_job(write_job(smoke_job({"method": method})))
+    assert f"job.yaml: {line}" in str(err.value)
+
+
+def test_the_loaded_method_is_the_typed_config_with_every_default(smoke_job, write_job):
+    job = load_job(write_job(smoke_job({"method": {"guidance_scale": 2.0, "lora_target_modules": ["to_q"]}})))
+    assert isinstance(job.method, DistillConfig) and job.method.lora_target_modules == ("to_q",)
+    assert job.method.fake_cfg == 2.0 and job.resolved()["method"]["lora_target_modules"] == ["to_q"]
+    assert job.resolved()["method"].keys() == DistillConfig().to_dict().keys()  # --dry-run prints every default

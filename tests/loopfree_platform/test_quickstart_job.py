@@ -11,6 +11,6 @@ def test_quickstart_job_distils_this_teacher_with_tiue_and_kl(monkeypatch):
 
     monkeypatch.chdir(ROOT)
     job = load_job("jobs/quickstart.yaml")
-    method = job.distill_config
+    method = job.method
     assert job.model.teacher_dir == "models/fashion-teacher" and method.mode == "tiue" and method.num_steps == 4
     assert method.lambda_kl > 0 and job.storage.path == "runs" and job.tracking.mlflow_uri is None

@@ -20,9 +20,9 @@ def test_variants_grid_and_seeds_expand_into_named_validated_jobs(sweep_file):
     assert names == ["s-paper-s0", "s-paper-s7", "s-ttur-s0", "s-ttur-s7", "s-guidance_scale-1.5-s0", "s-guidance_scale-1.5-s7",
                      "s-guidance_scale-3.0-s0", "s-guidance_scale-3.0-s7"]
     by_name = {job.name: job for _, _, job in runs}
-    assert by_name["s-ttur-s7"].distill_config.fake_score_updates == 5 and by_name["s-ttur-s7"].data.seed == 7
-    assert by_name["s-paper-s0"].distill_config.fake_score_updates == 1
-    assert by_name["s-guidance_scale-3.0-s0"].distill_config.guidance_scale == 3.0
+    assert by_name["s-ttur-s7"].method.fake_score_updates == 5 and by_name["s-ttur-s7"].data.seed == 7
+    assert by_name["s-paper-s0"].method.fake_score_updates == 1
+    assert by_name["s-guidance_scale-3.0-s0"].method.guidance_scale == 3.0
     assert all(job.tracking.registered_model is None for job in by_name.values())
 
 
@@ -33,7 +33,7 @@ def test_variants_without_a_grid_expand_to_exactly_those_variants(sweep_file):
 
 @pytest.mark.parametrize("sweep, message", [
     ({"variants": [{"name": "bad", "overrides": {"method.fake_scor": "full"}}]},
-     r"variant 'bad' \(seed 0\): method: .*fake_scor"),
+     r"variant 'bad' \(seed 0\): method.fake_scor: unknown key \(did you mean fake_score\?\)"),
     ({"variants": [{"name": "bad", "overrides": {"method.fake_score_updates": 0}}]}, "variant 'bad'.*updates"),
     ({"variants": [{"name": "x"}, {"name": "x"}]}, "distinct"),
     ({}, "variants, a grid, or both"),

@@ -6,6 +6,7 @@ Everything that can fail without a cluster has failed before this runs (`job.loa
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from loopfree_platform.console import Progress
 from loopfree_platform.distill.job import DistillJob
 from loopfree_platform.jobfile import redact
 from loopfree_platform.runtime import ensure_ray
+
+RESOLVED = "job.resolved.yaml"  # the job as it runs, secrets redacted, in the run folder
 
 
 @dataclass
@@ -65,30 +68,43 @@ def backfill_trackers(job: DistillJob, callbacks: list) -> None:
             callback.after_report(None, [state["metrics"]], None)
 
 
-def total_steps(job: DistillJob, rows: int) -> int:
+def capped(job: DistillJob, rows: int) -> DistillJob:
+    """The job as it runs: `training.max_steps` capped by the global batches the corpus yields."""
     steps = min(job.training.max_steps, rows // job.scaling.global_batch_size)
     if steps < 1:
         raise ValueError(f"the corpus yields {rows} (prompt, epoch) rows, fewer than one global batch "
                          f"(scaling.global_batch_size = {job.scaling.global_batch_size})")
-    return steps
+    return job.model_copy(update={"training": job.training.model_copy(update={"max_steps": steps})})
 
 
-def step_bar(progress: Progress, totals: list[int], batch: int | None, after: list[int]):
-    """on_rows for `MetricsFeed`: the bar counts reported steps of one run (or of a sweep's runs, summed)
-    from the first step after `after` (the steps an earlier attempt already logged), with the main losses,
-    the latest eval/fid, samples/s (one run) or runs done (a sweep) as its postfix."""
+def run_steps(job: DistillJob) -> int:
+    """The steps of a run once its driver has capped them (its job.resolved.yaml), else the job's own."""
+    uri = storage.join(job.run_dir(), RESOLVED)
+    try:
+        return int(yaml.safe_load(storage.read_bytes(uri, job.storage.endpoint_url))["training"]["max_steps"])
+    except Exception:  # not written yet (or being replaced): the job's value until it is
+        return job.training.max_steps
+
+
+def step_bar(progress: Progress, totals: Callable[[], list[int]], batch: int | None, after: list[int]):
+    """on_rows for `MetricsFeed`: the bar counts reported steps of one run (or of a sweep's runs, summed, each
+    run's total its capped step count once its driver has it) from the first step after `after` (the steps an
+    earlier attempt already logged), with the main losses, the latest eval/fid, samples/s (one run) or runs
+    done (a sweep) as its postfix."""
     started = False
 
     def on_rows(tables: list[list[dict]]) -> None:
         nonlocal started
-        steps = [min(max((int(r["step"]) for r in rows), default=0), total) for rows, total in zip(tables, totals)]
+        limits = totals()
+        steps = [min(max((int(r["step"]) for r in rows), default=0), total) for rows, total in zip(tables, limits)]
         if not started:
             if all(s <= a for s, a in zip(steps, after)):
                 return
-            progress.start(sum(totals), done=sum(steps))
+            progress.start(sum(limits), done=sum(steps))
             started = True
+        progress.retotal(sum(limits))
         progress.to(sum(steps))
-        running = [t for t, s, total in zip(tables, steps, totals) if t and s < total]
+        running = [t for t, s, total in zip(tables, steps, limits) if t and s < total]
         rows = (running or [t for t in tables if t] or [[]])[0]  # the run in progress (a sweep's first unfinished)
         last = rows[-1] if rows else {}
         fid = next((r["eval/fid"] for r in reversed(rows) if "eval/fid" in r), None)
@@ -96,7 +112,7 @@ def step_bar(progress: Progress, totals: list[int], batch: int | None, after: li
         if batch is not None:
             shown["samples/s"] = progress.rate * batch if progress.rate else None
         else:
-            shown["runs"] = f"{sum(s >= t for s, t in zip(steps, totals))}/{len(totals)}"
+            shown["runs"] = f"{sum(s >= t for s, t in zip(steps, limits))}/{len(limits)}"
         progress.show(**shown)
 
     return on_rows
@@ -119,7 +135,7 @@ def _run_distill(job: DistillJob, address: str | None, progress: Progress | None
     from loopfree_platform.distill.callbacks import MetricsFeed, MetricsLog, read_metrics
     from loopfree_platform.distill.corpus import RankShards, prepare_corpus
     from loopfree_platform.distill.process_group import NodeAddressTorchConfig
-    from loopfree_platform.distill.tracking import MLflowTracking, register_model, start_run
+    from loopfree_platform.distill.tracking import MLflowTracking, describe_run, register_model, start_run
     from loopfree_platform.distill.train import train_loop_per_worker
 
     progress = progress or Progress("distill", enabled=False)
@@ -132,19 +148,22 @@ def _run_distill(job: DistillJob, address: str | None, progress: Progress | None
 
     DataContext.get_current().enable_progress_bars = False  # travels with the datasets to the workers
     endpoint = job.storage.endpoint_url
-    storage.write_bytes(storage.join(job.run_dir(), "job.resolved.yaml"),
-                        yaml.safe_dump(redact(job.resolved()), sort_keys=False).encode(), endpoint)
     d = job.data
     progress.phase("preparing the corpus")
     ordered, stats = prepare_corpus(d.paths, d.format, d.column, d.on_bad_record, d.epochs, d.seed, endpoint)
     print(f"corpus: {stats.as_dict()}", flush=True)
-    steps = total_steps(job, ordered.count())
+    job = capped(job, ordered.count())  # from here on the job is the run's: absolute paths, capped steps
+    steps = job.training.max_steps
+    storage.write_bytes(storage.join(job.run_dir(), RESOLVED), yaml.safe_dump(redact(job.resolved()), sort_keys=False).encode(),
+                        endpoint)
+    if tracked:
+        describe_run(job, *tracked)
     fs, storage_path = storage.filesystem(job.storage.path, endpoint)
     callbacks = [MetricsLog(job.run_dir(), endpoint), *([MLflowTracking(job, *tracked)] if tracked else [])]
     backfill_trackers(job, callbacks)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"job": job.model_dump(mode="json"), "total_steps": steps},
+        train_loop_config={"job": job},  # the validated job itself: the workers re-derive nothing
         torch_config=NodeAddressTorchConfig(),  # torch's rendezvous store on the node's address, not on '::'
         scaling_config=ScalingConfig(num_workers=job.scaling.num_workers, use_gpu=job.scaling.use_gpu,
                                      resources_per_worker={"CPU": job.scaling.cpus_per_worker}),
@@ -160,7 +179,7 @@ def _run_distill(job: DistillJob, address: str | None, progress: Progress | None
     progress.phase("starting the workers")
     metrics_uri = storage.join(job.run_dir(), "metrics.jsonl")
     logged = max((int(r["step"]) for r in read_metrics(metrics_uri, endpoint)), default=0)
-    with MetricsFeed([metrics_uri], endpoint, step_bar(progress, [steps], job.scaling.global_batch_size, [logged])):
+    with MetricsFeed([metrics_uri], endpoint, step_bar(progress, lambda: [steps], job.scaling.global_batch_size, [logged])):
         result = trainer.fit()
     if result.error:
         raise result.error

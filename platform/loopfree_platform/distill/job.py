@@ -8,15 +8,21 @@ by hand (`deepspeed_config`).
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import difflib
 import functools
 import json
 import os
+import re
+import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PlainSerializer, PlainValidator, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from loopfree.config import DistillConfig
+from loopfree.config import RENAMED, DistillConfig
 from loopfree_platform import storage
 from loopfree_platform.jobfile import JobError, Section, validate_file
 from loopfree_platform.reference import ReferenceSection
@@ -153,11 +159,75 @@ class EvaluationSection(Section):
                 ("evaluation.clip_dir", self.clip_dir), ("evaluation.inception_path", self.inception_path)]
 
 
+METHOD_FIELDS = tuple(f.name for f in dataclasses.fields(DistillConfig) if f.name != "extra")
+
+
+@functools.cache
+def _field_type(name: str) -> TypeAdapter:
+    return TypeAdapter(typing.get_type_hints(DistillConfig)[name])
+
+
+def _config_errors(message: str) -> list[tuple[tuple, str]]:
+    """DistillConfig's refusal ("invalid DistillConfig: <key> ...; <key> ...") as (key path, text) pairs."""
+    errors: list[tuple[tuple, str]] = []
+    for part in message.removeprefix("invalid DistillConfig: ").split("; "):
+        word = re.match(r"\w*", part)[0]
+        if part.startswith("unknown keys ["):
+            for key in ast.literal_eval(part.removeprefix("unknown keys ")):
+                near = difflib.get_close_matches(key, METHOD_FIELDS, n=1)
+                errors.append(((key,), "unknown key" + (f" (did you mean {near[0]}?)" if near else "")))
+        elif word in RENAMED:
+            errors.append(((word,), f"was renamed: use method.{RENAMED[word]} (docs/jobs.md)"))
+        elif word in METHOD_FIELDS:
+            rest = part[len(word):]
+            errors.append(((word,), rest.lstrip(": ") if rest[:1] in (" ", ":") else part))
+        elif errors:  # a message that itself holds "; " goes on
+            key, text = errors.pop()
+            errors.append((key, f"{text}; {part}"))
+        else:
+            errors.append(((), part))
+    return errors
+
+
+def load_method(value: Any) -> DistillConfig:
+    """The `method` section as the typed DistillConfig, the one place a job's method is built (docs/jobs.md):
+    wrong types, unknown or renamed keys and DistillConfig's own checks are reported per key, each error
+    under its dotted path (``method.num_steps: ...``)."""
+    if isinstance(value, DistillConfig):  # already built (a copy of a validated job)
+        return value
+    if not isinstance(value, dict):
+        raise ValueError("must be a mapping of loopfree.DistillConfig fields")
+    errors = []
+    for name in [n for n in METHOD_FIELDS if n in value]:
+        item = tuple(value[name]) if isinstance(value[name], list) else value[name]  # YAML lists are tuples here
+        try:
+            _field_type(name).validate_python(item, strict=True)
+        except ValidationError as err:
+            errors += [((name, *e["loc"]), e["msg"].replace("a valid tuple", "a list").replace("Tuple ", "List "))
+                       for e in err.errors()]
+    if not errors:
+        try:
+            return DistillConfig.from_dict(value)
+        except ValueError as err:
+            errors = _config_errors(str(err))
+    raise ValidationError.from_exception_data("method", [
+        InitErrorDetails(type=PydanticCustomError("value_error", "{message}", {"message": text}), loc=key, input=value)
+        for key, text in errors])
+
+
+def _method_data(config: DistillConfig) -> dict[str, Any]:
+    """Every field, defaults included, as plain YAML data (what --dry-run prints and job.resolved.yaml holds)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.to_dict().items()}
+
+
+Method = Annotated[DistillConfig, PlainValidator(load_method), PlainSerializer(_method_data)]
+
+
 class DistillJob(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="run name; re-running it resumes")
     model: ModelSection
     data: DataSection
-    method: dict[str, Any] = Field(default_factory=dict, description="loopfree.DistillConfig fields")
+    method: Method = Field(default_factory=DistillConfig, description="loopfree.DistillConfig: the method's settings")
     scaling: ScalingSection = ScalingSection()
     deepspeed: DeepSpeedSection = DeepSpeedSection()
     storage: StorageSection = StorageSection()
@@ -166,12 +236,6 @@ class DistillJob(Section):
     training: TrainingSection
     sampling: SamplingSection = SamplingSection()
     evaluation: EvaluationSection | None = None
-
-    @field_validator("method")
-    @classmethod
-    def _method(cls, v: dict[str, Any]) -> dict[str, Any]:
-        DistillConfig.from_dict(v)  # raises with the field names
-        return v
 
     @model_validator(mode="after")
     def _combinations(self):
@@ -182,18 +246,12 @@ class DistillJob(Section):
             raise ValueError("deepspeed.precision fp16 needs scaling.use_gpu: true (use fp32 or bf16 on CPU)")
         return self
 
-    @property
-    def distill_config(self) -> DistillConfig:
-        return DistillConfig.from_dict(self.method)
-
     def run_dir(self) -> str:
         return f"{self.storage.path.rstrip('/')}/{self.name}"
 
     def resolved(self) -> dict[str, Any]:
-        """The job with every default filled in and the method section completed from DistillConfig."""
-        data = self.model_dump(mode="json")
-        data["method"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.distill_config.to_dict().items()}
-        return data
+        """The job as plain data with every default filled in, the method's included."""
+        return self.model_dump(mode="json")
 
 
 def load_job(path: str | Path) -> DistillJob:
@@ -257,13 +315,13 @@ def check_method(job: DistillJob) -> None:
 
     from loopfree.schedule import plan_for
 
-    cfg = job.distill_config
+    cfg = job.method
     scheduler = _teacher_config(job, "scheduler") or {}
     alphas = torch.linspace(0.9991, 0.0047, int(scheduler.get("num_train_timesteps", 1000)))  # only its length matters
     try:
         plan_for(alphas, cfg.mode, cfg.num_steps, cfg.spacing, cfg.timesteps, int(scheduler.get("steps_offset", 1)))
     except ValueError as err:
-        raise JobError(f"method: {err}") from None
+        raise JobError(f"method.{'timesteps' if cfg.timesteps else 'num_steps'}: {err}") from None
     unet = _teacher_config(job, "unet")
     if cfg.fake_score == "lora" and unet is not None:
         names = _unet_module_names(json.dumps({k: v for k, v in unet.items() if not k.startswith("_")}, sort_keys=True))

@@ -22,8 +22,8 @@ class SweepResult:
     parent_run_id: str | None
 
 
-def _run_variant(job_data: dict) -> None:
-    run_distill(DistillJob.model_validate(job_data))
+def _run_variant(job: DistillJob) -> None:
+    run_distill(job)
 
 
 def _trial(config: dict, runs: list[dict]) -> None:
@@ -37,7 +37,7 @@ def _trial(config: dict, runs: list[dict]) -> None:
     run = runs[config["index"]]
     escape = PlacementGroupSchedulingStrategy(placement_group=None)
     ray.get(ray.remote(_run_variant).options(num_cpus=0, scheduling_strategy=escape, max_retries=0).remote(run["job"]))
-    tune.report(summary_row(run["variant"], run["seed"], DistillJob.model_validate(run["job"])))
+    tune.report(summary_row(run["variant"], run["seed"], run["job"]))
 
 
 def _parent_run(sweep: SweepJob, first: DistillJob) -> tuple[str, str] | None:
@@ -65,9 +65,9 @@ def run_sweep(sweep: SweepJob, runs: list[tuple[str, int, DistillJob]], address:
                 for n, s, j in runs]
     first = runs[0][2]
     sweep_dir = storage.join(first.storage.path, sweep.name)
-    space = [{"variant": n, "seed": s, "job": j.model_dump(mode="json")} for n, s, j in runs]
+    space = [{"variant": n, "seed": s, "job": j} for n, s, j in runs]  # the validated jobs, through the object store
     local_tune_dir = Path(first.storage.path if not storage.is_s3(first.storage.path) else "runs").resolve() / sweep.name
-    # Trials are indices into the runs: Tune would try to resolve (and expand) values nested in a job dict.
+    # Trials are indices into the runs: Tune would try to resolve (and expand) values nested in a trial's config.
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(_trial, runs=space), {"CPU": sweep.cpus_per_trial}),
         param_space={"index": tune.grid_search(list(range(len(space))))},

@@ -92,12 +92,11 @@ def experiment_id(client, name: str, uri: str) -> str:
 
 def describe(job: DistillJob) -> str:
     """The run's description (MLflow shows it on the run page and in the runs table)."""
-    cfg = job.distill_config
+    cfg = job.method
     teacher = job.model.teacher_dir or f"the random '{job.model.preset}' preset"
-    fake_guidance = cfg.guidance_scale if cfg.fake_guidance_scale is None else cfg.fake_guidance_scale
     return (f"**{job.name}**: TiUE distillation ({cfg.mode}) of {teacher}. Student: K={cfg.num_steps} decoder "
             f"timesteps ({cfg.spacing} spacing), fake score: {cfg.fake_score}, {cfg.fake_score_updates} fake-score "
-            f"update(s) per student update, guidance {cfg.guidance_scale} (teacher) / {fake_guidance} (fake score), "
+            f"update(s) per student update, guidance {cfg.guidance_scale} (teacher) / {cfg.fake_cfg} (fake score), "
             f"weighting {cfg.vsd_weighting}. {job.training.max_steps} steps, global batch "
             f"{job.scaling.global_batch_size} on {job.scaling.num_workers} worker(s), ZeRO-{job.deepspeed.zero_stage} "
             f"{job.deepspeed.precision}.")
@@ -135,13 +134,14 @@ def git_commit() -> str | None:
 
 
 def start_run(job: DistillJob) -> tuple[str, str] | None:
-    """(tracking URI, run id): the job's existing run when resuming, else a new run with its params."""
+    """(tracking URI, run id): the job's existing run when resuming, else a new run; its description and
+    params follow once the run's step count is known (`describe_run`)."""
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri(job)
     client = MlflowClient(uri)
     id_file = storage.join(job.run_dir(), RUN_ID_FILE)
-    tags = {"loopfree.job": job.name, "mlflow.note.content": describe(job), "mlflow.source.type": "JOB",
+    tags = {"loopfree.job": job.name, "mlflow.source.type": "JOB",
             "mlflow.source.name": f"loopfree distill ({job.name})"}
     try:
         with _fail_fast():
@@ -163,14 +163,23 @@ def start_run(job: DistillJob) -> tuple[str, str] | None:
             warnings.warn(message + "; tracking.optional is set, training continues without MLflow", stacklevel=2)
             return None
         raise TrackingError(message) from None
-    params = flatten(redact(job.resolved()))
-    items = list(params.items())
-    from mlflow.entities import Param
-
-    for i in range(0, len(items), 100):
-        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in items[i:i + 100]])
     storage.write_bytes(id_file, run.info.run_id.encode(), job.storage.endpoint_url)
     return uri, run.info.run_id
+
+
+def describe_run(job: DistillJob, uri: str, run_id: str) -> None:
+    """The run's description from the job as it runs (its capped step count), and its params once: a run
+    that has params keeps them (MLflow params never change; a resumed job may have been edited)."""
+    from mlflow.entities import Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    client.log_batch(run_id, tags=[RunTag("mlflow.note.content", describe(job))])
+    if client.get_run(run_id).data.params:
+        return
+    items = list(flatten(redact(job.resolved())).items())
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=[Param(k, v) for k, v in items[i:i + 100]])
 
 
 class MLflowTracking(UserCallback):

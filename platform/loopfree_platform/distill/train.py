@@ -135,8 +135,8 @@ def _resume(latest: ray.train.Checkpoint, distiller, student_engine, fake_score_
 
 def train_loop_per_worker(loop_config: dict) -> None:
     t_enter = time.perf_counter()
-    job = DistillJob.model_validate(loop_config["job"])
-    total_steps = int(loop_config["total_steps"])
+    job: DistillJob = loop_config["job"]  # validated at load, resolved by the driver (absolute paths, capped steps)
+    total_steps = job.training.max_steps
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     b = job.scaling.batch_per_worker
@@ -144,7 +144,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # 1. models: student, shared teacher/LoRA teacher, frozen text encoder; 2. two DeepSpeed engines
     components, student_unet = build_components(job)
     device = torch.device("cuda", ctx.get_local_rank()) if job.scaling.use_gpu else torch.device("cpu")
-    distiller = Distiller(components, job.distill_config, student_unet=student_unet).to(device)
+    distiller = Distiller(components, job.method, student_unet=student_unet).to(device)
     student_engine, fake_score_engine = build_engines(distiller, deepspeed_config(job, distiller.config.grad_clip))
 
     # 3. resume: student, LoRA, both optimizers, EMA, step and data position
