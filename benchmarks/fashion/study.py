@@ -52,8 +52,9 @@ RECIPES: dict[str, dict] = {
     "sb-paper": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0},
     # The paper's SwiftBrush recipe (its best alignment so far) plus the normalisation that helped TiUE most.
     "sb-x0err": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0, "vsd_weighting": "x0_error"},
+    # SwiftBrush's best recipe so far plus the same regression pairs (the teacher's 50 steps at guidance 2).
     **{f"sb-x0err-reg{w}": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0, "vsd_weighting": "x0_error",
-                            "regression_weight": float(w)} for w in ("0.25", "1", "4")},
+                            "regression_weight": float(w), "regression_guidance_scale": 2.0} for w in ("0.25", "1", "4")},
     **{f"sb-full-ttur5-guid2-1-x0err-reg{w}": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0, "fake_score": "full",
                                                "fake_score_lr": 1e-4, "fake_score_updates": 5, "guidance_scale": 2.0,
                                                "fake_guidance_scale": 1.0, "vsd_weighting": "x0_error",
@@ -202,8 +203,7 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
     data = batches(distiller.tokenize, captions, batch_size, seed)
 
     def evaluate(step: int, train_s: float) -> None:
-        pipe = TiUEPipeline(distiller.export_unet(), components.vae, distiller.text_encoder, distiller.tokenizer,
-                            components.scheduler, num_steps=distiller.student.plan.num_steps, mode=config.mode)
+        pipe = TiUEPipeline.from_distiller(distiller, components)
         t0 = time.perf_counter()
         gen = generate_features(pipe, eval_set, range(images), inception, classifier, classes)
         row = {"step": step, **metrics(gen, ref), "train_s": round(train_s, 1), "eval_s": round(time.perf_counter() - t0, 1)}
@@ -230,8 +230,7 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
             print(f"{name} step {step + 1}/{steps}: {train_s / (step + 1):.2f} s/step", flush=True)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             evaluate(step + 1, train_s)
-    pipe = TiUEPipeline(distiller.export_unet(), components.vae, distiller.text_encoder, distiller.tokenizer,
-                        components.scheduler, num_steps=distiller.student.plan.num_steps, mode=config.mode)
+    pipe = TiUEPipeline.from_distiller(distiller, components)
     pipe.save_pretrained(out / "export", safe_serialization=True)  # the EMA student: scored on test later, or not
     (out / "run.json").write_text(json.dumps({"recipe": label, "seed": seed, "steps": steps, "init_from": init_from,
                                               "num_steps": config.num_steps, "mode": config.mode}))
