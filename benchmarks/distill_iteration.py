@@ -23,9 +23,10 @@ import time
 
 import torch
 
-from benchmarks.common import machine, peak_gb, reset_peak, write_report
+from benchmarks.common import machine, write_report
 from loopfree.config import DistillConfig
 from loopfree.distiller import Distiller
+from loopfree.memory import peak_gb, reset_peak
 from loopfree.presets import sd21_base, tiny
 from loopfree.rng import IterationRNG
 from loopfree.training import local_engines, train_iteration

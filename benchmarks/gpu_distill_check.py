@@ -25,8 +25,9 @@ from loopfree_platform.distill.engines import build_engines
 from loopfree_platform.distill.job import DistillJob, deepspeed_config
 from loopfree_platform.jobfile import overrides, validate_file
 
-from benchmarks.common import machine, peak_gb, reset_peak
+from benchmarks.common import machine
 from loopfree.distiller import Distiller
+from loopfree.memory import peak_gb, reset_peak
 from loopfree.presets import preset
 from loopfree.rng import IterationRNG
 from loopfree.training import train_iteration

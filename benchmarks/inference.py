@@ -29,9 +29,11 @@ import time
 import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
 
-from benchmarks.common import machine, peak_gb, reset_peak, write_report
+from benchmarks.common import machine, write_report
+from loopfree.memory import peak_gb, reset_peak
 from loopfree.presets import SD_SCHEDULER, sd21_base
 from loopfree.schedule import ddim_plan, one_step_plan
+from loopfree.systems import DTYPES
 from loopfree.tiue import TiUEGenerator, decode, encode
 
 
@@ -109,7 +111,7 @@ def main() -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible")
     device = torch.device(args.device)
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    dtype = DTYPES[args.dtype]
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**sd21_base().unet).to(device, dtype).eval()

@@ -25,8 +25,9 @@ from typing import Callable, Iterator
 
 import torch
 
-from benchmarks.common import machine, peak_gb, reset_peak, write_report
+from benchmarks.common import machine, write_report
 from loopfree.features import to_uint8
+from loopfree.memory import peak_gb, reset_peak
 from loopfree.systems import DTYPES, load_system
 
 PROMPT = "a photo of an astronaut riding a horse on the moon"

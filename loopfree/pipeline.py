@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import PIL.Image
@@ -21,6 +21,9 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from loopfree.presets import Components
 from loopfree.schedule import DDIMPlan, plan_for
 from loopfree.tiue import TiUEGenerator
+
+if TYPE_CHECKING:  # only for the annotation: serving a pipeline needs neither peft nor the losses the Distiller imports
+    from loopfree.distiller import Distiller
 
 OUTPUT_TYPES = ("pil", "np", "latent")
 MAX_SEED = 2**63 - 1
@@ -72,6 +75,16 @@ class TiUEPipeline(DiffusionPipeline):
     def from_components(cls, components: Components, **kwargs) -> "TiUEPipeline":
         return cls(components.unet, components.vae, components.text_encoder, components.tokenizer,
                    components.scheduler, **kwargs)
+
+    @classmethod
+    def from_distiller(cls, distiller: Distiller, components: Components) -> "TiUEPipeline":
+        """The exported student: the Distiller's EMA student UNet with the teacher's VAE, text encoder,
+        tokenizer and scheduler, on the student's own plan (its K, spacing and custom timesteps)."""
+        cfg, plan = distiller.config, distiller.student.plan
+        return cls(distiller.export_unet(), components.vae, distiller.text_encoder, distiller.tokenizer,
+                   components.scheduler, num_steps=plan.num_steps, mode=cfg.mode,
+                   spacing=cfg.spacing if cfg.mode == "tiue" else "leading",
+                   timesteps=list(plan.timesteps) if cfg.spacing == "custom" else None)
 
     # -- shared steps -------------------------------------------------------------------------
     @torch.no_grad()

@@ -18,6 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 SECRET_WORDS = ("key", "token", "secret", "password", "credential")
+# A job's or sweep's name: it names a folder (the run's), MLflow runs and Ray Train runs.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
 class JobError(ValueError):

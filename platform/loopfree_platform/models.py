@@ -166,13 +166,13 @@ def load_pipeline(model: ResolvedModel, device: str = "auto", dtype: str = "auto
     import torch
 
     from loopfree.pipeline import TiUEPipeline
+    from loopfree.systems import DTYPES
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype == "auto":
         dtype = "fp16" if device.startswith("cuda") else "fp32"
-    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
-    pipe = TiUEPipeline.from_pretrained(str(model.local_dir), torch_dtype=torch_dtype).to(device)
+    pipe = TiUEPipeline.from_pretrained(str(model.local_dir), torch_dtype=DTYPES[dtype]).to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

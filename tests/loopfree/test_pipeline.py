@@ -118,3 +118,28 @@ def test_bad_configuration(tiny_components, kwargs, match):
 
 def test_plan_matches_scheduler(pipe, tiny_components):
     assert pipe.plan == ddim_plan(tiny_components.scheduler.alphas_cumprod, 4, "leading")
+
+
+@pytest.mark.parametrize("method, timesteps", [
+    ({"num_steps": 2, "spacing": "custom", "timesteps": [900, 300]}, [900, 300]),
+    ({"num_steps": 2, "spacing": "trailing"}, None),
+    ({"mode": "one_step"}, None),
+])
+def test_the_exported_pipeline_runs_the_students_plan(method, timesteps):
+    from loopfree.config import DistillConfig
+    from loopfree.distiller import Distiller
+    from loopfree.presets import tiny
+
+    components = tiny().build(seed=0)  # the Distiller adds its adapter to this UNet
+    distiller = Distiller(components, DistillConfig.from_dict(method))
+    pipe = TiUEPipeline.from_distiller(distiller, components)
+    assert pipe.plan.timesteps == distiller.student.plan.timesteps and pipe.config.mode == distiller.config.mode
+    assert timesteps is None or pipe.config.timesteps == timesteps
+    assert all(torch.equal(a, b) for a, b in zip(pipe.unet.state_dict().values(), distiller.export_unet().state_dict().values()))
+
+
+def test_peak_memory_is_measured_on_cpu():
+    from loopfree.memory import peak_gb, reset_peak
+
+    reset_peak(torch.device("cpu"))
+    assert 0 < peak_gb(torch.device("cpu")) < 1024

@@ -18,6 +18,7 @@ from deepspeed.utils.tensor_fragment import fragment_address
 
 from loopfree.config import DistillConfig
 from loopfree.distiller import Distiller
+from loopfree.optim import adam
 
 # Resuming never unpickles arbitrary objects from the storage bucket (docs/reliability.md): DeepSpeed's own
 # loader calls torch.load(weights_only=False), so whoever could write a checkpoint could run code on every
@@ -41,8 +42,7 @@ class DeepSpeedEngine:
 
     def __init__(self, module: torch.nn.Module, params: list[torch.nn.Parameter], lr: float, betas: tuple[float, float],
                  config: DistillConfig, ds_config: dict):
-        optimizer = torch.optim.Adam(params, lr=lr, betas=betas, eps=config.adam_eps,
-                                     weight_decay=config.weight_decay)
+        optimizer = adam(params, lr, betas, config)  # the same Adam as on one device (loopfree.training.LocalEngine)
         # DeepSpeed's CPU shared-memory all-reduce op serves only its inference / tensor-parallel path
         # (`inference_all_reduce`); ZeRO training reduces through torch.distributed. Left enabled, the first
         # `init_distributed` on a machine (or in a new install folder) compiles it: about a minute on 2 cores.
@@ -114,6 +114,6 @@ def build_engines(distiller: Distiller, ds_config: dict) -> tuple[DeepSpeedEngin
     cfg = distiller.config
     student = DeepSpeedEngine(distiller.student, distiller.student_parameters(), cfg.student_lr, cfg.student_adam_betas,
                               cfg, ds_config)
-    fake_score = DeepSpeedEngine(distiller.fake_score, distiller.fake_score_parameters(), cfg.fake_score_lr, cfg.fake_score_adam_betas,
-                           cfg, ds_config)
+    fake_score = DeepSpeedEngine(distiller.fake_score, distiller.fake_score_parameters(), cfg.fake_score_lr,
+                                 cfg.fake_score_adam_betas, cfg, ds_config)
     return student, fake_score

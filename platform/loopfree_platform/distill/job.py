@@ -24,7 +24,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from loopfree.config import RENAMED, DistillConfig
 from loopfree_platform import storage
-from loopfree_platform.jobfile import JobError, Section, validate_file
+from loopfree_platform.jobfile import NAME_PATTERN, JobError, Section, validate_file
 from loopfree_platform.reference import ReferenceSection
 from loopfree_platform.runtime import submitted_upload
 
@@ -224,7 +224,7 @@ Method = Annotated[DistillConfig, PlainValidator(load_method), PlainSerializer(_
 
 
 class DistillJob(Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="run name; re-running it resumes")
+    name: str = Field(pattern=NAME_PATTERN, description="run name; re-running it resumes")
     model: ModelSection
     data: DataSection
     method: Method = Field(default_factory=DistillConfig, description="loopfree.DistillConfig: the method's settings")

@@ -25,19 +25,18 @@ from pydantic import Field, ValidationError, model_validator
 from loopfree_platform import storage
 from loopfree_platform.distill.callbacks import read_metrics
 from loopfree_platform.distill.job import DistillJob, check_method, check_paths, check_submitted
-from loopfree_platform.jobfile import JobError, Section, format_errors, validate_file
+from loopfree_platform.jobfile import NAME_PATTERN, JobError, Section, format_errors, validate_file
 
-NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 COLUMNS = ("variant", "seed", "steps", "final_fid", "best_fid", "best_step", "recall", "coverage", "alignment", "steps_per_s")
 
 
 class Variant(Section):
-    name: str = Field(pattern=NAME)
+    name: str = Field(pattern=NAME_PATTERN)
     overrides: dict[str, Any] = Field(default_factory=dict, description="dotted keys of the base job, e.g. method.fake_score_lr")
 
 
 class SweepJob(Section):
-    name: str = Field(pattern=NAME, description="sweep name: the parent MLflow run, and the prefix of every variant's run")
+    name: str = Field(pattern=NAME_PATTERN, description="sweep name: the parent MLflow run, the prefix of every variant's run")
     base: str = Field(description="the base distillation job file (path relative to the working directory)")
     variants: list[Variant] = Field(default_factory=list)
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted key -> values; every combination runs")

@@ -19,6 +19,7 @@ from diffusers import UNet2DConditionModel
 
 from loopfree.distiller import Distiller
 from loopfree.images import image_grid
+from loopfree.memory import peak_gb
 from loopfree.pipeline import TiUEPipeline
 from loopfree.presets import Components, load_components, preset
 from loopfree.rng import IterationRNG
@@ -52,15 +53,6 @@ def build_components(job: DistillJob) -> tuple[Components, UNet2DConditionModel 
     return components, student
 
 
-def _peak_memory_gb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**30
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 2**20
-    return math.nan
-
-
 def _mean_over_ranks(logs: dict[str, float]) -> dict[str, float]:
     # NCCL (GPU clusters) reduces CUDA tensors only; gloo reduces CPU ones
     device = "cuda" if dist.is_initialized() and dist.get_backend() == "nccl" else "cpu"
@@ -82,7 +74,7 @@ def _rank_batches(shard, job: DistillJob, skip_steps: int, tokenize):
 
 
 def _write_samples(job: DistillJob, distiller: Distiller, components: Components, step: int) -> None:
-    pipe = _export_pipeline(distiller, components)
+    pipe = TiUEPipeline.from_distiller(distiller, components)
     seeds = job.sampling.seeds or list(range(len(job.sampling.prompts)))
     images = pipe(job.sampling.prompts, seeds=seeds, batch_size=len(seeds)).images
     grid = image_grid(images, captions=job.sampling.prompts, min_size=128)  # readable in the MLflow UI
@@ -90,14 +82,6 @@ def _write_samples(job: DistillJob, distiller: Distiller, components: Components
         grid.save(f.name)
         storage.write_bytes(storage.join(job.run_dir(), "samples", f"step_{step:08d}.png"), Path(f.name).read_bytes(),
                             job.storage.endpoint_url)
-
-
-def _export_pipeline(distiller: Distiller, components: Components) -> TiUEPipeline:
-    cfg = distiller.config
-    return TiUEPipeline(distiller.export_unet(), components.vae, distiller.text_encoder, distiller.tokenizer,
-                        components.scheduler, num_steps=distiller.student.plan.num_steps, mode=cfg.mode,
-                        spacing=cfg.spacing if cfg.mode == "tiue" else "leading",
-                        timesteps=list(distiller.student.plan.timesteps) if cfg.spacing == "custom" else None)
 
 
 def _maybe_inject_fault(job: DistillJob, step: int, rank: int, world: int) -> None:
@@ -156,7 +140,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     evaluator = TrainingEvaluator(job, device, rank, world) if job.evaluation else None
     upload = checkpoint.uploader(job.run_dir(), job.storage.endpoint_url)  # fails loudly, unlike Ray's default
     if evaluator and state.step == 0 and job.evaluation.at_start:  # the curve's starting point: the initial student
-        ray.train.report({"step": 0, **evaluator(_export_pipeline(distiller, components))})
+        ray.train.report({"step": 0, **evaluator(TiUEPipeline.from_distiller(distiller, components))})
 
     nonfinite_in_a_row, t_start, first_step, data_wait, first_batch_s = 0, time.perf_counter(), state.step, 0.0, 0.0
     startup_s = t_start - t_enter  # models, engines, checkpoint restore: the fixed cost of every (re)start
@@ -187,14 +171,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
             _write_samples(job, distiller, components, step + 1)
         save = done or (step + 1) % job.checkpoint.every_steps == 0
         evaluate = evaluator is not None and evaluator.due(step + 1, total_steps)  # every rank takes part
-        eval_metrics = evaluator(_export_pipeline(distiller, components)) if evaluate else {}
+        eval_metrics = evaluator(TiUEPipeline.from_distiller(distiller, components)) if evaluate else {}
         if save or evaluate or (step + 1) % job.training.log_every == 0:
             step_time = time.perf_counter() - t0
             rate = (step + 1 - first_step) / (time.perf_counter() - t_start)
             metrics = {**_mean_over_ranks(logs), "step": step + 1, "step_time_s": step_time,
                        "samples_per_s": rate * job.scaling.global_batch_size, "eta_s": (total_steps - step - 1) / rate,
                        "lr_student": student_engine.lr(), "lr_fake_score": fake_score_engine.lr(),
-                       "peak_memory_gb": _peak_memory_gb(), "skipped_total": state.nonfinite_total,
+                       "peak_memory_gb": peak_gb(device), "skipped_total": state.nonfinite_total,
                        "overflow_total": state.overflow_total,
                        **{k: v for k, v in logs.items() if k.startswith("loss_scale_")},  # fp16 only; equal on all ranks
                        "data_wait_s_per_step": data_wait / max(1, step - first_step), "first_batch_s": first_batch_s,
@@ -211,5 +195,5 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # 6. export the EMA student as a TiUEPipeline under the run's storage
     if rank == 0:
         with tempfile.TemporaryDirectory() as d:
-            _export_pipeline(distiller, components).save_pretrained(d, safe_serialization=True)
+            TiUEPipeline.from_distiller(distiller, components).save_pretrained(d, safe_serialization=True)
             storage.upload_dir(d, storage.join(job.run_dir(), "export"), job.storage.endpoint_url)

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from loopfree.systems import SystemConfig
-from loopfree_platform.jobfile import JobError, Section, validate_file
+from loopfree_platform.jobfile import NAME_PATTERN, JobError, Section, validate_file
 from loopfree_platform.reference import ReferenceSection
 
 
@@ -81,7 +81,7 @@ class EvalTrackingSection(Section):
 
 
 class EvaluateJob(Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=NAME_PATTERN)
     systems: list[SystemSection] = Field(min_length=1)
     prompts: PromptsSection
     reference: ReferenceSection
