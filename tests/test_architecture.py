@@ -191,3 +191,10 @@ def test_every_platform_package_is_packaged():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(["loopfree_platform", *p.parent.relative_to(PLATFORM).parts]) for p in PLATFORM.rglob("__init__.py")}
     assert found <= listed, sorted(found - listed)
+
+
+def test_mlflow_is_imported_by_one_platform_module():
+    """Every MLflow call of distill, sweep, evaluate and the model registry goes through loopfree_platform.tracking
+    (its registered model's pyfunc included); the rest of the platform imports that module, never mlflow."""
+    importers = sorted(str(p.relative_to(PLATFORM)) for p in PLATFORM.rglob("*.py") if "mlflow" in _imported_roots(p))
+    assert importers == ["tracking.py"]

@@ -161,11 +161,8 @@ def _distill(args: argparse.Namespace) -> int:
     if result.mlflow_run_id:
         print(f"MLflow run {result.mlflow_run_id}; registered model {job.tracking.registered_model} "
               f"version {result.model_version} (alias {job.tracking.alias})")
-        from loopfree_platform.distill.tracking import run_page, tracking_uri
-
-        page = run_page(tracking_uri(job), result.mlflow_run_id)
-        if page:
-            print(f"MLflow UI: {page}")
+        if result.mlflow_page:
+            print(f"MLflow UI: {result.mlflow_page}")
     _log_line(args, log)
     return 0
 

@@ -17,7 +17,6 @@ complete one, never half a download.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
@@ -126,28 +125,18 @@ def _find_pipeline(root: Path) -> Path:
 
 
 def _from_registry(source: str, tracking_uri: str | None) -> ResolvedModel:
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    from loopfree_platform.runtime import fluent_tracking_uri
+    from loopfree_platform import tracking
 
     match = REGISTRY.match(source)
     if not match:
         raise ModelSourceError(f"{source!r} is not a registry URI: use models:/<name>@<alias> or models:/<name>/<version>")
     name = match["name"]
-    client = MlflowClient(tracking_uri)
     try:
-        version = match["version"] or client.get_model_version_by_alias(name, match["alias"]).version
-    except mlflow.exceptions.MlflowException as err:
-        raise ModelSourceError(f"{source}: {err.message}") from None
-    artifact_uri = f"models:/{name}/{version}"
-
-    def fill(folder: Path) -> None:
-        # models:/ URIs resolve through the registry URI, which follows the fluent tracking URI, not the argument
-        with fluent_tracking_uri(tracking_uri) if tracking_uri else contextlib.nullcontext():
-            mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(folder))
-
-    target = download_once(tracking_uri or mlflow.get_tracking_uri(), artifact_uri, fill)
+        version = match["version"] or tracking.registry_version(tracking_uri, name, match["alias"])
+    except LookupError as err:
+        raise ModelSourceError(f"{source}: {err}") from None
+    target = download_once(tracking_uri or tracking.default_uri(), f"models:/{name}/{version}",
+                           lambda folder: tracking.download_model(tracking_uri, name, version, folder))
     return ResolvedModel(_find_pipeline(target), name, str(version), source)
 
 

@@ -1,4 +1,4 @@
-"""Process runtime shared by every product: Ray start-up and the scoped MLflow tracking URI.
+"""Process runtime shared by every product: Ray start-up, the submitted job's upload folder.
 
 Every driver (distill, serve, generate, evaluate) connects to Ray through `ensure_ray`, so a local
 instance is started the same way everywhere: loopback only, no token, enough logical CPUs for Ray Data.
@@ -127,20 +127,3 @@ def without_env(name: str):
     finally:
         if value is not None:
             os.environ[name] = value
-
-
-@contextlib.contextmanager
-def fluent_tracking_uri(uri: str):
-    """mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI for the whole process; scope it and restore."""
-    import mlflow
-
-    saved_env, saved_uri = os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(saved_uri)
-        if saved_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = saved_env

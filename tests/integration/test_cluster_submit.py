@@ -135,7 +135,7 @@ def test_the_readme_commands_stopped_and_resubmitted_resume_one_run_with_the_upl
     assert len(grids) >= 2 and PIL.Image.open(client.download_artifacts(run.info.run_id, grids[0])).height >= 128
     assert [v.run_id for v in client.search_model_versions("name = 'loopfree-tiue'")] == [run.info.run_id]
     assert client.get_model_version_by_alias("loopfree-tiue", "candidate").run_id == run.info.run_id
-    from loopfree_platform.runtime import fluent_tracking_uri
+    from loopfree_platform.tracking import fluent_tracking_uri
 
     with fluent_tracking_uri(cluster["mlflow"]):  # must not leak into later tests once this server is gone
         model = mlflow.pyfunc.load_model("models:/loopfree-tiue@candidate")

@@ -144,9 +144,8 @@ def test_s3_model_and_s3_output_through_an_endpoint_that_throttles_and_cuts(ray_
 def test_registry_source_resolves_to_the_aliased_version(tiny_pipeline_dir, tmp_path, monkeypatch):
     """models:/<name>@<alias> -> the registered pipeline artifact, downloaded once, with its version."""
     import mlflow
-    from loopfree_platform.distill.tracking import pyfunc_model
     from loopfree_platform.models import ModelSourceError, resolve
-    from loopfree_platform.runtime import fluent_tracking_uri
+    from loopfree_platform.tracking import fluent_tracking_uri, pyfunc_model
 
     monkeypatch.setenv("LOOPFREE_CACHE", str(tmp_path / "cache"))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

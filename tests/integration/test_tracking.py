@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from loopfree_platform.distill.driver import capped, run_distill
 from loopfree_platform.distill.job import DistillJob
-from loopfree_platform.distill.tracking import MLflowTracking, TrackingError, describe_run, flatten, run_page, start_run
+from loopfree_platform.distill.tracking import MLflowTracking, describe_run, start_run
+from loopfree_platform.tracking import Run, TrackingError, flatten
 
 
 @pytest.fixture
@@ -37,13 +38,14 @@ def test_optional_tracking_only_warns(job):
 
 def test_outage_mid_run_buffers_metrics_and_keeps_going(job):
     j = job()
-    uri, run_id = start_run(j)
-    callback = MLflowTracking(j, "http://127.0.0.1:9/", run_id)  # the server "goes away"
+    run = start_run(j)
+    uri, run_id = run.uri, run.run_id
+    callback = MLflowTracking(j, Run("http://127.0.0.1:9/", run_id))  # the server "goes away"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         callback.after_report(None, [{"step": 1, "loss_vsd": 0.5}], None)
     assert any("buffered for retry" in str(w.message) for w in caught) and len(callback.pending) == 1
-    callback.uri = uri  # back again: the buffered point is delivered with the next report
+    callback.run = run  # back again: the buffered point is delivered with the next report
     callback.after_report(None, [{"step": 2, "loss_vsd": 0.4}], None)
     from mlflow.tracking import MlflowClient
 
@@ -62,10 +64,11 @@ def test_a_run_reads_in_sections_with_its_description_commit_and_one_off_values_
     from mlflow.tracking import MlflowClient
 
     j = job()
-    uri, run_id = start_run(j)
+    tracked = start_run(j)
+    uri, run_id = tracked.uri, tracked.run_id
     asked = j.model_copy(update={"training": j.training.model_copy(update={"max_steps": 500})})
-    describe_run(capped(asked, rows=8), uri, run_id)  # the corpus holds 2 global batches of 4: the run is 2 steps
-    callback = MLflowTracking(j, uri, run_id)
+    describe_run(capped(asked, rows=8), tracked)  # the corpus holds 2 global batches of 4: the run is 2 steps
+    callback = MLflowTracking(j, tracked)
     for step in (1, 2):
         callback.after_report(None, [{"step": step, "loss_vsd": 0.5, "grad_norm_student": 1.0, "samples_per_s": 3.0,
                                       "first_batch_s": 4.25, "worker_startup_s": 9.5, "eval/fid": 100.0}], None)
@@ -82,7 +85,7 @@ def test_a_run_reads_in_sections_with_its_description_commit_and_one_off_values_
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert run.data.tags["mlflow.source.name"] == f"loopfree distill ({j.name})"
-    page = run_page(uri, run_id)  # what the CLI prints: the run in the UI's model-training view
+    page = tracked.page()  # what the CLI prints: the run in the UI's model-training view
     assert page.endswith(f"#/experiments/{run.info.experiment_id}/runs/{run_id}?workflowType=machine_learning")
 
 
@@ -100,13 +103,14 @@ def test_the_registered_model_carries_signature_example_description_pins_and_pre
     import yaml
     from loopfree_platform import storage
     from loopfree_platform.distill.tracking import log_final
-    from loopfree_platform.runtime import fluent_tracking_uri
+    from loopfree_platform.tracking import fluent_tracking_uri
     from mlflow.tracking import MlflowClient
 
     j = job(registered_model="tiue-card")
-    uri, run_id = start_run(j)
+    run = start_run(j)
+    uri, run_id = run.uri, run.run_id
     storage.write_bytes(storage.join(j.run_dir(), "job.resolved.yaml"), yaml.safe_dump(j.resolved()).encode())
-    assert log_final(j, uri, run_id, str(tiny_pipeline_dir)) == "1"
+    assert log_final(j, run, str(tiny_pipeline_dir)) == "1"
 
     client = MlflowClient(uri)
     version = client.get_model_version_by_alias("tiue-card", "candidate")
@@ -140,16 +144,17 @@ def test_mlflow_down_at_registration_names_the_export_and_a_rerun_registers_the_
     from mlflow.tracking import MlflowClient
 
     j = job(registered_model="tiue-outage")
-    uri, run_id = start_run(j)
+    run = start_run(j)
+    run_id = run.run_id
     storage.write_bytes(storage.join(j.run_dir(), "job.resolved.yaml"), yaml.safe_dump(j.resolved()).encode())
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail now, not after MLflow's minutes of retries
     with pytest.raises(TrackingError) as err:
-        register_model(j, "http://127.0.0.1:9/", run_id, str(tiny_pipeline_dir))  # the server is down
+        register_model(j, Run("http://127.0.0.1:9/", run_id), str(tiny_pipeline_dir))  # the server is down
     message = str(err.value)
     assert "MLflow at http://127.0.0.1:9/ failed while logging and registering the model" in message
     assert f"exported at {tiny_pipeline_dir}" in message and "run the same command again" in message
     assert run_id in message
     # MLflow answers again: the re-run's registration makes one version, and a further one makes none
-    assert register_model(j, uri, run_id, str(tiny_pipeline_dir)) == "1"
-    assert register_model(j, uri, run_id, str(tiny_pipeline_dir)) == "1"
-    assert [str(v.version) for v in MlflowClient(uri).search_model_versions("name = 'tiue-outage'")] == ["1"]
+    assert register_model(j, run, str(tiny_pipeline_dir)) == "1"
+    assert register_model(j, run, str(tiny_pipeline_dir)) == "1"
+    assert [str(v.version) for v in MlflowClient(run.uri).search_model_versions("name = 'tiue-outage'")] == ["1"]

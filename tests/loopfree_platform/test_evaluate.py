@@ -134,3 +134,16 @@ def test_folder_images_of_different_sizes(tmp_path):
     shapes = []
     out = ExtractFeatures._apply(lambda x: shapes.append(tuple(x.shape)) or x.float().mean((2, 3)), batch["image"])
     assert shapes == [(1, 3, 6, 8), (1, 3, 5, 5)] and out.tolist() == [[1.0, 2.0, 3.0], [9.0, 9.0, 9.0]]
+
+
+def test_an_unreachable_tracking_server_fails_the_evaluation_before_ray_starts(monkeypatch):
+    from loopfree_platform.evaluate import driver
+    from loopfree_platform.tracking import TrackingError
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started although MLflow does not answer")
+
+    monkeypatch.setattr(driver, "ensure_ray", no_ray)
+    job = EvaluateJob.model_validate(minimal(tracking={"mlflow_uri": "http://127.0.0.1:9/"}))  # nothing listens
+    with pytest.raises(TrackingError, match="tracking.mlflow_uri: MLflow at http://127.0.0.1:9/ is not usable"):
+        driver.run_evaluate(job)

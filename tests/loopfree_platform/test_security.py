@@ -8,9 +8,9 @@ import sys
 import pytest
 from loopfree_platform import storage
 from loopfree_platform.distill.job import DistillJob, load_job
-from loopfree_platform.distill.tracking import flatten
 from loopfree_platform.jobfile import JobError, redact, redact_text
 from loopfree_platform.serve.job import load_generate_job, load_serve_job
+from loopfree_platform.tracking import flatten
 
 SECRETS = {"AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI-test-secret", "AWS_SESSION_TOKEN": "FwoGZXIvYXdz-session",
            "RAY_AUTH_TOKEN": "ray-cluster-token-123", "MLFLOW_TRACKING_PASSWORD": "mlflow-pass-456",

@@ -14,11 +14,9 @@ import yaml
 
 from loopfree_platform import storage
 from loopfree_platform.console import Progress
-from loopfree_platform.distill.job import DistillJob
+from loopfree_platform.distill.job import RESOLVED, DistillJob
 from loopfree_platform.jobfile import redact
 from loopfree_platform.runtime import ensure_ray
-
-RESOLVED = "job.resolved.yaml"  # the job as it runs, secrets redacted, in the run folder
 
 
 @dataclass
@@ -30,6 +28,7 @@ class DistillResult:
     metrics: dict
     samples: list[str]
     mlflow_run_id: str | None = None
+    mlflow_page: str | None = None  # where to look at the run (tracking.Run.page)
     model_version: str | None = None
 
 
@@ -157,9 +156,9 @@ def _run_distill(job: DistillJob, address: str | None, progress: Progress | None
     storage.write_bytes(storage.join(job.run_dir(), RESOLVED), yaml.safe_dump(redact(job.resolved()), sort_keys=False).encode(),
                         endpoint)
     if tracked:
-        describe_run(job, *tracked)
+        describe_run(job, tracked)
     fs, storage_path = storage.filesystem(job.storage.path, endpoint)
-    callbacks = [MetricsLog(job.run_dir(), endpoint), *([MLflowTracking(job, *tracked)] if tracked else [])]
+    callbacks = [MetricsLog(job.run_dir(), endpoint), *([MLflowTracking(job, tracked)] if tracked else [])]
     backfill_trackers(job, callbacks)
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -187,11 +186,11 @@ def _run_distill(job: DistillJob, address: str | None, progress: Progress | None
     export_dir = storage.join(job.run_dir(), "export")
     if tracked:
         progress.phase("logging the model to MLflow")
-    version = register_model(job, *tracked, export_dir) if tracked else None
+    version = register_model(job, tracked, export_dir) if tracked else None
     progress.phase()  # done: the bar ends as "distill: 100%|...", not on the last phase
     return DistillResult(run_dir=job.run_dir(), export_dir=export_dir, steps=steps, corpus=stats.as_dict(),
-                         metrics=dict(result.metrics or {}), samples=samples, mlflow_run_id=tracked[1] if tracked else None,
-                         model_version=version)
+                         metrics=dict(result.metrics or {}), samples=samples, mlflow_run_id=tracked.run_id if tracked else None,
+                         mlflow_page=tracked.page() if tracked else None, model_version=version)
 
 
 def _list(uri: str, endpoint: str | None) -> list[str]:

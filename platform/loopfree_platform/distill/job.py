@@ -28,6 +28,8 @@ from loopfree_platform.jobfile import NAME_PATTERN, JobError, Section, validate_
 from loopfree_platform.reference import ReferenceSection
 from loopfree_platform.runtime import submitted_upload
 
+RESOLVED = "job.resolved.yaml"  # in the run folder: the job as it runs (driver.py), secrets redacted
+
 
 class ModelSection(Section):
     preset: Literal["tiny"] | None = Field(None, description="random-initialised preset (tests, smoke runs)")

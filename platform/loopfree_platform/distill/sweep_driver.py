@@ -12,6 +12,7 @@ from loopfree_platform.distill.driver import absolute_paths, run_distill
 from loopfree_platform.distill.job import DistillJob
 from loopfree_platform.distill.sweep import SweepJob, summary_row, tables
 from loopfree_platform.runtime import ensure_ray
+from loopfree_platform.tracking import Run, open_run
 
 
 @dataclass
@@ -40,18 +41,14 @@ def _trial(config: dict, runs: list[dict]) -> None:
     tune.report(summary_row(run["variant"], run["seed"], run["job"]))
 
 
-def _parent_run(sweep: SweepJob, first: DistillJob) -> tuple[str, str] | None:
+def _parent_run(sweep: SweepJob, first: DistillJob) -> Run | None:
+    """The sweep's MLflow run, the parent of its variants' runs; an unreachable server fails the sweep here."""
     if not first.tracking.enabled:
         return None
-    from mlflow.tracking import MlflowClient
+    from loopfree_platform.distill.tracking import tracking_uri
 
-    from loopfree_platform.distill.tracking import experiment_id, tracking_uri
-
-    uri = tracking_uri(first)
-    client = MlflowClient(uri)
-    run = client.create_run(experiment_id(client, first.tracking.experiment, uri), run_name=sweep.name,
-                            tags={"loopfree.sweep": sweep.name, "mlflow.note.content": f"sweep of {sweep.base}"})
-    return uri, run.info.run_id
+    return open_run(tracking_uri(first), first.tracking.experiment, sweep.name,
+                    {"loopfree.sweep": sweep.name, "mlflow.note.content": f"sweep of {sweep.base}"})
 
 
 def run_sweep(sweep: SweepJob, runs: list[tuple[str, int, DistillJob]], address: str | None = None) -> SweepResult:
@@ -61,7 +58,7 @@ def run_sweep(sweep: SweepJob, runs: list[tuple[str, int, DistillJob]], address:
     runs = [(name, seed, absolute_paths(job)) for name, seed, job in runs]
     parent = _parent_run(sweep, runs[0][2])
     if parent:
-        runs = [(n, s, j.model_copy(update={"tracking": j.tracking.model_copy(update={"parent_run_id": parent[1]})}))
+        runs = [(n, s, j.model_copy(update={"tracking": j.tracking.model_copy(update={"parent_run_id": parent.run_id})}))
                 for n, s, j in runs]
     first = runs[0][2]
     sweep_dir = storage.join(first.storage.path, sweep.name)
@@ -86,20 +83,16 @@ def run_sweep(sweep: SweepJob, runs: list[tuple[str, int, DistillJob]], address:
         _log_parent(parent, rows, markdown, csv_text)
     if errors:
         raise RuntimeError(f"{len(errors)} of {len(runs)} sweep trials failed; first: {errors[0]}")
-    return SweepResult(rows, md_uri, csv_uri, parent[1] if parent else None)
+    return SweepResult(rows, md_uri, csv_uri, parent.run_id if parent else None)
 
 
-def _log_parent(parent: tuple[str, str], rows: list[dict[str, Any]], markdown: str, csv_text: str) -> None:
+def _log_parent(parent: Run, rows: list[dict[str, Any]], markdown: str, csv_text: str) -> None:
     """The summary as artifacts of the parent run, and the best final FID as its metric."""
     import math
 
-    from mlflow.tracking import MlflowClient
-
-    uri, run_id = parent
-    client = MlflowClient(uri)
-    client.log_text(run_id, markdown, "summary.md")
-    client.log_text(run_id, csv_text, "summary.csv")
+    parent.log_text(markdown, "summary.md")
+    parent.log_text(csv_text, "summary.csv")
     finals = [r["final_fid"] for r in rows if not math.isnan(r["final_fid"])]
     if finals:
-        client.log_metric(run_id, "eval/best_final_fid", min(finals))
-    client.set_terminated(run_id)
+        parent.log_metrics([("eval/best_final_fid", min(finals), 0)])
+    parent.end()

@@ -4,12 +4,13 @@ write the tables and log to MLflow. The Ray Data stages are in `stages`, the tab
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from loopfree.evaldata import read_prompts, select
 from loopfree_platform.console import active, say
 from loopfree_platform.evaluate.job import EvaluateJob
-from loopfree_platform.evaluate.report import log_mlflow, write_tables
+from loopfree_platform.evaluate.report import log_results, open_run, write_tables
 from loopfree_platform.evaluate.stages import SystemResult, evaluate_system, reference
 from loopfree_platform.runtime import ensure_ray
 
@@ -20,6 +21,20 @@ def run_evaluate(job: EvaluateJob, address: str | None = None) -> tuple[list[Sys
     prompts = select(read_prompts(job.prompts.path, job.prompts.format), job.prompts.limit, job.prompts.seed)
     if job.metrics.clip_dir is None:
         say("CLIP score skipped: no metrics.clip_dir (a local transformers CLIPModel folder) was given")
+    run = open_run(job)  # before Ray: a tracking server that does not answer fails here
+    try:
+        results, files = _evaluate(job, prompts, address)
+    except BaseException:
+        if run:
+            with contextlib.suppress(Exception):  # the evaluation's own error is the one to see
+                run.end("FAILED")
+        raise
+    if run:
+        log_results(run, job, results)
+    return results, files, run.run_id if run else None
+
+
+def _evaluate(job: EvaluateJob, prompts: list, address: str | None) -> tuple[list[SystemResult], dict[str, Path]]:
     bar = active()  # the command's bar: every stage's images on one count
     bar.plan(len(prompts) * len(job.systems))
     bar.phase("starting Ray")
@@ -35,5 +50,4 @@ def run_evaluate(job: EvaluateJob, address: str | None = None) -> tuple[list[Sys
         results.append(evaluate_system(job, system, prompts, ref))
         bar.show(systems=f"{len(results)}/{len(job.systems)}", last_FID=results[-1].fid)
     bar.phase("writing the tables")
-    files = write_tables(job, results, len(prompts))
-    return results, files, log_mlflow(job, results)
+    return results, write_tables(job, results, len(prompts))

@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Sequence
 
 from loopfree.analysis import StepSimilarity
+from loopfree_platform import tracking
 from loopfree_platform.evaluate.job import EvaluateJob
 from loopfree_platform.evaluate.stages import SystemResult
+from loopfree_platform.tracking import Run
 
 # The paper's Table 1 order (method, steps, FID, CLIP; docs/method.md), then the distribution metrics, then the image count.
 # Time and memory come from benchmarks/latency_memory.py, measured on one device in one run.
@@ -49,27 +51,25 @@ def write_tables(job: EvaluateJob, results: Sequence[SystemResult], num_prompts:
     return {"markdown": md, "csv": table}
 
 
-def log_mlflow(job: EvaluateJob, results: Sequence[SystemResult]) -> str | None:
-    """One MLflow run per evaluation, metrics named "<system>/<metric>", when a tracking URI is set."""
+def open_run(job: EvaluateJob) -> Run | None:
+    """The evaluation's MLflow run when a tracking URI is set, opened before any work: a server that does not
+    answer fails the job now (loopfree_platform.tracking), not after the images are made."""
     uri = job.tracking.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         return None
-    from mlflow.entities import Metric, Param
-    from mlflow.tracking import MlflowClient
+    return tracking.open_run(uri, job.tracking.experiment, job.name, {"loopfree.evaluate": job.name})
 
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(job.tracking.experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(job.tracking.experiment)
-    run = client.create_run(exp_id, run_name=job.name, tags={"loopfree.evaluate": job.name})
-    metrics = []
+
+def log_results(run: Run, job: EvaluateJob, results: Sequence[SystemResult]) -> None:
+    """Metrics named "<system>/<metric>", the prompts, reference and steps as params; the run ends."""
+    points = []
     for r in results:
         values = {"fid": r.fid, "clip": r.clip, "images": r.images, **r.prdc}
-        metrics += [Metric(f"{_key(r.name)}/{k}", float(v), 0, 0) for k, v in values.items() if v is not None]
-    params = [Param("prompts", job.prompts.path), Param("reference", job.reference.images or job.reference.stats),
-              *(Param(f"{_key(r.name)}/steps", r.steps) for r in results)]
-    client.log_batch(run.info.run_id, metrics=metrics, params=params)
-    client.set_terminated(run.info.run_id)
-    return run.info.run_id
+        points += [(f"{_key(r.name)}/{k}", float(v), 0) for k, v in values.items() if v is not None]
+    run.log_metrics(points)
+    run.log_params({"prompts": job.prompts.path, "reference": job.reference.images or job.reference.stats,
+                    **{f"{_key(r.name)}/steps": r.steps for r in results}})
+    run.end()
 
 
 def _key(name: str) -> str:
