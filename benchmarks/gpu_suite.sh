@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole GPU suite of issue 16 in one script, under 8 minutes on one H200-class GPU:
+# The whole GPU suite (docs/scaling.md's throughput target) in one script, under 8 minutes on one H200-class GPU:
 #  1. distillation throughput at the paper's settings: SD2.1-base shape, 512 px, 8 samples per GPU, the
 #     platform's engines and loop body with jobs/distill.yaml's generated DeepSpeed config; ZeRO-2 and
 #     ZeRO-3, student gradient checkpointing on and off; samples/s, step split, peak memory;

@@ -89,7 +89,7 @@ def ray_rows(images: torch.Tensor, layouts: list[tuple[int, int]]) -> list[tuple
 
 
 def fid_check(n: int) -> list[str]:
-    """The issue's sanity check at full size: FID(test[:n], test[n:2n]) against FID(test[:n], uniform noise)."""
+    """FID's sanity check at full size: FID(test[:n], test[n:2n]) against FID(test[:n], uniform noise)."""
     from loopfree.metrics import frechet_distance
 
     images = read_idx(FASHION_TEST, limit=2 * n)

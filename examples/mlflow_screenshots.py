@@ -1,4 +1,4 @@
-"""Screenshots of a distillation run in the MLflow UI, as a person sees it (issue 17: a run a person can read).
+"""Screenshots of a distillation run in the MLflow UI, as a person sees it (docs/tracking.md, reading a run in MLflow).
 
 Starts `mlflow server` on 127.0.0.1 over a local tracking store, finds the runs of an experiment and has headless
 Chromium (Debian's `chromium-headless-shell`) photograph the experiment page, the first run's page, its metric

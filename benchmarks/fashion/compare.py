@@ -1,4 +1,4 @@
-"""Issue 8's comparison on Fashion-MNIST, with the platform's own jobs: distil three students from
+"""The Fashion-MNIST comparison (teacher, SwiftBrush and TiUE students), with the platform's own jobs: distil three students from
 models/fashion-teacher through the Ray Train path (same budget each), evaluate six systems with the
 evaluation job, time them with benchmarks/latency_memory.py, write benchmarks/results/fashion.md.
 
@@ -212,7 +212,7 @@ def write_report(args: argparse.Namespace, students: dict, results: dict, grid_p
                        teacher_name(50, args.guidance), teacher_name(4, args.guidance))
     train = [training_row(k, v) for k, v in students.items()]
     lines = [
-        "# Fashion-MNIST: teacher, SwiftBrush and TiUE students (issue 8)", "",
+        "# Fashion-MNIST: teacher, SwiftBrush and TiUE students", "",
         f"Regenerate everything (about 45 min on the 2 shared cores): `{COMMAND}`", "",
         f"Teacher: `{TEACHER}` (its README). Each student: `jobs/quickstart.yaml` with its method, "
         f"{args.steps} steps, global batch 8, 2 Ray Train workers (DeepSpeed ZeRO-2, fp32), through "
@@ -235,7 +235,7 @@ def write_report(args: argparse.Namespace, students: dict, results: dict, grid_p
         "## Sample grids (same 20 prompts and seeds)", "",
         "Columns: t-shirt, trouser, pullover, dress, coat, sandal, shirt, sneaker, bag, ankle boot (two rows).", "",
         *[f"- {name}: ![{name}]({p.relative_to(out.parent)})" for name, p in grid_paths.items()], "",
-        "## Targets (issue 8)", "", *verdicts, "", "## Reading", "", READING, "", kept_reading(out), ""]
+        "## Targets", "", *verdicts, "", "## Reading", "", READING, "", kept_reading(out), ""]
     out.write_text("\n".join(lines))
     return out
 

@@ -95,7 +95,7 @@ def save_json(path: Path, data: Any) -> None:
 
 
 def targets(results: dict[str, dict[str, Any]], tiue: str, sb: str, t50: str, t4: str) -> list[str]:
-    """Issue 8's four targets, each as 'held' / 'missed' with the numbers (rows that are missing: 'n/a')."""
+    """The comparison's four targets, each as 'held' / 'missed' with the numbers (rows that are missing: 'n/a')."""
     def get(name: str, key: str) -> float | None:
         return results.get(name, {}).get(key)
 

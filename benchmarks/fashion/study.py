@@ -1,4 +1,4 @@
-"""The distillation study on the Fashion-MNIST teacher (issue 14): recipes x seeds, FID curves on a
+"""The distillation study on the Fashion-MNIST teacher: recipes x seeds, FID curves on a
 VALIDATION reference drawn from the training images (never the test images of the final table).
 
 Each run is one process with one thread running the library's training step (`loopfree.training.

@@ -120,7 +120,7 @@ def write_csv(tests: dict[str, dict], out: Path) -> Path:
 
 
 def targets(tests: dict[str, dict]) -> list[str]:
-    """Issue 14's targets T1-T6, each met / missed / not measured, with the numbers."""
+    """The study's targets T1-T6 (fashion_study.md, "Targets"), each met / missed / not measured, with the numbers."""
     teacher = {k: [float(x) for x in v[2:10]] for k, v in _fashion_rows().items() if k.startswith("teacher")}
     t50, t4 = teacher["teacher 50 steps cfg 4.5"], teacher["teacher 4 steps cfg 4.5"]  # fid p r f1 d c align ms
     # Targets are judged on rows with two or more seeds; a one-seed row is reported beside them, not used.

@@ -1,4 +1,4 @@
-"""Train the Fashion-MNIST classifier, our stand-in for the CLIP score (issue 8).
+"""Train the Fashion-MNIST classifier, our stand-in for the CLIP score (models/fashion-classifier/README.md).
 
     python -m examples.fashion.train_classifier --out models/fashion-classifier
 

@@ -1,4 +1,4 @@
-"""Train the Fashion-MNIST teacher and save it in diffusers layout (issue 8, part 1).
+"""Train the Fashion-MNIST teacher and save it in diffusers layout (models/fashion-teacher/README.md).
 
     python -m examples.fashion.train_teacher --out models/fashion-teacher --work runs/fashion-teacher
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-# Other work shares the development machine's 2 cores (docs/architecture.md): never take more than 2 threads.
+# The recipes share a small CPU machine with other work (docs/architecture.md): never take more than 2 threads.
 MAX_THREADS = 2
 
 

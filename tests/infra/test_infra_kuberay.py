@@ -11,7 +11,7 @@ import yaml
 from infra_common import INFRA, ROOT, containers, load_all, walk
 
 KUBERAY = INFRA / "kuberay"
-SERVE_IMPORT_PATH = "loopfree_platform.serve.app:build_app"  # issue 6: the Serve application builder
+SERVE_IMPORT_PATH = "loopfree_platform.serve.app:build_app"  # the Serve application builder (docs/serving.md)
 
 
 @pytest.fixture(scope="module")

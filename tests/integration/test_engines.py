@@ -34,7 +34,7 @@ def make_engine(process_group, smoke_job, write_job, monkeypatch):
 
     # DeepSpeed's CPU accelerator refuses fp16 unless oneDNN has fp16 kernels (AVX512-FP16 or AMX CPUs). What
     # these tests check is the loss scaler and the adapter, whose fp16 arithmetic PyTorch runs on any CPU, so
-    # on other CPUs (AVX2-only AMD EPYC CI machines) the capability gate alone is opened.
+    # on other CPUs (AVX2-only ones) the capability gate alone is opened.
     if not get_accelerator().is_fp16_supported():
         monkeypatch.setattr(get_accelerator(), "is_fp16_supported", lambda: True)
 

@@ -1,5 +1,5 @@
 """benchmarks/fashion/compare.py's cheap parts: the three student jobs share one budget, the systems and
-prompts are the ones issue 8 names, and the target verdicts read the right rows. Nothing is trained."""
+prompts are the ones benchmarks/results/fashion.md names, and the target verdicts read the right rows. Nothing is trained."""
 
 from pathlib import Path
 
