@@ -133,6 +133,7 @@ def _run_distill(job: DistillJob, address: str | None, progress: Progress | None
 
     from loopfree_platform.distill.callbacks import MetricsFeed, MetricsLog, read_metrics
     from loopfree_platform.distill.corpus import RankShards, prepare_corpus
+    from loopfree_platform.distill.pairs import prepare_teacher_pairs
     from loopfree_platform.distill.process_group import NodeAddressTorchConfig
     from loopfree_platform.distill.tracking import MLflowTracking, describe_run, register_model, start_run
     from loopfree_platform.distill.train import train_loop_per_worker
@@ -157,6 +158,7 @@ def _run_distill(job: DistillJob, address: str | None, progress: Progress | None
                         endpoint)
     if tracked:
         describe_run(job, tracked)
+    prepare_teacher_pairs(job, ordered, stats.unique, progress)  # method.regression_weight > 0 only
     fs, storage_path = storage.filesystem(job.storage.path, endpoint)
     callbacks = [MetricsLog(job.run_dir(), endpoint), *([MLflowTracking(job, tracked)] if tracked else [])]
     backfill_trackers(job, callbacks)

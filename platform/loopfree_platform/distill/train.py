@@ -29,9 +29,11 @@ from loopfree_platform.distill import checkpoint
 from loopfree_platform.distill.engines import build_engines
 from loopfree_platform.distill.evaluation import TrainingEvaluator
 from loopfree_platform.distill.job import DistillJob, deepspeed_config
+from loopfree_platform.distill.pairs import load_teacher_pairs
 from loopfree_platform.models import local_model_dir
 
-LOGGED = ("loss_vsd", "loss_kl", "loss_fake_score", "loss_student", "grad_norm_student", "grad_norm_fake_score", "vsd_g_norm")
+LOGGED = ("loss_vsd", "loss_kl", "loss_fake_score", "loss_student", "grad_norm_student", "grad_norm_fake_score", "vsd_g_norm",
+          "loss_regression")  # the last only when method.regression_weight > 0
 
 
 class NonFiniteLossError(RuntimeError):
@@ -56,11 +58,12 @@ def build_components(job: DistillJob) -> tuple[Components, UNet2DConditionModel 
 def _mean_over_ranks(logs: dict[str, float]) -> dict[str, float]:
     # NCCL (GPU clusters) reduces CUDA tensors only; gloo reduces CPU ones
     device = "cuda" if dist.is_initialized() and dist.get_backend() == "nccl" else "cpu"
-    values = torch.tensor([logs[k] for k in LOGGED], dtype=torch.float64, device=device)
+    keys = [k for k in LOGGED if k in logs]  # the same on every rank: they share the method
+    values = torch.tensor([logs[k] for k in keys], dtype=torch.float64, device=device)
     if dist.is_initialized():
         dist.all_reduce(values)
         values /= dist.get_world_size()
-    return dict(zip(LOGGED, values.cpu().tolist()))
+    return dict(zip(keys, values.cpu().tolist()))
 
 
 def _rank_batches(shard, job: DistillJob, skip_steps: int, tokenize):
@@ -129,6 +132,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     components, student_unet = build_components(job)
     device = torch.device("cuda", ctx.get_local_rank()) if job.scaling.use_gpu else torch.device("cpu")
     distiller = Distiller(components, job.method, student_unet=student_unet).to(device)
+    if job.method.regression_weight > 0:  # DMD's regression loss: the teacher pairs the driver stored with the run
+        distiller.set_teacher_pairs(load_teacher_pairs(job))
     student_engine, fake_score_engine = build_engines(distiller, deepspeed_config(job, distiller.config.grad_clip))
 
     # 3. resume: student, LoRA, both optimizers, EMA, step and data position
