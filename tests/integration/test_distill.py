@@ -1,6 +1,9 @@
 """The distillation job end to end on real components: local Ray, DeepSpeed on CPU (gloo), S3 (moto).
 
-Runs are shared through module-scoped fixtures so the whole file costs a handful of TorchTrainer runs.
+Runs are shared through module-scoped fixtures so the whole file costs a handful of TorchTrainer runs. The
+uninterrupted, single-worker and crashing runs also train with DMD's regression loss on teacher pairs
+(docs/method.md, "Keeping the teacher's diversity"), made with Ray Data by the uninterrupted run's driver
+and reused by the others as a resumed run reuses its own, so parity and exact resume hold with it.
 """
 
 from pathlib import Path
@@ -11,19 +14,24 @@ import pytest
 import torch
 from loopfree_platform import storage
 from loopfree_platform.distill.callbacks import read_metrics
+from loopfree_platform.distill.corpus import prepare_corpus
 from loopfree_platform.distill.driver import run_distill
 from loopfree_platform.distill.job import DistillJob
+from loopfree_platform.distill.pairs import PAIRS_FILE, SETTINGS_FILE
 from loopfree_platform.distill.train import NonFiniteLossError
 
 from loopfree.evaldata import load_image, read_idx
 from loopfree.features import InceptionFeatures, to_uint8
 from loopfree.metrics import frechet_distance
+from loopfree.pairs import TeacherPairs, make_teacher_pairs, pair_seeds
 from loopfree.pipeline import TiUEPipeline
 from loopfree.presets import tiny
 from tests.faults import FaultProxy
 
 ROOT = Path(__file__).resolve().parents[2]
-LOSSES = ("loss_vsd", "loss_kl", "loss_fake_score", "grad_norm_student")
+LOSSES = ("loss_vsd", "loss_kl", "loss_fake_score", "grad_norm_student", "loss_regression")
+# cheap teacher pairs: 6 pairs of 5 DDIM steps (the tiny teacher), pulled towards at a weight the losses notice
+REGRESSION = {"regression_weight": 1.0, "regression_pairs": 6, "regression_teacher_steps": 5}
 EVAL_PROMPTS = ["a photo of a sneaker", "a photo of a bag", "a photo of a dress", "a photo of a coat"]
 # Each test runs one to three TorchTrainer jobs.
 pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.timeout(600)]
@@ -47,6 +55,14 @@ def job(smoke_job):
     return make
 
 
+def share_pairs(source: DistillJob, target: DistillJob) -> None:
+    """Put the source run's teacher pairs in the target's run folder before it starts: it would make the same
+    ones (pair i depends only on the corpus, its seed, the teacher and the method; checked against the library
+    below), and taking the resumed run's path instead spares starting the teacher actors again (~15 s)."""
+    for name in (PAIRS_FILE, SETTINGS_FILE):
+        storage.write_bytes(storage.join(target.run_dir(), name), storage.read_bytes(storage.join(source.run_dir(), name)))
+
+
 def losses(j: DistillJob) -> dict[int, tuple]:
     rows = read_metrics(storage.join(j.run_dir(), "metrics.jsonl"))
     return {r["step"]: tuple(r[k] for k in LOSSES) for r in rows if r["step"] > 0}  # step 0: the initial evaluation only
@@ -68,7 +84,7 @@ def uninterrupted(runs, job):
     evaluation = {"every_steps": 3, "num_images": 6, "prompts": EVAL_PROMPTS, "seed": 100,
                   "reference": {"images": str(reference)}, "cache_dir": str(runs / "eval-cache")}
     j = job(runs, "uninterrupted", training={"max_steps": 6, "log_every": 1}, checkpoint={"every_steps": 2},
-            evaluation=evaluation)
+            evaluation=evaluation, method=REGRESSION)
     return j, run_distill(j)
 
 
@@ -102,8 +118,29 @@ def test_uninterrupted_run_checkpoints_and_exports(uninterrupted):
     assert pipe(["a cat"], seeds=[0]).images[0].size == (64, 64)
 
 
+def test_teacher_pairs_are_the_teachers_samples_for_the_corpus_prompts_and_train_the_student(uninterrupted):
+    """The driver's pairs (Ray Data, 3 batches of 2 over 2 teacher actors) equal the library's pairs made here in
+    one process: pair i is prompt i of the ordered corpus with pair seed i, the tiny teacher's 5-step sample."""
+    j = uninterrupted[0]
+    pairs = TeacherPairs.load(Path(j.run_dir()) / PAIRS_FILE)
+    assert len(pairs) == 6
+    d = j.data
+    ordered, _ = prepare_corpus(d.paths, d.format, d.column, d.on_bad_record, d.epochs, d.seed)
+    prompts = [r["prompt"] for r in sorted(ordered.take_all(), key=lambda r: r["position"])[:6]]
+    pipe = TiUEPipeline.from_components(tiny().build(seed=j.model.seed))
+    expected = make_teacher_pairs(pipe, prompts, pair_seeds(0, 6), 5, j.method.pair_cfg)
+    torch.testing.assert_close(pairs.noise, expected.noise, rtol=0, atol=0)
+    torch.testing.assert_close(pairs.input_ids, expected.input_ids, rtol=0, atol=0)
+    torch.testing.assert_close(pairs.x0, expected.x0, rtol=1e-4, atol=1e-4)  # other batches, other float sums
+    assert len({tuple(ids.tolist()) for ids in pairs.input_ids}) == 6  # six different prompts
+    rows = [r for r in read_metrics(storage.join(j.run_dir(), "metrics.jsonl")) if r["step"] > 0]
+    assert len(rows) == 6 and all(r["loss_regression"] > 0 for r in rows)
+
+
 def test_parity_two_workers_equal_one_worker_with_the_global_batch(runs, uninterrupted, job):
-    single = job(runs, "single", training={"max_steps": 3}, scaling={"num_workers": 1, "global_batch_size": 4})
+    single = job(runs, "single", training={"max_steps": 3}, scaling={"num_workers": 1, "global_batch_size": 4},
+                 method=REGRESSION)
+    share_pairs(uninterrupted[0], single)
     run_distill(single)
     two, one = losses(uninterrupted[0]), losses(single)
     for step in (1, 2, 3):
@@ -111,14 +148,15 @@ def test_parity_two_workers_equal_one_worker_with_the_global_batch(runs, uninter
 
 
 # The crashed-worker run and the fallback run that goes on from its folder: the same run, so the same sections.
-CRASHING = {"checkpoint": {"every_steps": 2}, "deepspeed": {"zero_stage": 3}}
+CRASHING = {"checkpoint": {"every_steps": 2}, "deepspeed": {"zero_stage": 3}, "method": REGRESSION}
 
 
 @pytest.fixture(scope="module")
-def crashed(runs, job):
+def crashed(runs, job, uninterrupted):
     """A ZeRO-3 run (sharded parameters, gathered EMA, per-rank model shards in the checkpoint) whose worker
     crashes at step 3: (job, result, its losses as it ended). The fallback test below goes on from its folder."""
     crashing = job(runs, "crashing", training={"max_steps": 4, "fail_at_step": 3}, **CRASHING)
+    share_pairs(uninterrupted[0], crashing)
     result = run_distill(crashing)
     return crashing, result, losses(crashing)
 
@@ -140,10 +178,14 @@ def test_a_truncated_latest_checkpoint_falls_back_to_the_one_before(crashed, uni
     shard = sorted((run_root / "checkpoint_00000004" / "student" / "state").glob("*optim_states.pt"))[-1]
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     again = job(runs, "crashing", training={"max_steps": 6}, **CRASHING)
+    pairs = run_root / PAIRS_FILE
+    made = pairs.stat().st_mtime_ns, pairs.read_bytes()
     result = run_distill(again)
     assert result.steps == 6
     captured = capfd.readouterr()
     assert "checkpoint_00000004 is unusable" in captured.out + captured.err  # the workers' warning, via Ray's log
+    assert (pairs.stat().st_mtime_ns, pairs.read_bytes()) == made  # the resumed run reuses its teacher pairs
+    assert f"teacher pairs: reusing {pairs}" in captured.out
     resumed, reference = losses(again), losses(uninterrupted[0])
     assert sorted(resumed) == [1, 2, 3, 4, 5, 6]  # each step once in the run's metrics
     for step in (3, 4, 5, 6):  # resumed from checkpoint 2: steps 3-6 exactly as in the uninterrupted run
