@@ -1,8 +1,8 @@
 """The job-file base shared by every product: YAML loading, validation that names the key, redaction.
 
-A job file is YAML validated against a pydantic schema built from `Section`s: unknown keys and wrong
-types are errors, and every message names the file and the key (``data.format: ...``). Secrets never
-reach a printed or logged job (`redact`).
+A job file is YAML validated against a pydantic schema built from `Section`s: unknown keys, keys written
+twice and wrong types are errors, and every message names the file and the key (``data.format: ...``).
+Secrets never reach a printed or logged job (`redact`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,66 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+class StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (no arbitrary objects) for `load_yaml`, which also refuses duplicated keys."""
+
+
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _refuse_duplicates(loader: StrictLoader, node: yaml.Node, path: str, seen: set[int]) -> None:
+    """Walk a composed document: the keys a mapping writes must be distinct, at any depth. Keys brought in by a
+    merge key (``<<: *defaults``) are not counted: overriding them is what merging is for."""
+    if id(node) in seen:  # an alias: its anchor's node was checked where it was written
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicates(loader, item, f"{path}[{i}]", seen)
+    if not isinstance(node, yaml.MappingNode):
+        return
+    first: dict[Any, int] = {}
+    for key_node, value_node in node.value:
+        if key_node.tag == MERGE_TAG:
+            _refuse_duplicates(loader, value_node, path, seen)
+            continue
+        key = loader.construct_object(key_node, deep=True)  # so that `true` and `yes`, or `1` and `0x1`, are one key
+        name = f"{path}.{key}" if path else str(key)
+        line = key_node.start_mark.line + 1
+        try:
+            if key in first:
+                raise JobError(f"duplicate key {name!r} at line {line} (first at line {first[key]})")
+            first[key] = line
+        except TypeError:  # an unhashable key: construction refuses it below
+            pass
+        _refuse_duplicates(loader, value_node, name, seen)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses a key written twice in one mapping (JobError naming the dotted key and
+    both lines): safe_load keeps the last one silently, so a second ``training:`` section would replace the
+    first without a word (docs/jobs.md). Raises yaml.YAMLError for text that is not YAML."""
+    loader = StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_duplicates(loader, node, "", set())
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file through `load_yaml`; every error is a JobError that starts with the file's path."""
+    try:
+        return load_yaml(Path(path).read_text())
+    except yaml.YAMLError as err:
+        raise JobError(f"{path}: not valid YAML: {err}") from None
+    except JobError as err:
+        raise JobError(f"{path}: {err}") from None
+
+
 def format_errors(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
@@ -53,10 +113,20 @@ def parse_sets(items: list[str] | None) -> dict[str, Any]:
         if not sep or not key or not all(part.strip() for part in key.split(".")):
             raise JobError(f"--set {item!r}: expected section.key=value, e.g. training.max_steps=20")
         try:
-            sets[key] = yaml.safe_load(text)  # safe_load: 20 -> int, 2.0 -> float, [a, b] -> list, null -> None
+            value = load_yaml(text)  # 20 -> int, 2.0 -> float, [a, b] -> list, null -> None
         except yaml.YAMLError as err:
             raise JobError(f"--set {key}: the value is not valid YAML: {err}") from None
+        except JobError as err:
+            raise JobError(f"--set {key}: {err}") from None
+        if (other := overlapping(key, sets)) is not None:  # the later one would silently win
+            raise JobError(f"--set {key}: named twice (also by --set {other})")
+        sets[key] = value
     return sets
+
+
+def overlapping(key: str, keys) -> str | None:
+    """The first of `keys` that names the same dotted key as `key`, or a section above or below it."""
+    return next((k for k in keys if k == key or k.startswith(key + ".") or key.startswith(k + ".")), None)
 
 
 def apply_sets(raw: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:
@@ -99,15 +169,12 @@ def _error_lines(err: ValidationError, sets: dict[str, Any]) -> list[str]:
 
 
 def validate_file(path: str | Path, schema: type[Section]) -> Section:
-    """Read a YAML job file (safely), apply the ``--set`` overrides in effect (`overrides`) and validate it
+    """Read a YAML job file (`read_yaml`), apply the ``--set`` overrides in effect (`overrides`) and validate it
     against a schema; every error is one line ``<file>: <key>: <message>``."""
     path = Path(path)
     if not path.is_file():
         raise JobError(f"job file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())  # safe_load: no arbitrary object construction
-    except yaml.YAMLError as err:
-        raise JobError(f"{path}: not valid YAML: {err}") from None
+    raw = read_yaml(path)  # safe: no arbitrary object construction; strict: no duplicated keys
     if not isinstance(raw, dict):
         raise JobError(f"{path}: the top level must be a mapping of sections")
     sets = _OVERRIDES.get() or {}

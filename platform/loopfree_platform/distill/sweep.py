@@ -19,13 +19,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from loopfree_platform import storage
 from loopfree_platform.distill.callbacks import read_metrics
 from loopfree_platform.distill.job import DistillJob, check_method, check_paths, check_submitted
-from loopfree_platform.jobfile import NAME_PATTERN, JobError, Section, format_errors, validate_file
+from loopfree_platform.jobfile import NAME_PATTERN, JobError, Section, format_errors, overlapping, read_yaml, validate_file
 
 COLUMNS = ("variant", "seed", "steps", "final_fid", "best_fid", "best_step", "recall", "coverage", "alignment", "steps_per_s")
 
@@ -53,6 +52,8 @@ class SweepJob(Section):
         names = [v.name for v in self.variants] + [n for n, _ in self._grid_variants()]
         if len(set(names)) != len(names):
             raise ValueError(f"variant names must be distinct, got {names}")
+        for name, overrides in self.all_variants():
+            _refuse_overlaps(name, list(overrides))
         return self
 
     def _grid_variants(self) -> list[tuple[str, dict[str, Any]]]:
@@ -65,6 +66,19 @@ class SweepJob(Section):
 
     def all_variants(self) -> list[tuple[str, dict[str, Any]]]:
         return [(v.name, v.overrides) for v in self.variants] + self._grid_variants()
+
+
+SWEEP_SETS = ("name", "data.seed", "tracking.registered_model")  # what `expand` sets in every run
+
+
+def _refuse_overlaps(variant: str, keys: list[str]) -> None:
+    """A key a variant names twice (``method`` and ``method.x``), or one the sweep sets itself, would be
+    silently replaced: refused, naming both."""
+    for i, key in enumerate(keys):
+        if (other := overlapping(key, keys[:i])) is not None:
+            raise ValueError(f"variant {variant!r}: {key} is named twice (also as {other})")
+        if (other := overlapping(key, SWEEP_SETS)) is not None:
+            raise ValueError(f"variant {variant!r}: {key}: the sweep sets {other} itself (seeds, run names, no registration)")
 
 
 def apply_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -105,8 +119,8 @@ def load_sweep(path: str | Path) -> tuple[SweepJob, list[tuple[str, int, Distill
     sweep = validate_file(path, SweepJob)
     if not Path(sweep.base).is_file():
         raise JobError(f"{path}: base: job file {sweep.base!r} does not exist")
+    base = read_yaml(sweep.base)  # as strict as the sweep file; its errors name the base file
     try:
-        base = yaml.safe_load(Path(sweep.base).read_text())
         return sweep, expand(sweep, base)
     except JobError as err:
         raise JobError(f"{path}: {err}") from None
