@@ -62,7 +62,8 @@ def test_lint_is_clean():
 # -- the platform's layout: products (distill, serve, evaluate) over shared top-level modules -------------
 PLATFORM = ROOT / "platform" / "loopfree_platform"
 PRODUCTS = ("distill", "serve", "evaluate")
-ENTRY_POINTS = {"loopfree_platform.cli"}  # the one top-level module that dispatches to every product
+# the top-level modules that dispatch to every product: the command's table, and what each command runs
+ENTRY_POINTS = {"loopfree_platform.cli", "loopfree_platform.commands"}
 
 
 def module_graph(package_dir: Path, package: str) -> dict[str, set[str]]:
@@ -142,7 +143,7 @@ def test_the_platform_is_grouped_by_product():
     graph = module_graph(PLATFORM, "loopfree_platform")
     # the builder sees real imports: module-level, lazy (inside functions) and `from package import module`
     assert "loopfree_platform.runtime" in graph["loopfree_platform.serve.app"]
-    assert "loopfree_platform.evaluate.driver" in graph["loopfree_platform.cli"]
+    assert "loopfree_platform.evaluate.driver" in graph["loopfree_platform.commands"]
     assert "loopfree_platform.distill.checkpoint" in graph["loopfree_platform.distill.train"]
 
 

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from loopfree_platform import storage
-from loopfree_platform.distill.driver import absolute_paths, run_distill
+from loopfree_platform.console import Progress
+from loopfree_platform.distill.callbacks import MetricsFeed, read_metrics
+from loopfree_platform.distill.driver import absolute_paths, run_distill, run_steps, step_bar
 from loopfree_platform.distill.job import DistillJob
 from loopfree_platform.distill.sweep import SweepJob, summary_row, tables
 from loopfree_platform.runtime import ensure_ray
@@ -51,11 +53,15 @@ def _parent_run(sweep: SweepJob, first: DistillJob) -> Run | None:
                     {"loopfree.sweep": sweep.name, "mlflow.note.content": f"sweep of {sweep.base}"})
 
 
-def run_sweep(sweep: SweepJob, runs: list[tuple[str, int, DistillJob]], address: str | None = None) -> SweepResult:
+def run_sweep(sweep: SweepJob, runs: list[tuple[str, int, DistillJob]], address: str | None = None,
+              progress: Progress | None = None) -> SweepResult:
+    """Run every variant as a Tune trial; `progress` (the command's bar) counts the steps of all runs."""
     from ray import tune
 
-    ensure_ray(address)
     runs = [(name, seed, absolute_paths(job)) for name, seed, job in runs]
+    progress = progress or Progress("sweep", enabled=False)
+    progress.phase(f"{len(runs)} runs: starting")
+    ensure_ray(address)
     parent = _parent_run(sweep, runs[0][2])
     if parent:
         runs = [(n, s, j.model_copy(update={"tracking": j.tracking.model_copy(update={"parent_run_id": parent.run_id})}))
@@ -71,7 +77,8 @@ def run_sweep(sweep: SweepJob, runs: list[tuple[str, int, DistillJob]], address:
         tune_config=tune.TuneConfig(max_concurrent_trials=sweep.max_concurrent),
         run_config=tune.RunConfig(name="tune", storage_path=str(local_tune_dir), verbose=0),
     )
-    results = tuner.fit()
+    with _feed(progress, [job for _, _, job in runs]):
+        results = tuner.fit()
     errors = [r.error for r in results if r.error]
     rows = [summary_row(n, s, j) for n, s, j in runs]
     markdown, csv_text = tables(rows)
@@ -84,6 +91,14 @@ def run_sweep(sweep: SweepJob, runs: list[tuple[str, int, DistillJob]], address:
     if errors:
         raise RuntimeError(f"{len(errors)} of {len(runs)} sweep trials failed; first: {errors[0]}")
     return SweepResult(rows, md_uri, csv_uri, parent.run_id if parent else None)
+
+
+def _feed(progress: Progress, jobs: list[DistillJob]) -> MetricsFeed:
+    """The bar follows every run's metrics.jsonl, each run's total its capped step count once its driver has it."""
+    endpoint = jobs[0].storage.endpoint_url
+    uris = [storage.join(job.run_dir(), "metrics.jsonl") for job in jobs]
+    logged = [max((int(r["step"]) for r in read_metrics(u, endpoint)), default=0) for u in uris]
+    return MetricsFeed(uris, endpoint, step_bar(progress, lambda: [run_steps(job) for job in jobs], None, logged))
 
 
 def _log_parent(parent: Run, rows: list[dict[str, Any]], markdown: str, csv_text: str) -> None:
