@@ -18,6 +18,7 @@ from loopfree_platform.distill.corpus import prepare_corpus
 from loopfree_platform.distill.driver import run_distill
 from loopfree_platform.distill.job import DistillJob
 from loopfree_platform.distill.pairs import PAIRS_FILE, SETTINGS_FILE
+from loopfree_platform.distill.steplog import read_steps
 from loopfree_platform.distill.train import NonFiniteLossError
 
 from loopfree.evaldata import load_image, read_idx
@@ -26,6 +27,7 @@ from loopfree.metrics import frechet_distance
 from loopfree.pairs import TeacherPairs, make_teacher_pairs, pair_seeds
 from loopfree.pipeline import TiUEPipeline
 from loopfree.presets import tiny
+from tests.executions import attempts, ran_again, same_results
 from tests.faults import FaultProxy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -154,17 +156,23 @@ CRASHING = {"checkpoint": {"every_steps": 2}, "deepspeed": {"zero_stage": 3}, "m
 @pytest.fixture(scope="module")
 def crashed(runs, job, uninterrupted):
     """A ZeRO-3 run (sharded parameters, gathered EMA, per-rank model shards in the checkpoint) whose worker
-    crashes at step 3: (job, result, its losses as it ended). The fallback test below goes on from its folder."""
+    crashes after step 4 ran (loop index 3), before checkpoint 4: (job, result, its losses as it ended, its step
+    executions as it ended). The fallback test below goes on from its folder."""
     crashing = job(runs, "crashing", training={"max_steps": 4, "fail_at_step": 3}, **CRASHING)
     share_pairs(uninterrupted[0], crashing)
     result = run_distill(crashing)
-    return crashing, result, losses(crashing)
+    return crashing, result, losses(crashing), read_steps(crashing.run_dir())
 
 
 def test_crashed_worker_restarts_from_the_last_checkpoint(crashed, uninterrupted):
-    crashing, result, got = crashed
+    crashing, result, got, executions = crashed
     reference = losses(uninterrupted[0])
-    assert result.steps == 4 and sorted(got) == [1, 2, 3, 4]  # every step counted once
+    assert result.steps == 4 and sorted(got) == [1, 2, 3, 4]  # every step's result recorded once
+    # every execution (never deduplicated): steps 1-4, then the restart from checkpoint 2, the last one
+    # registered, runs steps 3 and 4 again, and only those, with the same results
+    assert attempts(executions) == {0: (0, [1, 2, 3, 4]), 1: (2, [3, 4])}
+    assert ran_again(executions) == [3, 4]
+    same_results(executions)
     assert storage.exists(storage.join(crashing.run_dir(), "fault_injected"))
     assert TiUEPipeline.from_pretrained(result.export_dir).config.num_steps == 4
     for step in range(1, 5):
@@ -188,6 +196,9 @@ def test_a_truncated_latest_checkpoint_falls_back_to_the_one_before(crashed, uni
     assert f"teacher pairs: reusing {pairs}" in captured.out
     resumed, reference = losses(again), losses(uninterrupted[0])
     assert sorted(resumed) == [1, 2, 3, 4, 5, 6]  # each step once in the run's metrics
+    executions = read_steps(again.run_dir())  # the crashed run's two attempts, then this one from checkpoint 2
+    assert attempts(executions)[2] == (2, [3, 4, 5, 6]) and ran_again(executions) == [3, 4]
+    same_results(executions)
     for step in (3, 4, 5, 6):  # resumed from checkpoint 2: steps 3-6 exactly as in the uninterrupted run
         assert resumed[step] == pytest.approx(reference[step], rel=1e-5, abs=1e-7), step
 
@@ -226,6 +237,7 @@ def test_s3_smoke_job_with_bad_records_and_a_nan_step_through_an_endpoint_that_t
     assert "runs/s3-smoke/samples/step_00000004.png" in keys and "runs/s3-smoke/job.resolved.yaml" in keys
     rows = read_metrics("s3://loopfree-test/runs/s3-smoke/metrics.jsonl")
     assert rows[-1]["skipped_total"] == 1 and [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert attempts(read_steps("s3://loopfree-test/runs/s3-smoke")) == {0: (0, [1, 2, 3, 4])}  # each ran once
     pipe = TiUEPipeline.from_pretrained(storage.download_dir(result.export_dir, tmp_path / "export"))
     assert len(pipe(["a cat", "a dog"], seeds=[0, 1]).images) == 2
     assert result.mlflow_run_id and result.model_version  # tracked, with S3 run storage

@@ -30,6 +30,7 @@ from loopfree_platform.distill.engines import build_engines
 from loopfree_platform.distill.evaluation import TrainingEvaluator
 from loopfree_platform.distill.job import DistillJob, deepspeed_config
 from loopfree_platform.distill.pairs import load_teacher_pairs
+from loopfree_platform.distill.steplog import StepLog
 from loopfree_platform.models import local_model_dir
 
 LOGGED = ("loss_vsd", "loss_kl", "loss_fake_score", "loss_student", "grad_norm_student", "grad_norm_fake_score", "vsd_g_norm",
@@ -144,6 +145,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     batches = _rank_batches(ray.train.get_dataset_shard("train"), job, state.step, distiller.tokenize)
     evaluator = TrainingEvaluator(job, device, rank, world) if job.evaluation else None
     upload = checkpoint.uploader(job.run_dir(), job.storage.endpoint_url)  # fails loudly, unlike Ray's default
+    executed = StepLog(job.run_dir(), job.storage.endpoint_url, state.step) if rank == 0 else None  # every execution
     if evaluator and state.step == 0 and job.evaluation.at_start:  # the curve's starting point: the initial student
         ray.train.report({"step": 0, **evaluator(TiUEPipeline.from_distiller(distiller, components))})
 
@@ -161,6 +163,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         # 4. one iteration: student turn + update, LoRA turn + update, EMA (docs/method.md, "Training", steps 1-6)
         rng = IterationRNG(job.data.seed, step, rank * b, b)
         logs = train_iteration(distiller, student_engine, fake_score_engine, batch, rng, step)
+        if executed is not None:  # as soon as the step ran: a fault from here on makes it run again
+            executed.append(step + 1, loss_student=logs["loss_student"], loss_fake_score=logs["loss_fake_score"])
         state.step, state.rows_consumed = step + 1, (step + 1) * job.scaling.global_batch_size
         nonfinite_in_a_row = nonfinite_in_a_row + 1 if logs["skipped"] else 0
         state.nonfinite_total += int(logs["skipped"] > 0)
