@@ -38,7 +38,6 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, serve: b
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local instance needs no token
     # Train workers plus Ray Data tasks: more logical CPUs than cores, or the data tasks starve (docs/architecture.md).
     ray.init(num_cpus=num_cpus or max(8, 2 * (os.cpu_count() or 2)), include_dashboard=False,
-             _node_ip_address="127.0.0.1",
              runtime_env={"worker_process_setup_hook": "loopfree_platform.runtime.grpc_servers_on_loopback"}
              if serve else None)
     node_ip = ray.util.get_node_ip_address()
@@ -50,12 +49,13 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, serve: b
 def _loopback_only() -> None:
     """Make the local instance's node address, and so every server it binds, 127.0.0.1.
 
-    Ray turns `_node_ip_address="127.0.0.1"` into the machine's network address unless
-    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, and it reads that variable once, when `ray` is first imported;
+    Ray takes the machine's network address as the node address (and turns a requested 127.0.0.1 into it)
+    unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, and it reads that variable once, when `ray` is first imported;
     any earlier import (a user's, Ray Train's) would leave GCS, raylet and the agents on the network
     address. So set the variable for the processes Ray spawns, and the constant Ray already read for this
     one (docs/architecture.md, "Loopback only").
     """
+    # private: Ray offers no public setting for a value it has already read (tests/test_ray_private_apis.py)
     import ray._private.ray_constants as ray_constants
 
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
@@ -69,6 +69,7 @@ def grpc_servers_on_loopback() -> None:
     Ray Serve 2.60 opens each replica's inter-deployment gRPC server on "[::]:0" whatever the node
     address; on a loopback-only node its callers dial 127.0.0.1 anyway, so nothing else changes.
     """
+    # private: Serve binds this server to "[::]:0" with no public option (tests/test_ray_private_apis.py)
     from ray._common import tls_utils
 
     add_port = tls_utils.add_port_to_grpc_server

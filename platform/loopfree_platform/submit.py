@@ -76,7 +76,8 @@ def submit(command: str, address: str | None = None, wait: bool = True, working_
 
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    if not verbose:  # these set their own level (INFO) when imported
+    # these set their own level (INFO) when imported; the private module's name: no public switch (tests/test_ray_private_apis.py)
+    if not verbose:
         for name in ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk",
                      "ray._private.runtime_env.packaging"):
             logging.getLogger(name).setLevel(logging.WARNING)

@@ -218,7 +218,8 @@ def test_clients_that_hang_up_leave_no_traceback_in_the_logs(server):
 
     url, _ = server
     port = urlparse(url).port
-    logs = serve_log_sizes(ray._private.worker._global_node.get_logs_dir_path(), "open")
+    context = ray.get_runtime_context()  # Ray's log folder: <temp dir>/<session name>/logs
+    logs = serve_log_sizes(f"{context.get_temp_dir()}/{context.get_session_name()}/logs", "open")
     body = json.dumps({"prompts": ["a bag"] * 4, "seeds": [1, 2, 3, 4]}).encode()
     for data in [STALLS["declared length never sent"], STALLS["chunked body that never ends"], post(body)] * 3:
         sock = opened(port, data)

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 import ray
 import torch.distributed as dist
 
-# Ray's own set-up steps, reused so that only the store differs from a plain TorchConfig.
-from ray.train._internal.worker_group import WorkerGroup as V1WorkerGroup
+# private: no public hook sets where the store listens; Ray's own steps keep the rest (tests/test_ray_private_apis.py)
 from ray.train.torch.config import TorchConfig, _set_torch_distributed_env_vars, _setup_torch_process_group, _TorchBackend
 
 _hosted_store = None  # rank 0's store server: kept referenced, or the listening socket closes
@@ -52,8 +51,9 @@ class _Backend(_TorchBackend):
         backend = backend_config.backend or ("nccl" if gpus > 0 else "gloo")
         address, port = worker_group.execute_single(0, host_store, timeout_s=backend_config.timeout_s)
         worker_group.execute(join_store, address=address, port=port)
-        if not isinstance(worker_group, V1WorkerGroup):  # Train v2 worker groups need torchrun's variables
-            worker_group.execute(_set_torch_distributed_env_vars)
+        # torchrun's variables (RANK, LOCAL_RANK, ...) before init_process_group: Ray Train V2, the only mode
+        # the platform runs in (docs/architecture.md, "Ray Train V2"), sets them nowhere else
+        worker_group.execute(_set_torch_distributed_env_vars)
         ray.get([worker_group.execute_single_async(rank, _setup_torch_process_group, backend=backend,
                                                    world_rank=rank, world_size=len(worker_group),
                                                    init_method="env://", timeout_s=backend_config.timeout_s)
