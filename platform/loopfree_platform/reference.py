@@ -1,7 +1,8 @@
 """The FID reference, shared by the evaluation job and the evaluation during distillation.
 
 A reference is a folder of images, an IDX file (MNIST layout, .gz ok) or saved statistics (.npz with mu,
-sigma and optionally the features, which PRDC needs). Features are cached under a key made of the content
+sigma and optionally the features, which PRDC needs; or the features alone, any float type, which the mean
+and covariance are then fitted from). Features are cached under a key made of the content
 of the images used, the Inception file and the preprocessing version, so a reference costs its features
 once whichever product asks for it.
 """
@@ -67,7 +68,9 @@ def reference_items(section: ReferenceSection, inception_path: str | None) -> tu
 
 def load_stats(path: str) -> Reference:
     saved = np.load(path)
-    features = torch.from_numpy(saved["features"]) if "features" in saved else None
+    features = torch.from_numpy(saved["features"]).float() if "features" in saved else None
+    if "mu" not in saved and features is not None:  # features alone (a shipped reference): the fit takes a second
+        return Reference(gaussian_stats(features), features)
     count = int(saved["count"]) if "count" in saved else (len(features) if features is not None else 0)
     return Reference(GaussianStats(torch.from_numpy(saved["mu"]), torch.from_numpy(saved["sigma"]), count), features)
 
