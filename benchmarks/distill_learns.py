@@ -83,7 +83,8 @@ def main() -> int:
             break
         logs = distill_local(distiller, batches, args.eval_every, seed=0, engines=engines, start_step=step)
         step += args.eval_every
-        print("  last losses: " + ", ".join(f"{k} {logs[-1][k]:.4g}" for k in ("loss_vsd", "loss_kl", "loss_fake_score")), flush=True)
+        shown = ("loss_vsd", "loss_kl", "loss_fake_score")
+        print("  last losses: " + ", ".join(f"{k} {logs[-1][k]:.4g}" for k in shown), flush=True)
 
     fd_four = frechet_distance(four_step, reference)
     lines = [f"# Does the objective learn? Tiny preset, {args.mode} student vs. the teacher's 50-step samples", "",

@@ -17,6 +17,7 @@ import torch
 
 from loopfree.config import DistillConfig
 from loopfree.distiller import Distiller
+from loopfree.optim import adam
 from loopfree.rng import IterationRNG
 
 
@@ -35,8 +36,7 @@ class LocalEngine:
 
     def __init__(self, params: Iterable[torch.nn.Parameter], lr: float, betas: tuple[float, float], config: DistillConfig):
         self.params = list(params)
-        self.optimizer = torch.optim.Adam(self.params, lr=lr, betas=betas, eps=config.adam_eps,
-                                          weight_decay=config.weight_decay)
+        self.optimizer = adam(self.params, lr, betas, config)
         self.clip = config.grad_clip
         self._finite_loss = True
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from loopfree.losses import add_noise, cfg, kl_loss, fake_score_loss, vsd_loss
+from loopfree.losses import add_noise, cfg, fake_score_loss, kl_loss, vsd_loss
 
 
 def test_vsd_gradient_is_g_over_n():
