@@ -75,6 +75,22 @@ def s3_endpoint():
 
 
 @pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory, s3_endpoint, free_port):
+    """One `mlflow server` per test session (sqlite, artifacts on the S3 endpoint) for the `ray start` tests'
+    jobs, which tell their runs apart by job name and register under different model names. Yields its URL
+    without waiting (about 9 s to start, so a test starts its cluster meanwhile and then waits for /health)."""
+    import os
+
+    from tests.cluster import start_mlflow
+
+    port = free_port()
+    server = start_mlflow(tmp_path_factory.mktemp("mlflow"), port, {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint})
+    yield f"http://127.0.0.1:{port}"
+    server.terminate()
+    server.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
 def ray_local(s3_endpoint):
     """One local Ray instance per test session, bound to 127.0.0.1 (docs/architecture.md)."""
     import ray

@@ -1,11 +1,11 @@
 """Node loss and a killed driver on a multi-node Ray cluster built on this machine: a head and three worker
-nodes on 127.0.0.1, each `ray start` with its own temp dir and ports, run storage on the S3 endpoint, an
-MLflow server; the job is sent with `loopfree submit` as a user sends it.
+nodes on 127.0.0.1, each `ray start` with its own temp dir and ports, run storage on the S3 endpoint, the
+session's MLflow server; the job is sent with `loopfree submit` as a user sends it.
 
 One cluster, one job lineage, a few steps between faults: lose a worker node mid-run (the spare node takes
 its place, as on a cluster with headroom or once an autoscaler or KubeRay has replaced the node), then SIGKILL
-the driver, then resubmit. 3 to 4 minutes on 2 cores, so it is its own tier (`-m multinode`), outside
-the default run (README, "Tests").
+the driver, then resubmit. The run's step-execution log (every step rank 0 ran, per attempt) shows which steps
+ran twice. 3 to 4 minutes on 2 cores; in the default run, and alone with `-m multinode` (README, "Quickstart").
 
 Ray needs its multi-node mode for a second node; in that mode it addresses the GCS by this machine's own
 interface address (packets to it never leave the machine), while every node is named 127.0.0.1.
@@ -22,16 +22,20 @@ import time
 import boto3
 import psutil
 import pytest
+from loopfree_platform.distill.steplog import read_steps
 
-from tests.cluster import BIN, repo_copy, start_mlflow, stop_processes, wait_http
+from tests.cluster import BIN, repo_copy, stop_processes, wait_http
+from tests.executions import attempts, ran_again, same_results
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.multinode]
 BUCKET, RUN, STEPS = "loopfree-test", "cluster-faults/runs", 16
 # Worker nodes have 2 CPUs and each training worker asks for 2, so the two workers land on different nodes
 # (not on the 1-CPU head, which keeps a CPU for Ray Data's corpus tasks). A 10-prompt corpus: less to prepare.
+# Its own registered model name: the MLflow server is shared with the other `ray start` test.
+MODEL = "loopfree-tiue-node-loss"
 JOB_ARGS = (f"--set name=node-loss --set scaling.cpus_per_worker=2 --set training.max_steps={STEPS} "
             "--set data.paths=[data/fashion_prompts.txt] --set data.format=text "
-            f"--set sampling.every_steps=100 --set storage.path=s3://{BUCKET}/{RUN}")
+            f"--set sampling.every_steps=100 --set storage.path=s3://{BUCKET}/{RUN} --set tracking.registered_model={MODEL}")
 WORKER_NODES = ("a", "b", "c")  # two for the workers, one spare
 RESUMED = re.compile(r"resumed from \S+checkpoint_(\d+) at step (\d+)")  # the workers' line (rank 0)
 # The GCS declares a silent node dead after about 1.5 s instead of about 30 s (Ray's health-check settings).
@@ -40,17 +44,16 @@ FAST_NODE_DEATH = {"RAY_health_check_period_ms": "500", "RAY_health_check_timeou
 
 
 @pytest.fixture(scope="module")
-def nodes(tmp_path_factory, s3_endpoint, free_port):
+def nodes(tmp_path_factory, s3_endpoint, mlflow_server, free_port):
     tmp = tmp_path_factory.mktemp("nodes")
     root = f"/tmp/raymn{os.getpid()}"  # short: Ray's unix socket paths must stay under 108 bytes
-    mlflow_port, gcs_port, dash_port = free_port(), free_port(), free_port()
+    gcs_port, dash_port = free_port(), free_port()
     # Several nodes need Ray's multi-node mode ("0" refuses a second node); every node still takes 127.0.0.1
     # because each `ray start` names it.
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled",
            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
-           "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+           "MLFLOW_TRACKING_URI": mlflow_server, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
            "RAY_DATA_DISABLE_PROGRESS_BARS": "1", **FAST_NODE_DEATH}
-    mlflow = start_mlflow(tmp, mlflow_port, env)
 
     def ray_start(name: str, *args: str) -> subprocess.Popen:
         return subprocess.Popen([str(BIN / "ray"), "start", "--node-ip-address", "127.0.0.1", "--temp-dir",
@@ -69,7 +72,7 @@ def nodes(tmp_path_factory, s3_endpoint, free_port):
         workers = {n: ray_start(n, "--address", f"127.0.0.1:{gcs_port}", "--num-cpus", "2") for n in WORKER_NODES}
         for name, proc in workers.items():  # started side by side
             started(name, proc)
-        wait_http(f"http://127.0.0.1:{mlflow_port}/health")
+        wait_http(f"{mlflow_server}/health")  # started by the session fixture, in parallel with the nodes
         wait_http(f"http://127.0.0.1:{dash_port}/api/version")
         yield {"env": env, "address": f"http://127.0.0.1:{dash_port}", "mlflow": env["MLFLOW_TRACKING_URI"],
                "tmp": tmp, "root": root}
@@ -77,8 +80,6 @@ def nodes(tmp_path_factory, s3_endpoint, free_port):
         stop_processes(root, grace_s=0)  # each node's processes name its temp dir under root; nothing else
         # The job's driver names no temp dir: end any that is left (a failed test) by its command line.
         subprocess.run(["pkill", "-KILL", "-f", "cli distill jobs/smoke.yaml --set name=node-loss"])
-        mlflow.terminate()
-        mlflow.wait(timeout=30)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -129,6 +130,12 @@ def wait_for(predicate, what: str, logs, timeout: float = 240):
     return value
 
 
+def registered(s3) -> int:
+    """The newest checkpoint registered with Ray Train: Ray registers a checkpoint (and stores that in the run)
+    before the driver's callbacks see its report, so one whose metrics row exists is registered."""
+    return max(set(checkpoints(s3)) & set(reported_steps(s3)), default=0)
+
+
 def test_a_lost_node_and_a_killed_driver_resume_from_the_last_s3_checkpoint_with_every_step_once(nodes, s3_endpoint):
     from mlflow.tracking import MlflowClient
     from ray.job_submission import JobStatus, JobSubmissionClient
@@ -136,6 +143,7 @@ def test_a_lost_node_and_a_killed_driver_resume_from_the_last_s3_checkpoint_with
     repo = repo_copy(nodes["tmp"] / "repo")
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     jobs = JobSubmissionClient(nodes["address"])
+    run_dir = f"s3://{BUCKET}/{RUN}/node-loss"
 
     def submit(*flags: str) -> subprocess.CompletedProcess:
         # --verbose: the workers' output (the "resumed from" line) in the job's log instead of only in driver.log
@@ -151,13 +159,18 @@ def test_a_lost_node_and_a_killed_driver_resume_from_the_last_s3_checkpoint_with
     def logs() -> str:
         return jobs.get_job_logs(sid)
 
-    # 1. Lose a worker node once a checkpoint is registered (a node lost between a checkpoint's upload and its
-    # registration restarts from the one before: Ray Train's rule). The two workers are on two nodes.
-    wait_for(lambda: set(checkpoints(s3)) & set(reported_steps(s3)), "a registered checkpoint", logs)
+    # 1. Lose a worker node once a checkpoint is registered and a step after it ran (a node lost between a
+    # checkpoint's upload and its registration restarts from the one before: Ray Train's rule). The two workers
+    # are on two nodes.
+    def past_a_registered_checkpoint() -> bool:
+        done = registered(s3)
+        return done > 0 and max((r["step"] for r in read_steps(run_dir, s3_endpoint)), default=0) > done
+
+    wait_for(past_a_registered_checkpoint, "a step after a registered checkpoint", logs)
     holding = {n: len(train_workers(raylet(nodes, n))) for n in WORKER_NODES}
     assert sorted(holding.values()) == [0, 1, 1], holding
-    print(f"submission to a registered checkpoint: {time.time() - t0:.0f} s", flush=True)
-    before_loss = max(set(checkpoints(s3)) & set(reported_steps(s3)))
+    print(f"submission to a step after a registered checkpoint: {time.time() - t0:.0f} s", flush=True)
+    before_loss = registered(s3)
     assert lose_node(nodes, next(n for n, held in holding.items() if held)) == 1
     resumed = wait_for(lambda: RESUMED.search(logs()),
                        "the worker group to resume after the node loss", logs)
@@ -170,7 +183,7 @@ def test_a_lost_node_and_a_killed_driver_resume_from_the_last_s3_checkpoint_with
              logs)
     os.kill(int(jobs.get_job_info(sid).driver_info.pid), signal.SIGKILL)
     wait_for(lambda: jobs.get_job_status(sid) in (JobStatus.FAILED, JobStatus.STOPPED), "the killed job to end", logs, 60)
-    at_kill = checkpoints(s3)[-1]
+    at_kill, registered_at_kill = checkpoints(s3)[-1], registered(s3)  # the driver is gone: nothing registers now
     print(f"then to the driver killed: {time.time() - t0:.0f} s", flush=True)
     assert at_kill < STEPS, "the run finished before its driver was killed: give it more steps"
 
@@ -181,11 +194,27 @@ def test_a_lost_node_and_a_killed_driver_resume_from_the_last_s3_checkpoint_with
     resumed_again = RESUMED.search(second.stdout)
     assert resumed_again and int(resumed_again[2]) >= at_kill - 2, second.stdout[-3000:]
 
-    assert reported_steps(s3) == list(range(1, STEPS + 1))  # each step once
+    # Every execution, never deduplicated: three attempts (the first group, the group restarted after the node
+    # loss, the resubmission), each running on from the newest checkpoint registered when its fault came, so the
+    # steps that ran twice are exactly those an attempt ran after the checkpoint the next one resumed from.
+    executions = read_steps(run_dir, s3_endpoint)
+    by_attempt = attempts(executions)
+    assert sorted(by_attempt) == [0, 1, 2], by_attempt
+    (_, ran0), (after_loss, ran1), (after_kill, ran2) = by_attempt[0], by_attempt[1], by_attempt[2]
+    assert (after_loss, after_kill) == (int(resumed[2]), int(resumed_again[2]))  # the workers' "resumed from" lines
+    assert before_loss <= after_loss <= ran0[-1] and registered_at_kill <= after_kill <= min(at_kill, ran1[-1])
+    assert ran0 == list(range(1, ran0[-1] + 1)) and ran1 == list(range(after_loss + 1, ran1[-1] + 1))
+    assert ran2 == list(range(after_kill + 1, STEPS + 1))
+    assert ran_again(executions) == sorted({*range(after_loss + 1, ran0[-1] + 1), *range(after_kill + 1, ran1[-1] + 1)})
+    same_results(executions)  # a step run again had the same results
+    print(f"steps run: 1-{ran0[-1]}, from checkpoint {after_loss}: {ran1[0]}-{ran1[-1]}, from checkpoint "
+          f"{after_kill}: {ran2[0]}-{ran2[-1]}; run twice: {ran_again(executions)}", flush=True)
+
+    assert reported_steps(s3) == list(range(1, STEPS + 1))  # each step's result recorded once
     run_id = s3.get_object(Bucket=BUCKET, Key=f"{RUN}/node-loss/mlflow_run_id")["Body"].read().decode().strip()
     client = MlflowClient(nodes["mlflow"])
     runs = client.search_runs([client.get_experiment_by_name("loopfree").experiment_id],
                               filter_string="tags.`loopfree.job` = 'node-loss'")
     assert [r.info.run_id for r in runs] == [run_id] and runs[0].info.status == "FINISHED"  # one run, resumed twice
     assert sorted({m.step for m in client.get_metric_history(run_id, "train/loss_vsd")}) == list(range(1, STEPS + 1))
-    assert [v.run_id for v in client.search_model_versions("name = 'loopfree-tiue'")] == [run_id]
+    assert [v.run_id for v in client.search_model_versions(f"name = '{MODEL}'")] == [run_id]

@@ -1,5 +1,5 @@
-"""End to end as a user runs it: `ray start --head`, `mlflow server` (sqlite + S3 artifacts), an S3 endpoint,
-all on 127.0.0.1, and the job submitted with the plain `ray job submit` command from the README.
+"""End to end as a user runs it: `ray start --head`, `mlflow server` (sqlite + S3 artifacts, the session's), an
+S3 endpoint, all on 127.0.0.1, and the job submitted with the plain `ray job submit` command from the README.
 
 Runs before the in-process Ray tests (file order) and stops its cluster at the end.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import BIN, ROOT, repo_copy, start_mlflow, stop_processes, wait_http
+from tests.cluster import BIN, ROOT, repo_copy, stop_processes, wait_http
 
 pytestmark = pytest.mark.timeout(600)  # a cluster, an MLflow server and two or three submitted jobs per test
 
@@ -32,27 +32,24 @@ def readme_line(word: str, port: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, s3_endpoint, free_port):
+def cluster(tmp_path_factory, s3_endpoint, mlflow_server, free_port):
     tmp = tmp_path_factory.mktemp("cluster")
-    mlflow_port, dash_port = free_port(), free_port()
+    dash_port = free_port()
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled",
            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
-           "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+           "MLFLOW_TRACKING_URI": mlflow_server, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
            "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
-    mlflow = start_mlflow(tmp, mlflow_port, env)
     ray_tmp = f"/tmp/rayc{os.getpid()}"
     env["RAY_TMPDIR"] = ray_tmp  # this head's files (and its processes' command lines) under its own folder
     # The head as the README starts it (only the dashboard port differs), from a shell with the venv active.
     subprocess.run(["bash", "-c", f"source {BIN}/activate && {readme_line('ray start', dash_port)}"], env=env,
                    check=True, capture_output=True)
-    wait_http(f"http://127.0.0.1:{mlflow_port}/health")
+    wait_http(f"{mlflow_server}/health")
     wait_http(f"http://127.0.0.1:{dash_port}/api/version")
     yield {"env": env, "address": f"http://127.0.0.1:{dash_port}", "mlflow": env["MLFLOW_TRACKING_URI"], "tmp": tmp}
     # Only this cluster's processes (their command lines name its temp dir): `ray stop --force` would also
     # kill every other Ray instance on the machine, e.g. a developer's or a concurrent test run's.
     stop_processes(ray_tmp, grace_s=0)  # the cluster is thrown away: nothing to wait for
-    mlflow.terminate()
-    mlflow.wait(timeout=30)
     shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
