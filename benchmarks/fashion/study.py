@@ -49,6 +49,12 @@ RECIPES: dict[str, dict] = {
     **{f"full-ttur5-guid2-1-x0err-reg{w}": {"fake_score": "full", "fake_score_lr": 1e-4, "fake_score_updates": 5,
                                             "guidance_scale": 2.0, "fake_guidance_scale": 1.0, "vsd_weighting": "x0_error",
                                             "regression_weight": float(w)} for w in ("0.25", "1", "4")},
+    # Quickstart candidates (a run of about 150 updates to fit its time): twice the learning rates, and an EMA
+    # short enough not to keep a fifth of the initial student after 150 updates (0.99 ** 150 = 0.22).
+    **{f"full-ttur{n}-guid2-1-x0err-lr2-ema95": {"fake_score": "full", "fake_score_lr": 2e-4, "fake_score_updates": n,
+                                                 "guidance_scale": 2.0, "fake_guidance_scale": 1.0,
+                                                 "vsd_weighting": "x0_error", "student_lr": 2e-4, "ema_decay": 0.95}
+       for n in (3, 5)},
     "sb-paper": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0},
     # The paper's SwiftBrush recipe (its best alignment so far) plus the normalisation that helped TiUE most.
     "sb-x0err": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0, "vsd_weighting": "x0_error"},
