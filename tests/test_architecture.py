@@ -199,3 +199,24 @@ def test_mlflow_is_imported_by_one_platform_module():
     (its registered model's pyfunc included); the rest of the platform imports that module, never mlflow."""
     importers = sorted(str(p.relative_to(PLATFORM)) for p in PLATFORM.rglob("*.py") if "mlflow" in _imported_roots(p))
     assert importers == ["tracking.py"]
+
+
+def _imported_products(path: Path) -> set[str]:
+    """The products (distill, serve, evaluate) whose modules a file imports, by `loopfree_platform.<product>`."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        found |= {n.split(".")[1] for n in names if n.startswith("loopfree_platform.") and len(n.split(".")) > 2}
+    return found & set(PRODUCTS)
+
+
+def test_the_platform_tests_mirror_the_products():
+    """tests/loopfree_platform/<product>/ exists for each product, and its tests import no other product's modules
+    (tests of shared modules sit at tests/loopfree_platform/ itself)."""
+    tests = ROOT / "tests" / "loopfree_platform"
+    for product in PRODUCTS:
+        assert (PLATFORM / product / "__init__.py").is_file() and list((tests / product).glob("test_*.py")), product
+        strays = {p.name: _imported_products(p) - {product} for p in (tests / product).glob("test_*.py")}
+        assert not {k: v for k, v in strays.items() if v}, (product, strays)

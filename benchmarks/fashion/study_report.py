@@ -3,7 +3,7 @@
 Writes fashion_study.md (teacher rows, the choice of recipes on validation, target lines D1-D5, the final table,
 the validation curves), fashion.csv, fashion_study.png (validation FID over updates), fashion_tradeoff.png (test FID
 against test recall) and the README's block of result numbers between its study-results markers. Nothing here is
-typed by hand: tests/loopfree_platform/test_study_report.py regenerates every file from the committed records
+typed by hand: tests/benchmarks/test_study_report.py regenerates every file from the committed records
 and fails if a committed one differs. A record marked "reconstructed" is refused (study_records.load_runs).
 """
 

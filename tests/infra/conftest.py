@@ -4,7 +4,8 @@ import re
 import tomllib
 
 import pytest
-from infra_common import INFRA, ROOT, load_all, parse_pins
+
+from tests.infra.infra_common import INFRA, ROOT, load_all, parse_pins
 
 
 @pytest.fixture(scope="session")

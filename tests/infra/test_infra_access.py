@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from infra_common import INFRA, containers, load_all
+
+from tests.infra.infra_common import INFRA, containers, load_all
 
 MLFLOW = INFRA / "mlflow" / "mlflow-server.yaml"
 POLICIES = INFRA / "kuberay" / "network-policies.yaml"

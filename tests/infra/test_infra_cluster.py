@@ -9,7 +9,8 @@ from urllib.parse import urlparse
 import jsonschema
 import ray
 import yaml
-from infra_common import INFRA, ROOT, walk
+
+from tests.infra.infra_common import INFRA, ROOT, walk
 
 LAUNCHER = INFRA / "launcher" / "aws.yaml"
 MLFLOW = INFRA / "mlflow" / "mlflow-server.yaml"

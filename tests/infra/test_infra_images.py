@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from infra_common import INFRA, ROOT, parse_pins
+
+from tests.infra.infra_common import INFRA, ROOT, parse_pins
 
 DOCKER = INFRA / "docker"
 DOCKERFILES = [DOCKER / "Dockerfile", DOCKER / "mlflow.Dockerfile"]

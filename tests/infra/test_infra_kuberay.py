@@ -8,7 +8,8 @@ import shlex
 import jsonschema
 import pytest
 import yaml
-from infra_common import INFRA, ROOT, containers, load_all, walk
+
+from tests.infra.infra_common import INFRA, ROOT, containers, load_all, walk
 
 KUBERAY = INFRA / "kuberay"
 SERVE_IMPORT_PATH = "loopfree_platform.serve.app:build_app"  # the Serve application builder (docs/serving.md)

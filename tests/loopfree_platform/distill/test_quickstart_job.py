@@ -3,7 +3,7 @@ Running it takes minutes (it is not run in CI); its wall time and grid are in mo
 
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_quickstart_job_distils_this_teacher_with_tiue_and_kl(monkeypatch):

@@ -1,6 +1,6 @@
 """The platform's teacher pairs (docs/method.md, "Keeping the teacher's diversity"): which prompts and seeds they
 get, and a resumed run that asks for other pairs than it stored. Making them end to end is in
-tests/integration/test_distill.py."""
+tests/integration/distill/test_distill.py."""
 
 import json
 

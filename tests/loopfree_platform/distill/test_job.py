@@ -7,7 +7,7 @@ import yaml
 from loopfree_platform.distill.job import deepspeed_config, load_job
 from loopfree_platform.jobfile import JobError, redact
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_shipped_job_files_validate(monkeypatch):

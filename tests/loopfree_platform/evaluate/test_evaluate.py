@@ -14,7 +14,7 @@ from loopfree_platform.evaluate.stages import reference
 from loopfree_platform.jobfile import JobError
 from loopfree_platform.reference import reference_items
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 FASHION_TEST = str(ROOT / "data" / "fashion-mnist" / "t10k-images-idx3-ubyte.gz")  # shipped subset: 1000 images
 
 

@@ -16,7 +16,7 @@ import ray
 from loopfree_platform.serve.generate import GenerateError, read_records, run_generate
 from loopfree_platform.serve.job import GenerateJob
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 PROMPTS = 48
 
 

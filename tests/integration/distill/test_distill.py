@@ -30,7 +30,7 @@ from loopfree.presets import tiny
 from tests.executions import attempts, ran_again, same_results
 from tests.faults import FaultProxy
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 LOSSES = ("loss_vsd", "loss_kl", "loss_fake_score", "grad_norm_student", "loss_regression")
 # cheap teacher pairs: 6 pairs of 5 DDIM steps (the tiny teacher), pulled towards at a weight the losses notice
 REGRESSION = {"regression_weight": 1.0, "regression_pairs": 6, "regression_teacher_steps": 5}

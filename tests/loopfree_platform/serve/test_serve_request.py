@@ -11,7 +11,7 @@ from loopfree_platform.serve.guard import CALLBACK, CALLBACK_ENV, Limits, proxy_
 from loopfree_platform.serve.job import ServeApp, load_generate_job, load_serve_job
 from loopfree_platform.serve.monitor import traffic_line
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def parse(body, max_prompts=4, max_chars=20):
