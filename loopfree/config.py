@@ -51,6 +51,12 @@ class DistillConfig:
     regression_pairs: int = 1024  # pairs generated once per run
     regression_teacher_steps: int = 50  # the teacher's DDIM steps per pair
     regression_guidance_scale: float | None = None  # the teacher's CFG for the pairs; None: guidance_scale
+    # DMD2's GAN term (docs/method.md, "Keeping the teacher's diversity"): a discriminator head on the fake score's
+    # bottleneck tells noised real training images from noised student samples; the student gets the
+    # non-saturating generator loss at this weight. 0 = off (no head, no real images).
+    gan_weight: float = 0.0
+    gan_disc_weight: float = 0.01  # the discriminator loss's weight in the fake score's loss (DMD2: 1e-2)
+    gan_head_channels: int = 64  # width of the discriminator head's two conv blocks
     # optimisation (3.4, 3.5): Adam, learning rates constant after an optional linear warm-up, grad-norm
     # clipping. The fake_score_* fields train the fake score, LoRA or full copy; lora_* shape the LoRA only.
     student_lr: float = 1e-6
@@ -114,6 +120,13 @@ class DistillConfig:
         if self.regression_guidance_scale is not None and (
                 not _is_number(self.regression_guidance_scale) or self.regression_guidance_scale < 1):
             yield f"regression_guidance_scale must be a number >= 1 or null, got {self.regression_guidance_scale!r}"
+        for name in ("gan_weight", "gan_disc_weight"):
+            if not _is_number(getattr(self, name)) or getattr(self, name) < 0:
+                yield f"{name} must be a number >= 0, got {getattr(self, name)!r}"
+        if _is_number(self.gan_weight) and self.gan_weight > 0 and self.gan_disc_weight == 0:
+            yield "gan_disc_weight must be > 0 when gan_weight > 0: the discriminator would never learn"
+        if not _is_int(self.gan_head_channels) or self.gan_head_channels < 1:
+            yield f"gan_head_channels must be an integer >= 1, got {self.gan_head_channels!r}"
         if self.kl_reduction not in KL_REDUCTIONS:
             yield f"kl_reduction must be one of {KL_REDUCTIONS}, got {self.kl_reduction!r}"
         if not 0 <= self.fake_score_prompt_dropout <= 1:

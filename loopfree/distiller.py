@@ -20,7 +20,17 @@ from peft import LoraConfig
 from torch import nn
 
 from loopfree.config import DistillConfig
-from loopfree.losses import add_noise, cfg, fake_score_loss, kl_loss, regression_loss, vsd_loss
+from loopfree.gan import DiscriminatorHead, bottleneck
+from loopfree.losses import (
+    add_noise,
+    cfg,
+    fake_score_loss,
+    gan_discriminator_loss,
+    gan_generator_loss,
+    kl_loss,
+    regression_loss,
+    vsd_loss,
+)
 from loopfree.pairs import TeacherPairs
 from loopfree.presets import Components
 from loopfree.rng import IterationRNG
@@ -96,6 +106,12 @@ class Distiller(nn.Module):
         self.register_buffer("uncond_text", self.encode_text(self.tokenize([""])), persistent=False)  # (1, 77, D)
         self.ema = EMA(student_unet, config.ema_decay)
         self.teacher_pairs: TeacherPairs | None = None  # set by the caller when regression_weight > 0
+        self.real_latents: torch.Tensor | None = None  # set by the caller when gan_weight > 0
+        self.discriminator = None  # DMD2's head on the fake score's bottleneck, only when gan_weight > 0
+        if config.gan_weight > 0:
+            if getattr(self.fake_score, "mid_block", None) is None:
+                raise ValueError("gan_weight > 0 needs a fake score UNet with a mid block (its bottleneck features)")
+            self.discriminator = DiscriminatorHead(self.fake_score.config.block_out_channels[-1], config.gan_head_channels)
 
     def set_teacher_pairs(self, pairs: TeacherPairs) -> None:
         """The stored (noise, prompt) -> teacher-sample pairs of DMD's regression loss (docs/method.md)."""
@@ -104,6 +120,13 @@ class Distiller(nn.Module):
                              f"the student makes {self._latent_shape()}")
         device = self.alphas_cumprod.device
         self.teacher_pairs = TeacherPairs(pairs.noise.to(device), pairs.x0.to(device), pairs.input_ids)
+
+    def set_real_images(self, latents: torch.Tensor) -> None:
+        """Latents (N, C, H, W) of real training images, scaled like the teacher's (loopfree.gan.encode_real_images):
+        the real side of DMD2's discriminator (docs/method.md)."""
+        if latents.shape[1:] != self._latent_shape():
+            raise ValueError(f"real images hold latents {tuple(latents.shape[1:])}, the student makes {self._latent_shape()}")
+        self.real_latents = latents.float().to(self.alphas_cumprod.device)
 
     # -- roles ---------------------------------------------------------------------------------
     @property
@@ -116,6 +139,10 @@ class Distiller(nn.Module):
 
     def student_parameters(self) -> list[nn.Parameter]:
         return list(self.student.parameters())
+
+    def discriminator_parameters(self) -> list[nn.Parameter]:
+        """The GAN head's weights (none when gan_weight == 0); they train in the fake-score turn."""
+        return [] if self.discriminator is None else list(self.discriminator.parameters())
 
     @contextlib.contextmanager
     def teacher_mode(self):
@@ -179,6 +206,10 @@ class Distiller(nn.Module):
         if cfg_.regression_weight > 0:
             loss_reg, reg_logs = self._regression(rng, dtype)
             loss, logs = loss + loss_reg, {**logs, **reg_logs}
+        if cfg_.gan_weight > 0:
+            with self._judge_frozen():  # the generator term's gradient must reach x0 only
+                loss_gan, gan_logs = gan_generator_loss(self._discriminate(x0, rng), cfg_.gan_weight)
+            loss, logs = loss + loss_gan, {**logs, **gan_logs}
         return StudentTurn(loss, logs, x0)
 
     def _regression(self, rng: IterationRNG, dtype: torch.dtype):
@@ -214,7 +245,45 @@ class Distiller(nn.Module):
         fake = self.fake_score
         x_t = add_noise(x0_detached.detach(), eps, alpha_bar_t).to(fake.dtype)
         eps_fake = fake(x_t, t, encoder_hidden_states=text.to(fake.dtype)).sample
-        return fake_score_loss(eps_fake, eps, alpha_bar_t)
+        loss, logs = fake_score_loss(eps_fake, eps, alpha_bar_t)
+        if cfg_.gan_weight > 0:
+            loss_disc, disc_logs = self._discriminator_loss(x0_detached.detach(), rng)
+            loss, logs = loss + cfg_.gan_disc_weight * loss_disc, {**logs, **disc_logs}
+        return loss, logs
+
+    # -- DMD2's GAN term (docs/method.md, "Keeping the teacher's diversity") --------------------------------
+    def _discriminate(self, x: torch.Tensor, rng: IterationRNG) -> torch.Tensor:
+        """Logits (B,) of latents x (B, C, H, W): noised at t ~ U{fake_score_t_min..t_max} from each sample's own
+        generator, judged on the fake score's bottleneck for the empty prompt (the real images carry no prompt)."""
+        device, fake = self.alphas_cumprod.device, self.fake_score
+        t = rng.randint(self.config.fake_score_t_min, self.config.fake_score_t_max, device)  # (B,)
+        x_t = add_noise(x, rng.randn(x.shape[1:], device), self.alphas_cumprod[t]).to(fake.dtype)  # (B, C, H, W)
+        with bottleneck(fake) as features:
+            fake(x_t, t, encoder_hidden_states=self.uncond_text.expand(len(x), -1, -1).to(fake.dtype))
+        return self.discriminator(features[0])  # (B,)
+
+    def _discriminator_loss(self, x0_detached: torch.Tensor, rng: IterationRNG):
+        """Each sample draws one real image (its own generator, as the regression pairs); both sides are noised.
+        The loss trains the head and, through the bottleneck, the fake score's encoder, as in DMD2, where the
+        classifier shares the fake score's UNet; gan_disc_weight keeps it small beside the denoising loss."""
+        real = self.real_latents
+        if real is None:
+            raise RuntimeError("gan_weight > 0 needs real images: call Distiller.set_real_images first")
+        x_real = real[rng.randint(0, len(real) - 1).to(real.device)]  # (B, C, H, W)
+        return gan_discriminator_loss(self._discriminate(x_real, rng), self._discriminate(x0_detached, rng))
+
+    @contextlib.contextmanager
+    def _judge_frozen(self):
+        """The fake score's and the head's weights stop requiring grad for the generator term: their .grad would
+        otherwise be filled in the student turn and leak into the next fake-score step."""
+        params = self.fake_score_parameters() + self.discriminator_parameters()
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p in params:
+                p.requires_grad_(True)
 
     # -- EMA and export ------------------------------------------------------------------------
     def update_ema(self) -> None:

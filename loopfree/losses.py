@@ -103,3 +103,22 @@ def regression_loss(x0: torch.Tensor, x0_teacher: torch.Tensor, weight: float):
     with fp32(x0.device):
         loss = weight * F.mse_loss(x0.float(), x0_teacher.detach().float(), reduction="mean")
     return loss, {"loss_regression": loss.detach()}
+
+
+def gan_discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor):
+    """DMD2's discriminator loss (Yin et al., NeurIPS 2024, section 4.3; docs/method.md, "Keeping the teacher's
+    diversity"), the non-saturating GAN loss on logits (B,) of noised real latents and noised stopgrad(x0):
+    L_D = mean(softplus(-D(real))) + mean(softplus(D(fake))). Unweighted: the caller weighs it (gan_disc_weight)."""
+    with fp32(logits_real.device):
+        real, fake = logits_real.float(), logits_fake.float()
+        loss = F.softplus(-real).mean() + F.softplus(fake).mean()
+        accuracy = torch.cat([real > 0, fake < 0]).float().mean()
+    return loss, {"loss_disc": loss.detach(), "disc_accuracy": accuracy.detach()}
+
+
+def gan_generator_loss(logits_fake: torch.Tensor, weight: float):
+    """DMD2's generator loss (non-saturating) on the logits (B,) of the noised student x0, with gradient:
+    L_G = weight * mean(softplus(-D(x0_t))); DMD2 weighs it 1e-3 to 1e-2 against the distribution-matching loss."""
+    with fp32(logits_fake.device):
+        loss = weight * F.softplus(-logits_fake.float()).mean()
+    return loss, {"loss_gan": loss.detach()}

@@ -62,9 +62,13 @@ class LocalEngine:
 
 
 def local_engines(distiller: Distiller) -> tuple[LocalEngine, LocalEngine]:
+    """The student's engine, and the fake score's, which also trains DMD2's discriminator head when gan_weight > 0:
+    the discriminator loss is part of the fake score's loss (it shares the fake score's encoder, as in DMD2), so
+    one backward and one step in the fake-score turn train both, at the fake score's learning rate."""
     cfg = distiller.config
+    fake_score = distiller.fake_score_parameters() + distiller.discriminator_parameters()
     return (LocalEngine(distiller.student_parameters(), cfg.student_lr, cfg.student_adam_betas, cfg),
-            LocalEngine(distiller.fake_score_parameters(), cfg.fake_score_lr, cfg.fake_score_adam_betas, cfg))
+            LocalEngine(fake_score, cfg.fake_score_lr, cfg.fake_score_adam_betas, cfg))
 
 
 def warmup_lr(base_lr: float, step: int, warmup_steps: int) -> float:
