@@ -49,6 +49,11 @@ RECIPES: dict[str, dict] = {
     **{f"full-ttur5-guid2-1-x0err-reg{w}": {"fake_score": "full", "fake_score_lr": 1e-4, "fake_score_updates": 5,
                                             "guidance_scale": 2.0, "fake_guidance_scale": 1.0, "vsd_weighting": "x0_error",
                                             "regression_weight": float(w)} for w in ("0.25", "1", "4")},
+    # DMD2's GAN term at weights around DMD2's 1e-3 to 1e-2: the discriminator sees the shipped GAN subset of TRAINING
+    # images (data/fashion-mnist/README.md), so these rows are marked "uses training images" (docs/method.md).
+    **{f"full-ttur5-guid2-1-x0err-gan{w}": {"fake_score": "full", "fake_score_lr": 1e-4, "fake_score_updates": 5,
+                                            "guidance_scale": 2.0, "fake_guidance_scale": 1.0, "vsd_weighting": "x0_error",
+                                            "gan_weight": float(w)} for w in ("0.003", "0.01", "0.03")},
     # Quickstart candidates (a run of about 150 updates to fit its time): twice the learning rates, and an EMA
     # short enough not to keep a fifth of the initial student after 150 updates (0.99 ** 150 = 0.22).
     **{f"full-ttur{n}-guid2-1-x0err-lr2-ema95": {"fake_score": "full", "fake_score_lr": 2e-4, "fake_score_updates": n,
@@ -161,6 +166,22 @@ def study_pairs(config, components):
     return pairs
 
 
+def study_real_latents(components) -> torch.Tensor:
+    """The GAN recipes' real images: the shipped GAN subset (2000 training images outside the validation draw) in
+    the teacher's framing, encoded once with the teacher's VAE and scaled like its latents (`loopfree.gan`)."""
+    from examples.fashion.data import load_gan_images, to_model_images
+    from loopfree.gan import encode_real_images
+
+    return encode_real_images(components.vae, to_model_images(load_gan_images()))  # (2000, 4, 8, 8)
+
+
+def uses_training_images(config, init_from: str | None) -> bool:
+    """Whether a run's student saw real training images: its recipe's GAN term, or the run it starts from."""
+    if config.gan_weight > 0:
+        return True
+    return bool(init_from) and json.loads((WORK / init_from / "run.json").read_text()).get("uses_training_images", False)
+
+
 def student_init(init_from: str | None):
     """The student UNet of a K-transfer run: the EMA student exported by a finished run (None: the teacher's)."""
     if init_from is None:
@@ -197,9 +218,12 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
     components = load_components(TEACHER)
     config = DistillConfig(**{**BASE, **RECIPES[recipe], **({"num_steps": num_steps} if num_steps else {})})
     pairs = study_pairs(config, components) if config.regression_weight > 0 else None
+    real = study_real_latents(components) if config.gan_weight > 0 else None
     distiller = Distiller(components, config, student_unet=student_init(init_from))
     if pairs is not None:
         distiller.set_teacher_pairs(pairs)
+    if real is not None:
+        distiller.set_real_images(real)
     engines = local_engines(distiller)
     inception = InceptionFeatures(batch_size=50)
     ref = validation_reference(inception)
@@ -239,7 +263,8 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
     pipe = TiUEPipeline.from_distiller(distiller, components)
     pipe.save_pretrained(out / "export", safe_serialization=True)  # the EMA student: scored on test later, or not
     (out / "run.json").write_text(json.dumps({"recipe": label, "seed": seed, "steps": steps, "init_from": init_from,
-                                              "num_steps": config.num_steps, "mode": config.mode}))
+                                              "num_steps": config.num_steps, "mode": config.mode,
+                                              "uses_training_images": uses_training_images(config, init_from)}))
     if test_images:
         score_test(name, test_images)
     return curve
@@ -261,7 +286,9 @@ def score_test(name: str, test_images: int) -> Path:
     pipe.set_progress_bar_config(disable=True)
     inception, (classifier, classes) = InceptionFeatures(batch_size=50), load_classifier(CLASSIFIER)
     gen = generate_features(pipe, test_set(test_images), range(test_images), inception, classifier, classes)
-    result = {**info, "images": test_images, "uses_training_images": False, **metrics(gen, test_reference(inception))}
+    # Runs finished before the key existed trained without real images (docs/method.md: only the GAN term uses them).
+    info.setdefault("uses_training_images", False)
+    result = {**info, "images": test_images, **metrics(gen, test_reference(inception))}
     test_json.write_text(json.dumps(result, indent=1))
     print(f"{name} TEST: " + json.dumps(result), flush=True)
     return test_json

@@ -24,6 +24,8 @@ SHIPPED = Path(__file__).resolve().parents[2] / "data" / "fashion-mnist"  # subs
 # 1000 TRAINING images (data/fashion-mnist/README.md): the validation split that recipes, run lengths and
 # guidance are chosen on; the shipped test subset is scored once per final row.
 VALIDATION_IMAGES = SHIPPED / "train-val-images-idx3-ubyte.gz"
+# 2000 other TRAINING images, outside the validation draw: the real images of DMD2's GAN term (docs/method.md).
+GAN_IMAGES = SHIPPED / "train-gan-images-idx3-ubyte.gz"
 CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
 TEMPLATES = (
     "a photo of a {}", "a {}", "a black and white picture of a {}", "a picture of a {}",
@@ -79,6 +81,11 @@ def load_split(split: str, limit: int | None = None, data_dir: Path = DATA_DIR) 
 def load_validation() -> torch.Tensor:
     """The shipped validation images, uint8 (1000, 1, 28, 28): no dataset package needed."""
     return read_idx(VALIDATION_IMAGES)
+
+
+def load_gan_images() -> torch.Tensor:
+    """The shipped GAN subset's images, uint8 (2000, 1, 28, 28): disjoint from the validation and test subsets."""
+    return read_idx(GAN_IMAGES)
 
 
 def to_model_images(images: torch.Tensor) -> torch.Tensor:
