@@ -209,12 +209,24 @@ def load_method(value: Any) -> DistillConfig:
                        for e in err.errors()]
     if not errors:
         try:
-            return DistillConfig.from_dict(value)
+            config = DistillConfig.from_dict(value)
         except ValueError as err:
             errors = _config_errors(str(err))
+        else:
+            errors = list(_unsupported(config))
+            if not errors:
+                return config
     raise ValidationError.from_exception_data("method", [
         InitErrorDetails(type=PydanticCustomError("value_error", "{message}", {"message": text}), loc=key, input=value)
         for key, text in errors])
+
+
+def _unsupported(config: DistillConfig):
+    """Library options the platform does not run yet: refused at load rather than silently ignored."""
+    if config.gan_weight > 0:
+        yield (("gan_weight",), "DMD2's GAN term needs real training images, which the platform's workers do not "
+                                "load yet: it is study-only for now (benchmarks/fashion/study.py; docs/jobs.md). "
+                                "Use 0")
 
 
 def _method_data(config: DistillConfig) -> dict[str, Any]:
