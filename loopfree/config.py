@@ -21,6 +21,14 @@ RENAMED = {"lora_lr": "fake_score_lr", "lora_warmup_steps": "fake_score_warmup_s
            "lora_t_max": "fake_score_t_max", "lora_prompt_dropout": "fake_score_prompt_dropout"}
 
 
+class ConfigError(ValueError):
+    """DistillConfig's refusal: every problem found, each a message that starts with the field it names."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("invalid DistillConfig: " + "; ".join(problems))
+        self.problems = problems
+
+
 @dataclass(frozen=True)
 class DistillConfig:
     # student (docs/method.md: the student, the closed-form DDIM map, the 1-step mode)
@@ -75,7 +83,7 @@ class DistillConfig:
     def __post_init__(self):
         errors = list(self._errors())
         if errors:
-            raise ValueError("invalid DistillConfig: " + "; ".join(errors))
+            raise ConfigError(errors)
 
     def _errors(self):
         for old in sorted(set(self.extra) & set(RENAMED)):

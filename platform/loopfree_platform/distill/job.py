@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, PlainSerializer, PlainValidator, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from loopfree.config import RENAMED, DistillConfig
+from loopfree.config import RENAMED, ConfigError, DistillConfig
 from loopfree_platform import storage
 from loopfree_platform.jobfile import NAME_PATTERN, JobError, Section, validate_file
 from loopfree_platform.reference import ReferenceSection
@@ -169,10 +169,10 @@ def _field_type(name: str) -> TypeAdapter:
     return TypeAdapter(typing.get_type_hints(DistillConfig)[name])
 
 
-def _config_errors(message: str) -> list[tuple[tuple, str]]:
-    """DistillConfig's refusal ("invalid DistillConfig: <key> ...; <key> ...") as (key path, text) pairs."""
+def _config_errors(problems: list[str]) -> list[tuple[tuple, str]]:
+    """DistillConfig's problems ("<key> ...", "unknown keys [...]") as (key path, text) pairs."""
     errors: list[tuple[tuple, str]] = []
-    for part in message.removeprefix("invalid DistillConfig: ").split("; "):
+    for part in problems:
         word = re.match(r"\w*", part)[0]
         if part.startswith("unknown keys ["):
             for key in ast.literal_eval(part.removeprefix("unknown keys ")):
@@ -183,9 +183,6 @@ def _config_errors(message: str) -> list[tuple[tuple, str]]:
         elif word in METHOD_FIELDS:
             rest = part[len(word):]
             errors.append(((word,), rest.lstrip(": ") if rest[:1] in (" ", ":") else part))
-        elif errors:  # a message that itself holds "; " goes on
-            key, text = errors.pop()
-            errors.append((key, f"{text}; {part}"))
         else:
             errors.append(((), part))
     return errors
@@ -210,8 +207,8 @@ def load_method(value: Any) -> DistillConfig:
     if not errors:
         try:
             config = DistillConfig.from_dict(value)
-        except ValueError as err:
-            errors = _config_errors(str(err))
+        except ConfigError as err:
+            errors = _config_errors(err.problems)
         else:
             errors = list(_unsupported(config))
             if not errors:
