@@ -24,7 +24,7 @@ import psutil
 import pytest
 from loopfree_platform.distill.steplog import read_steps
 
-from tests.cluster import BIN, repo_copy, stop_processes, wait_http
+from tests.cluster import BIN, repo_copy, stop_processes, wait_http, wait_job_agent
 from tests.executions import attempts, ran_again, same_results
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.multinode]
@@ -74,6 +74,7 @@ def nodes(tmp_path_factory, s3_endpoint, mlflow_server, free_port):
             started(name, proc)
         wait_http(f"{mlflow_server}/health")  # started by the session fixture, in parallel with the nodes
         wait_http(f"http://127.0.0.1:{dash_port}/api/version")
+        wait_job_agent(f"http://127.0.0.1:{dash_port}")
         yield {"env": env, "address": f"http://127.0.0.1:{dash_port}", "mlflow": env["MLFLOW_TRACKING_URI"],
                "tmp": tmp, "root": root}
     finally:  # also when a node failed to start: nothing of this cluster outlives the module

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import BIN, ROOT, repo_copy, stop_processes, wait_http
+from tests.cluster import BIN, ROOT, repo_copy, stop_processes, wait_http, wait_job_agent
 
 pytestmark = pytest.mark.timeout(600)  # a cluster, an MLflow server and two or three submitted jobs per test
 
@@ -46,6 +46,7 @@ def cluster(tmp_path_factory, s3_endpoint, mlflow_server, free_port):
                    check=True, capture_output=True)
     wait_http(f"{mlflow_server}/health")
     wait_http(f"http://127.0.0.1:{dash_port}/api/version")
+    wait_job_agent(f"http://127.0.0.1:{dash_port}")
     yield {"env": env, "address": f"http://127.0.0.1:{dash_port}", "mlflow": env["MLFLOW_TRACKING_URI"], "tmp": tmp}
     # Only this cluster's processes (their command lines name its temp dir): `ray stop --force` would also
     # kill every other Ray instance on the machine, e.g. a developer's or a concurrent test run's.
