@@ -29,6 +29,10 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.integration)
         if item.get_closest_marker("cluster") and not item.get_closest_marker("integration"):
             item.add_marker(pytest.mark.integration)  # every cluster test is an integration test
+    # The `ray start` tests first, before any test starts the session's local Ray instance (`ray_local`, kept to
+    # the end): on 2 cores their head and nodes beside it overloaded the GCS ("node timed out during startup",
+    # "No available agent to submit job").
+    items.sort(key=lambda item: Path(item.path).name not in CLUSTER_FILES)
 
 
 @pytest.fixture(scope="session")

@@ -41,17 +41,19 @@ def cluster(tmp_path_factory, s3_endpoint, mlflow_server, free_port):
            "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
     ray_tmp = f"/tmp/rayc{os.getpid()}"
     env["RAY_TMPDIR"] = ray_tmp  # this head's files (and its processes' command lines) under its own folder
-    # The head as the README starts it (only the dashboard port differs), from a shell with the venv active.
-    subprocess.run(["bash", "-c", f"source {BIN}/activate && {readme_line('ray start', dash_port)}"], env=env,
-                   check=True, capture_output=True)
-    wait_http(f"{mlflow_server}/health")
-    wait_http(f"http://127.0.0.1:{dash_port}/api/version")
-    wait_job_agent(f"http://127.0.0.1:{dash_port}")
-    yield {"env": env, "address": f"http://127.0.0.1:{dash_port}", "mlflow": env["MLFLOW_TRACKING_URI"], "tmp": tmp}
-    # Only this cluster's processes (their command lines name its temp dir): `ray stop --force` would also
-    # kill every other Ray instance on the machine, e.g. a developer's or a concurrent test run's.
-    stop_processes(ray_tmp, grace_s=0)  # the cluster is thrown away: nothing to wait for
-    shutil.rmtree(ray_tmp, ignore_errors=True)
+    try:
+        # The head as the README starts it (only the dashboard port differs), from a shell with the venv active.
+        subprocess.run(["bash", "-c", f"source {BIN}/activate && {readme_line('ray start', dash_port)}"], env=env,
+                       check=True, capture_output=True)
+        wait_http(f"{mlflow_server}/health")
+        wait_http(f"http://127.0.0.1:{dash_port}/api/version")
+        wait_job_agent(f"http://127.0.0.1:{dash_port}")
+        yield {"env": env, "address": f"http://127.0.0.1:{dash_port}", "mlflow": env["MLFLOW_TRACKING_URI"], "tmp": tmp}
+    finally:  # also when the head failed to become ready: nothing of it outlives the module
+        # Only this cluster's processes (their command lines name its temp dir): `ray stop --force` would also
+        # kill every other Ray instance on the machine, e.g. a developer's or a concurrent test run's.
+        stop_processes(ray_tmp, grace_s=0)  # the cluster is thrown away: nothing to wait for
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def ray_job(cluster, *args, check=True, cwd=None) -> subprocess.CompletedProcess:
