@@ -11,6 +11,7 @@ from loopfree.presets import tiny
 ROOT = Path(__file__).resolve().parents[1]
 INTEGRATION = ROOT / "tests" / "integration"
 CLUSTER_FILES = {"test_cluster_submit.py", "test_cluster_faults.py"}  # ray start + ray job submit
+EVALUATE_FILE = "test_evaluate.py"  # run early: see pytest_collection_modifyitems
 RAY_FIXTURES = {"ray_local"}  # a test that starts Ray is an integration test wherever it lives
 
 
@@ -31,8 +32,10 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.integration)  # every cluster test is an integration test
     # The `ray start` tests first, before any test starts the session's local Ray instance (`ray_local`, kept to
     # the end): on 2 cores their head and nodes beside it overloaded the GCS ("node timed out during startup",
-    # "No available agent to submit job").
-    items.sort(key=lambda item: Path(item.path).name not in CLUSTER_FILES)
+    # "No available agent to submit job"). Then the evaluate job, the first on `ray_local`: late in a full run
+    # its feature stage (2 CPUs a worker) waited past 300 s, twice in CI, while alone or after any one group of
+    # Ray tests it takes 35 s.
+    items.sort(key=lambda item: (Path(item.path).name not in CLUSTER_FILES, Path(item.path).name != EVALUATE_FILE))
 
 
 @pytest.fixture(scope="session")
