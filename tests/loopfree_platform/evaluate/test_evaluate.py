@@ -74,7 +74,6 @@ def test_saved_reference_statistics(tmp_path):
     assert ref.features is None and torch.allclose(ref.stats.mu, torch.tensor(feats.mean(0)))
 
 
-@pytest.mark.timeout(300)  # about 35 s alone on 2 cores; over 120 s late in a loaded full run (CI)
 @pytest.mark.usefixtures("ray_local")
 def test_evaluate_job_end_to_end(tmp_path, capsys, write_job):
     """Tiny TiUE against 12 real Fashion-MNIST images; then the TiUE images the job saved, read back as a folder
