@@ -189,11 +189,9 @@ def uses_training_images(config, init_from: str | None) -> bool:
 
 def student_init(init_from: str | None):
     """The student UNet of a K-transfer run: the EMA student exported by a finished run (None: the teacher's)."""
-    if init_from is None:
-        return None
-    from diffusers import UNet2DConditionModel
+    from loopfree.presets import load_student_unet  # what a job's model.student_dir loads
 
-    return UNet2DConditionModel.from_pretrained(WORK / init_from / "export" / "unet")
+    return None if init_from is None else load_student_unet(WORK / init_from / "export")
 
 
 def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_size: int, test_images: int,

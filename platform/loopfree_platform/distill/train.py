@@ -21,7 +21,7 @@ from loopfree.distiller import Distiller
 from loopfree.images import image_grid
 from loopfree.memory import peak_gb
 from loopfree.pipeline import TiUEPipeline
-from loopfree.presets import Components, load_components, preset
+from loopfree.presets import Components, load_components, load_student_unet, preset
 from loopfree.rng import IterationRNG
 from loopfree.training import train_iteration
 from loopfree_platform import storage
@@ -47,10 +47,7 @@ def build_components(job: DistillJob) -> tuple[Components, UNet2DConditionModel 
         components = preset(job.model.preset).build(seed=job.model.seed)  # same seed: same weights on every rank
     else:
         components = load_components(local_model_dir(job.model.teacher_dir, endpoint))
-    student = None
-    if job.model.student_dir:
-        d = local_model_dir(job.model.student_dir, endpoint)
-        student = UNet2DConditionModel.from_pretrained(d / "unet" if (d / "unet").is_dir() else d)
+    student = load_student_unet(local_model_dir(job.model.student_dir, endpoint)) if job.model.student_dir else None
     if job.deepspeed.gradient_checkpointing:
         (student or components.unet).enable_gradient_checkpointing()
     return components, student
