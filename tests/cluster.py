@@ -38,20 +38,14 @@ def wait_http(url: str, timeout: float = 90) -> None:
 
 
 def wait_job_agent(address: str, timeout: float = 120) -> None:
-    """Until the head's job agent has registered, Ray answers a submission with a 500 "No available agent to
-    submit job, please try again later" (it waits 10 s for one); `ray start` and the dashboard's HTTP answer
-    come before that on a loaded machine. A no-op job, resubmitted until one is accepted, and waited for."""
+    """Until the head's job agent has registered, Ray refuses submissions ("No available agent"); `ray start`
+    and the dashboard's HTTP answer come before that on a loaded machine. A no-op job, submitted as
+    `loopfree submit` does (retried while the agent is missing), and waited for."""
+    from loopfree_platform.submit import when_agent_ready
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     client, deadline = JobSubmissionClient(address), time.time() + timeout
-    while True:
-        try:
-            submission_id = client.submit_job(entrypoint="true")
-            break
-        except RuntimeError as err:
-            if "No available agent" not in str(err) or time.time() > deadline:
-                raise
-            time.sleep(1)
+    submission_id = when_agent_ready(lambda: client.submit_job(entrypoint="true"), wait_s=timeout)
     while client.get_job_status(submission_id) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
         assert time.time() < deadline, f"the probe job {submission_id} did not end within {timeout} s"
         time.sleep(0.5)

@@ -17,7 +17,9 @@ import asyncio
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
@@ -26,6 +28,8 @@ PASSED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL
 EXCLUDES = [".venv", "runs", "mlruns", ".git", "**/__pycache__", "*.egg-info"]
 PLATFORM = Path("platform") / "loopfree_platform"  # shipped as a py_module: not importable from the upload's root
 KINDS = ("distill", "sweep", "evaluate", "generate")
+NO_AGENT = "No available agent"  # Ray's answer while a just-started head's job agent registers
+AGENT_WAIT_S = 60.0
 
 
 def detect_kind(path: str | Path) -> str | None:
@@ -67,6 +71,26 @@ def runtime_env(working_dir: str) -> dict:
     return env
 
 
+def when_agent_ready(submit_job: Callable[[], str], wait_s: float = AGENT_WAIT_S, sleep=time.sleep,
+                     clock=time.monotonic) -> str:
+    """submit_job()'s submission id. Right after `ray start`, the dashboard answers before the head's job agent
+    has registered, and Ray refuses a submission with a 500 "No available agent to submit job, please try again
+    later" (a RuntimeError from the SDK). That one error is retried for up to `wait_s`, said once on stderr;
+    any other error, or the same after the wait, is raised."""
+    deadline, told = clock() + wait_s, False
+    while True:
+        try:
+            return submit_job()
+        except RuntimeError as err:
+            if NO_AGENT not in str(err) or clock() > deadline:
+                raise
+            if not told:
+                print(f"the cluster's job agent is not ready yet; retrying for up to {wait_s:.0f} s", file=sys.stderr,
+                      flush=True)
+                told = True
+            sleep(1.0)
+
+
 def submit(command: str, address: str | None = None, wait: bool = True, working_dir: str = ".",
            verbose: bool = False) -> int:
     """Submit `command` (an `entrypoint`) with `working_dir` uploaded; with `wait`, stream its output until it
@@ -89,7 +113,8 @@ def submit(command: str, address: str | None = None, wait: bool = True, working_
         print(f"error: cannot use the Ray Jobs API at {address}: {err} (--address or RAY_ADDRESS: the dashboard URL)",
               file=sys.stderr)
         return 1
-    submission_id = client.submit_job(entrypoint=command, runtime_env=runtime_env(working_dir))
+    submission_id = when_agent_ready(lambda: client.submit_job(entrypoint=command,
+                                                              runtime_env=runtime_env(working_dir)))
     print(f"submitted {submission_id}", flush=True)
     hint = f"--address {shlex.quote(address)} {submission_id}"
     if not wait:

@@ -5,7 +5,7 @@ import pytest
 from loopfree_platform.distill.job import load_job
 from loopfree_platform.jobfile import JobError
 from loopfree_platform.runtime import shipped_code_warning, submitted_upload
-from loopfree_platform.submit import runtime_env
+from loopfree_platform.submit import runtime_env, when_agent_ready
 
 
 @pytest.fixture
@@ -59,3 +59,38 @@ def test_a_submission_ships_the_platform_as_a_py_module(tmp_path):
     env = runtime_env(str(tmp_path))
     assert env["py_modules"] == [str(tmp_path / "platform" / "loopfree_platform")] and env["working_dir"] == str(tmp_path)
     assert {".venv", "runs", "mlruns", ".git"} <= set(env["excludes"])
+
+
+class Refusals:
+    """A submit call refused with `error` `times` times, then answered with a submission id."""
+
+    def __init__(self, error: str, times: int):
+        self.error, self.times, self.calls = error, times, 0
+
+    def __call__(self) -> str:
+        self.calls += 1
+        if self.calls <= self.times:
+            raise RuntimeError(self.error)
+        return "raysubmit_1"
+
+
+AGENT_500 = "Request failed with status code 500: No available agent to submit job, please try again later."
+
+
+def test_a_submission_refused_for_a_missing_job_agent_is_retried_and_said_once(capsys):
+    submit_job, waits = Refusals(AGENT_500, times=3), []
+    assert when_agent_ready(submit_job, sleep=waits.append) == "raysubmit_1"
+    assert submit_job.calls == 4 and waits == [1.0, 1.0, 1.0]
+    assert capsys.readouterr().err.count("job agent is not ready yet") == 1
+
+
+def test_other_refusals_are_raised_at_once_and_a_missing_agent_after_the_wait():
+    other = Refusals("Request failed with status code 400: bad runtime_env", times=1)
+    with pytest.raises(RuntimeError, match="bad runtime_env"):
+        when_agent_ready(other, sleep=lambda s: None)
+    assert other.calls == 1
+    ticks = iter(range(100))  # the clock advances 1 s per reading: past a 3 s wait on the fourth refusal
+    forever = Refusals(AGENT_500, times=100)
+    with pytest.raises(RuntimeError, match="No available agent"):
+        when_agent_ready(forever, wait_s=3, sleep=lambda s: None, clock=lambda: next(ticks))
+    assert forever.calls == 4
