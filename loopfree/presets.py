@@ -142,11 +142,16 @@ def load_components(directory: str | Path) -> Components:
     ).eval_all()
 
 
-def load_student_unet(directory: str | Path) -> UNet2DConditionModel:
-    """A student UNet to start distillation from (K transfer, docs/method.md): an exported pipeline's `unet/`
-    or a UNet directory. The UNet carries no K, so a K = 4 student can start a K = 2 or K = 8 one."""
+def student_unet_dir(directory: str | Path) -> Path:
+    """The UNet folder of a student to start distillation from (K transfer, docs/method.md): an exported
+    pipeline's `unet/`, or a UNet directory itself. The UNet carries no K, so a K = 4 student can start a
+    K = 2 or K = 8 one."""
     root = Path(directory)
     unet_dir = root / "unet" if (root / "unet").is_dir() else root
     if not (unet_dir / "config.json").is_file():
         raise ValueError(f"{root} is neither a pipeline directory with unet/ nor a UNet directory (no config.json)")
-    return UNet2DConditionModel.from_pretrained(unet_dir)
+    return unet_dir
+
+
+def load_student_unet(directory: str | Path) -> UNet2DConditionModel:
+    return UNet2DConditionModel.from_pretrained(student_unet_dir(directory))

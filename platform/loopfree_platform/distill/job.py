@@ -348,6 +348,13 @@ def check_paths(job: DistillJob) -> None:
     for key, value in (("model.teacher_dir", job.model.teacher_dir), ("model.student_dir", job.model.student_dir)):
         if value and not value.startswith("s3://") and not Path(value).is_dir():
             raise JobError(f"{key}: model directory {value!r} does not exist")
+    if job.model.student_dir and not job.model.student_dir.startswith("s3://"):
+        from loopfree.presets import student_unet_dir
+
+        try:  # what the workers will load: refused here, before Ray starts
+            student_unet_dir(job.model.student_dir)
+        except ValueError as err:
+            raise JobError(f"model.student_dir: {err}") from None
     for i, p in enumerate(job.data.paths):
         if not p.startswith("s3://") and not Path(p).exists():
             raise JobError(f"data.paths[{i}]: {p!r} does not exist")

@@ -1,11 +1,14 @@
 """K transfer through a job's `model.student_dir` (docs/method.md, "K transfer"): a K = 2 job starts its student
 from a K = 4 student's exported UNet, while the teacher and the fake score stay the teacher's."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
 from loopfree_platform.distill.job import load_job
 from loopfree_platform.distill.train import build_components
+from loopfree_platform.jobfile import JobError
 
 from loopfree.distiller import Distiller
 from loopfree.pipeline import TiUEPipeline
@@ -46,6 +49,10 @@ def test_a_k2_job_with_student_dir_starts_its_student_from_the_k4_export_and_sam
     assert image.shape[0] == 1 and np.isfinite(image).all()
 
 
-def test_a_student_dir_without_a_unet_config_is_refused_with_its_path(tmp_path):
-    with pytest.raises(ValueError, match=f"{tmp_path}.*neither a pipeline directory with unet/ nor a UNet"):
-        load_student_unet(tmp_path)
+def test_a_student_dir_without_a_unet_config_is_refused_at_load_with_its_key_and_path(tmp_path, smoke_job, write_job):
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    with pytest.raises(JobError, match="model.student_dir: .*not-a-model is neither a pipeline directory with unet/"):
+        load_job(write_job(smoke_job({"model": {"student_dir": str(empty)}})))
+    with pytest.raises(ValueError, match=re.escape(str(empty))):
+        load_student_unet(empty)
