@@ -37,11 +37,23 @@ def test_loopfree_source_imports_no_platform_packages():
 
 
 def test_importing_loopfree_loads_no_platform_packages():
-    code = "import sys, loopfree, loopfree.images; print(' '.join(sorted(m for m in sys.modules if '.' not in m)))"
+    code = ("import sys, loopfree, loopfree.images, loopfree.pipeline, loopfree.distiller; "
+            "print(' '.join(sorted(m for m in sys.modules if '.' not in m)))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     # accelerate (a diffusers dependency) imports boto3 for its SageMaker config, so only the heavy
     # platform packages are checked transitively; the source rule above covers boto3 for our code.
     assert not set(out.split()) & (FORBIDDEN - {"boto3", "botocore"})
+
+
+def test_validating_a_job_loads_neither_diffusers_nor_deepspeed_and_loopfree_names_load_on_use():
+    """A job's validation (the CLI's opening, the driver, `--dry-run`) imports loopfree.config; the package's
+    names are loaded on first use, so that path pays for neither diffusers nor deepspeed."""
+    code = ("import sys; from loopfree_platform.distill.job import load_job; load_job('jobs/quickstart.yaml'); "
+            "heavy = sorted({'diffusers', 'transformers', 'deepspeed', 'peft'} & set(sys.modules)); "
+            "import loopfree; pipe = loopfree.TiUEPipeline; "
+            "print(heavy, pipe.__module__, 'diffusers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.split("\n")[0] == "[] loopfree.pipeline True", out
 
 
 def test_ci_runs_the_readme_test_command_verbatim():
