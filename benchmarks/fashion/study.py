@@ -65,6 +65,17 @@ RECIPES: dict[str, dict] = {
     "full-ttur5-guid2-1-x0err-ema95": {"fake_score": "full", "fake_score_lr": 1e-4, "fake_score_updates": 5,
                                        "guidance_scale": 2.0, "fake_guidance_scale": 1.0, "vsd_weighting": "x0_error",
                                        "ema_decay": 0.95},
+    # TiUE's own diversity term swept (docs/method.md, "Training", the KL regulariser): the base recipe's lambda_kl is 0.1;
+    # 0 ablates it, 1 and 3 weight it up to see whether it buys back recall.
+    **{f"full-ttur5-guid2-1-x0err-kl{w}": {"fake_score": "full", "fake_score_lr": 1e-4, "fake_score_updates": 5,
+                                           "guidance_scale": 2.0, "fake_guidance_scale": 1.0, "vsd_weighting": "x0_error",
+                                           "lambda_kl": float(w)} for w in ("0", "1", "3", "10")},
+    # K transfer with a student warm-up: a new fake score starts as the teacher's copy, far from the transferred
+    # student's distribution, so its first VSD gradients are off; the student's learning rate ramps up over
+    # 100 updates while the fake score (5 updates per student update) catches up.
+    "full-ttur5-guid2-1-x0err-warm100": {"fake_score": "full", "fake_score_lr": 1e-4, "fake_score_updates": 5,
+                                         "guidance_scale": 2.0, "fake_guidance_scale": 1.0, "vsd_weighting": "x0_error",
+                                         "student_warmup_steps": 100},
     "sb-paper": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0},
     # The paper's SwiftBrush recipe (its best alignment so far) plus the normalisation that helped TiUE most.
     "sb-x0err": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0, "vsd_weighting": "x0_error"},
@@ -194,6 +205,13 @@ def student_init(init_from: str | None):
     return None if init_from is None else load_student_unet(WORK / init_from / "export")
 
 
+def transfer_label(recipe: str, init_from: str, num_steps: int) -> str:
+    """`k<K>ft-<source group>`, plus `-with-<recipe>` when the fine-tune's recipe is not its source's."""
+    source = init_from.rsplit("-s", 1)[0]
+    label = f"k{num_steps}ft-{source}"
+    return label if recipe == source.split("@")[0] else f"{label}-with-{recipe}"
+
+
 def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_size: int, test_images: int,
         init_from: str | None = None, num_steps: int | None = None) -> Path:
     from examples.fashion.data import all_captions
@@ -207,7 +225,7 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
     from loopfree.rng import IterationRNG
     from loopfree.training import local_engines, train_iteration
 
-    label = recipe if init_from is None else f"k{num_steps}ft-{init_from.rsplit('-s', 1)[0]}"
+    label = recipe if init_from is None else transfer_label(recipe, init_from, num_steps)
     name = run_name(label, seed, steps)
     out = WORK / name
     curve = RECORDS / f"{name}.jsonl"

@@ -134,8 +134,8 @@ def group_runs(runs: list[Run], recipes: dict, base: dict) -> dict[str, Group]:
 
 def transfer_source(group: Group, run: Run) -> str:
     """The K = 4 run a K-transfer run was initialised from: its record's init_from, else its name
-    (`k<K>ft-<source group>[@<fine-tune updates>]-s<seed>`, the same seed as its source)."""
+    (`k<K>ft-<source group>[-with-<recipe>][@<fine-tune updates>]-s<seed>`, the same seed as its source)."""
     if run.test and run.test.get("init_from"):
         return run.test["init_from"]
-    source = TRANSFER.match(group.name)["source"].removesuffix(f"@{group.updates}")
+    source = TRANSFER.match(group.name)["source"].removesuffix(f"@{group.updates}").split("-with-")[0]
     return f"{source}-s{run.seed}"
