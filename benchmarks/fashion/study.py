@@ -28,6 +28,10 @@ CLASSIFIER = Path("models/fashion-classifier")
 # paper's 1e-6 for 865M; EMA 0.99 for a few thousand steps) with the paper's LoRA (rank 64, alpha 108).
 BASE = dict(num_steps=4, spacing="leading", lambda_kl=0.1, student_lr=1e-4, fake_score_lr=1e-3, lora_rank=64,
             lora_alpha=108.0, ema_decay=0.99)
+# The best recipe (full-copy fake score, 5 updates per student update, guidance 2 / 1, x0-error weighting): the
+# base of the diversity and stability variants below.
+BEST = {"fake_score": "full", "fake_score_lr": 1e-4, "fake_score_updates": 5, "guidance_scale": 2.0,
+        "fake_guidance_scale": 1.0, "vsd_weighting": "x0_error"}
 RECIPES: dict[str, dict] = {
     "init": {},  # run with --steps 0: the initial student (the teacher's UNet in the TiUE pipeline)
     "paper": {},
@@ -38,22 +42,16 @@ RECIPES: dict[str, dict] = {
     "warmup": {"student_warmup_steps": 200, "fake_score_warmup_steps": 200},
     "full-ttur5-guid2-1": {"fake_score": "full", "fake_score_lr": 1e-4, "fake_score_updates": 5, "guidance_scale": 2.0,
                            "fake_guidance_scale": 1.0},
-    "full-ttur5-guid2-1-x0err": {"fake_score": "full", "fake_score_lr": 1e-4, "fake_score_updates": 5, "guidance_scale": 2.0,
-                                 "fake_guidance_scale": 1.0, "vsd_weighting": "x0_error"},
+    "full-ttur5-guid2-1-x0err": BEST,
     # SiD-LSG (Zhou et al. 2024) reports its best COCO FID at guidance 1.5, not 4.5: milder teacher guidance
     # is the usual lever for diversity (recall), which guidance 2 left at 0.085 here.
-    "full-ttur5-guid1.5-1-x0err": {"fake_score": "full", "fake_score_lr": 1e-4, "fake_score_updates": 5,
-                                   "guidance_scale": 1.5, "fake_guidance_scale": 1.0, "vsd_weighting": "x0_error"},
+    "full-ttur5-guid1.5-1-x0err": {**BEST, "guidance_scale": 1.5},
     # DMD's regression loss on 1024 stored teacher pairs (50-step DDIM at the VSD teacher's guidance): anchors the
     # student's noise-to-image map to the teacher's modes, which VSD's mode seeking alone gives up (docs/method.md).
-    **{f"full-ttur5-guid2-1-x0err-reg{w}": {"fake_score": "full", "fake_score_lr": 1e-4, "fake_score_updates": 5,
-                                            "guidance_scale": 2.0, "fake_guidance_scale": 1.0, "vsd_weighting": "x0_error",
-                                            "regression_weight": float(w)} for w in ("0.25", "1", "4")},
+    **{f"full-ttur5-guid2-1-x0err-reg{w}": {**BEST, "regression_weight": float(w)} for w in ("0.25", "1", "4")},
     # DMD2's GAN term at weights around DMD2's 1e-3 to 1e-2: the discriminator sees the shipped GAN subset of TRAINING
     # images (data/fashion-mnist/README.md), so these rows are marked "uses training images" (docs/method.md).
-    **{f"full-ttur5-guid2-1-x0err-gan{w}": {"fake_score": "full", "fake_score_lr": 1e-4, "fake_score_updates": 5,
-                                            "guidance_scale": 2.0, "fake_guidance_scale": 1.0, "vsd_weighting": "x0_error",
-                                            "gan_weight": float(w)} for w in ("0.003", "0.01", "0.03")},
+    **{f"full-ttur5-guid2-1-x0err-gan{w}": {**BEST, "gan_weight": float(w)} for w in ("0.003", "0.01", "0.03")},
     # Quickstart candidates (a run of about 150 updates to fit its time): twice the learning rates, and an EMA
     # short enough not to keep a fifth of the initial student after 150 updates (0.99 ** 150 = 0.22).
     **{f"full-ttur{n}-guid2-1-x0err-lr2-ema95": {"fake_score": "full", "fake_score_lr": 2e-4, "fake_score_updates": n,
@@ -62,35 +60,25 @@ RECIPES: dict[str, dict] = {
        for n in (3, 5)},
     # Equal to full-ttur5-guid2-1-x0err at 150 updates (measured): the EMA's warm-up decay (1 + s) / (10 + s) is
     # below 0.95 until update 171, so ema_decay only matters in longer runs.
-    "full-ttur5-guid2-1-x0err-ema95": {"fake_score": "full", "fake_score_lr": 1e-4, "fake_score_updates": 5,
-                                       "guidance_scale": 2.0, "fake_guidance_scale": 1.0, "vsd_weighting": "x0_error",
-                                       "ema_decay": 0.95},
-    # TiUE's own diversity term swept (docs/method.md, "Training", the KL regulariser): the base recipe's lambda_kl is 0.1;
-    # 0 ablates it, 1 and 3 weight it up to see whether it buys back recall.
-    **{f"full-ttur5-guid2-1-x0err-kl{w}": {"fake_score": "full", "fake_score_lr": 1e-4, "fake_score_updates": 5,
-                                           "guidance_scale": 2.0, "fake_guidance_scale": 1.0, "vsd_weighting": "x0_error",
-                                           "lambda_kl": float(w)} for w in ("0", "1", "3", "10")},
+    "full-ttur5-guid2-1-x0err-ema95": {**BEST, "ema_decay": 0.95},
+    # TiUE's own diversity term swept (docs/method.md, "Training", the KL regulariser): the base's lambda_kl is 0.1;
+    # 0 ablates it, 1 and 10 weight it up to see whether it buys back recall.
+    **{f"full-ttur5-guid2-1-x0err-kl{w}": {**BEST, "lambda_kl": float(w)} for w in ("0", "1", "10")},
     # K transfer with a student warm-up: a new fake score starts as the teacher's copy, far from the transferred
     # student's distribution, so its first VSD gradients are off; the student's learning rate ramps up over
     # 100 updates while the fake score (5 updates per student update) catches up.
-    "full-ttur5-guid2-1-x0err-warm100": {"fake_score": "full", "fake_score_lr": 1e-4, "fake_score_updates": 5,
-                                         "guidance_scale": 2.0, "fake_guidance_scale": 1.0, "vsd_weighting": "x0_error",
-                                         "student_warmup_steps": 100},
+    "full-ttur5-guid2-1-x0err-warm100": {**BEST, "student_warmup_steps": 100},
     "sb-paper": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0},
     # The paper's SwiftBrush recipe (its best alignment so far) plus the normalisation that helped TiUE most.
     "sb-x0err": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0, "vsd_weighting": "x0_error"},
     # SwiftBrush's best recipe so far plus the same regression pairs (the teacher's 50 steps at guidance 2).
     **{f"sb-x0err-reg{w}": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0, "vsd_weighting": "x0_error",
                             "regression_weight": float(w), "regression_guidance_scale": 2.0} for w in ("0.25", "1", "4")},
-    **{f"sb-full-ttur5-guid2-1-x0err-reg{w}": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0, "fake_score": "full",
-                                               "fake_score_lr": 1e-4, "fake_score_updates": 5, "guidance_scale": 2.0,
-                                               "fake_guidance_scale": 1.0, "vsd_weighting": "x0_error",
+    **{f"sb-full-ttur5-guid2-1-x0err-reg{w}": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0, **BEST,
                                                "regression_weight": float(w)} for w in ("0.25", "1", "4")},
     "sb-full-ttur5-guid2-1": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0, "fake_score": "full",
                               "fake_score_lr": 1e-4, "fake_score_updates": 5, "guidance_scale": 2.0, "fake_guidance_scale": 1.0},
-    "sb-full-ttur5-guid2-1-x0err": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0, "fake_score": "full",
-                                    "fake_score_lr": 1e-4, "fake_score_updates": 5, "guidance_scale": 2.0,
-                                    "fake_guidance_scale": 1.0, "vsd_weighting": "x0_error"},
+    "sb-full-ttur5-guid2-1-x0err": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0, **BEST},
 }
 
 
