@@ -16,6 +16,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from loopfree.exports import student_unet_dir
 from loopfree.tokenizer import clip_tokenizer
 
 # SD2.1-base / SD1.5 scheduler (docs/method.md, the closed-form DDIM map): scaled_linear 0.00085..0.012, 1000 steps.
@@ -140,17 +141,6 @@ def load_components(directory: str | Path) -> Components:
         tokenizer=CLIPTokenizer.from_pretrained(root / "tokenizer"),
         scheduler=DDIMScheduler.from_pretrained(root / "scheduler"),
     ).eval_all()
-
-
-def student_unet_dir(directory: str | Path) -> Path:
-    """The UNet folder of a student to start distillation from (K transfer, docs/method.md): an exported
-    pipeline's `unet/`, or a UNet directory itself. The UNet carries no K, so a K = 4 student can start a
-    K = 2 or K = 8 one."""
-    root = Path(directory)
-    unet_dir = root / "unet" if (root / "unet").is_dir() else root
-    if not (unet_dir / "config.json").is_file():
-        raise ValueError(f"{root} is neither a pipeline directory with unet/ nor a UNet directory (no config.json)")
-    return unet_dir
 
 
 def load_student_unet(directory: str | Path) -> UNet2DConditionModel:

@@ -48,7 +48,11 @@ def test_importing_loopfree_loads_no_platform_packages():
 def test_validating_a_job_loads_neither_diffusers_nor_deepspeed_and_loopfree_names_load_on_use():
     """A job's validation (the CLI's opening, the driver, `--dry-run`) imports loopfree.config; the package's
     names are loaded on first use, so that path pays for neither diffusers nor deepspeed."""
-    code = ("import sys; from loopfree_platform.distill.job import load_job; load_job('jobs/quickstart.yaml'); "
+    code = ("import sys, tempfile, pathlib; from loopfree_platform.distill.job import load_job; "
+            "load_job('jobs/quickstart.yaml'); student = pathlib.Path(tempfile.mkdtemp()); "
+            "(student / 'unet').mkdir(); (student / 'unet' / 'config.json').write_text('{}'); "
+            "import yaml; job = yaml.safe_load(open('jobs/quickstart.yaml')); job['model']['student_dir'] = str(student); "
+            "(student / 'k2.yaml').write_text(yaml.safe_dump(job)); load_job(student / 'k2.yaml'); "  # K transfer too
             "heavy = sorted({'diffusers', 'transformers', 'deepspeed', 'peft'} & set(sys.modules)); "
             "import loopfree; pipe = loopfree.TiUEPipeline; "
             "print(heavy, pipe.__module__, 'diffusers' in sys.modules)")

@@ -23,6 +23,7 @@ from pydantic import Field, PlainSerializer, PlainValidator, TypeAdapter, Valida
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from loopfree.config import RENAMED, ConfigError, DistillConfig
+from loopfree.exports import student_unet_dir
 from loopfree_platform import storage
 from loopfree_platform.jobfile import NAME_PATTERN, JobError, Section, validate_file
 from loopfree_platform.reference import ReferenceSection
@@ -349,8 +350,6 @@ def check_paths(job: DistillJob) -> None:
         if value and not value.startswith("s3://") and not Path(value).is_dir():
             raise JobError(f"{key}: model directory {value!r} does not exist")
     if job.model.student_dir and not job.model.student_dir.startswith("s3://"):
-        from loopfree.presets import student_unet_dir
-
         try:  # what the workers will load: refused here, before Ray starts
             student_unet_dir(job.model.student_dir)
         except ValueError as err:
