@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from loopfree.losses import KL_REDUCTIONS, VSD_WEIGHTINGS
+from loopfree.losses import DIVERGENCES, KL_REDUCTIONS, VSD_WEIGHTINGS
 from loopfree.schedule import MODES, SPACINGS, check_timesteps
 
 FAKE_SCORES = ("lora", "full")
@@ -65,6 +65,9 @@ class DistillConfig:
     gan_weight: float = 0.0
     gan_disc_weight: float = 0.01  # the discriminator loss's weight in the fake score's loss (DMD2: 1e-2)
     gan_head_channels: int = 64  # width of the discriminator head's two conv blocks
+    # f-distill (docs/method.md, "Keeping the teacher's diversity"): which f-divergence the student minimises. Not
+    # "reverse_kl" (VSD as it is), each sample's VSD gradient is weighted by h(r) from the same discriminator head.
+    divergence: str = "reverse_kl"
     # optimisation (3.4, 3.5): Adam, learning rates constant after an optional linear warm-up, grad-norm
     # clipping. The fake_score_* fields train the fake score, LoRA or full copy; lora_* shape the LoRA only.
     student_lr: float = 1e-6
@@ -131,8 +134,11 @@ class DistillConfig:
         for name in ("gan_weight", "gan_disc_weight"):
             if not _is_number(getattr(self, name)) or getattr(self, name) < 0:
                 yield f"{name} must be a number >= 0, got {getattr(self, name)!r}"
-        if _is_number(self.gan_weight) and self.gan_weight > 0 and self.gan_disc_weight == 0:
-            yield "gan_disc_weight must be > 0 when gan_weight > 0: the discriminator would never learn"
+        if self.divergence not in DIVERGENCES:
+            yield f"divergence must be one of {DIVERGENCES}, got {self.divergence!r}"
+        elif _is_number(self.gan_weight) and self.uses_real_images and self.gan_disc_weight == 0:
+            yield ("gan_disc_weight must be > 0 when gan_weight > 0 or divergence is not reverse_kl: "
+                   "the discriminator would never learn")
         if not _is_int(self.gan_head_channels) or self.gan_head_channels < 1:
             yield f"gan_head_channels must be an integer >= 1, got {self.gan_head_channels!r}"
         if self.kl_reduction not in KL_REDUCTIONS:
@@ -166,6 +172,11 @@ class DistillConfig:
     def fake_cfg(self) -> float:
         """Guidance of the fake-score branch (the paper uses the teacher's scale on both)."""
         return self.guidance_scale if self.fake_guidance_scale is None else self.fake_guidance_scale
+
+    @property
+    def uses_real_images(self) -> bool:
+        """Whether the run trains DMD2's discriminator head on real training images (GAN term or f-divergence)."""
+        return self.gan_weight > 0 or self.divergence != "reverse_kl"
 
     @property
     def pair_cfg(self) -> float:

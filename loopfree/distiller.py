@@ -24,6 +24,7 @@ from loopfree.gan import DiscriminatorHead, bottleneck
 from loopfree.losses import (
     add_noise,
     cfg,
+    f_divergence_weights,
     fake_score_loss,
     gan_discriminator_loss,
     gan_generator_loss,
@@ -106,11 +107,12 @@ class Distiller(nn.Module):
         self.register_buffer("uncond_text", self.encode_text(self.tokenize([""])), persistent=False)  # (1, 77, D)
         self.ema = EMA(student_unet, config.ema_decay)
         self.teacher_pairs: TeacherPairs | None = None  # set by the caller when regression_weight > 0
-        self.real_latents: torch.Tensor | None = None  # set by the caller when gan_weight > 0
-        self.discriminator = None  # DMD2's head on the fake score's bottleneck, only when gan_weight > 0
-        if config.gan_weight > 0:
+        self.real_latents: torch.Tensor | None = None  # set by the caller when config.uses_real_images
+        self.discriminator = None  # DMD2's head on the fake score's bottleneck, only when config.uses_real_images
+        if config.uses_real_images:
             if getattr(self.fake_score, "mid_block", None) is None:
-                raise ValueError("gan_weight > 0 needs a fake score UNet with a mid block (its bottleneck features)")
+                raise ValueError("gan_weight > 0 or an f-divergence needs a fake score UNet with a mid block "
+                                 "(its bottleneck features)")
             self.discriminator = DiscriminatorHead(self.fake_score.config.block_out_channels[-1], config.gan_head_channels)
 
     def set_teacher_pairs(self, pairs: TeacherPairs) -> None:
@@ -141,7 +143,7 @@ class Distiller(nn.Module):
         return list(self.student.parameters())
 
     def discriminator_parameters(self) -> list[nn.Parameter]:
-        """The GAN head's weights (none when gan_weight == 0); they train in the fake-score turn."""
+        """The GAN head's weights (none unless config.uses_real_images); they train in the fake-score turn."""
         return [] if self.discriminator is None else list(self.discriminator.parameters())
 
     @contextlib.contextmanager
@@ -200,7 +202,13 @@ class Distiller(nn.Module):
             eps_teacher = self._guided_eps(teacher, x_t.to(self.unet.dtype), t, text, cfg_.guidance_scale)
         eps_fake = self._guided_eps(self.fake_score, x_t.to(self.fake_score.dtype), t, text, cfg_.fake_cfg)
 
-        loss_vsd, logs = vsd_loss(x0, x_t, eps_teacher, eps_fake, alpha_bar_t, cfg_.vsd_weighting)
+        weight = None  # f-distill: h(r) of each sample, r estimated by the discriminator at the same (x_t, t)
+        if cfg_.divergence != "reverse_kl":
+            with torch.no_grad():
+                weight = f_divergence_weights(self._judge(x_t, t), cfg_.divergence)  # (B,)
+        loss_vsd, logs = vsd_loss(x0, x_t, eps_teacher, eps_fake, alpha_bar_t, cfg_.vsd_weighting, weight)
+        if weight is not None:
+            logs["fdiv_weight_max"] = weight.max()
         loss_kl, kl_logs = kl_loss(eps_all, cfg_.lambda_kl, cfg_.kl_reduction)
         loss, logs = loss_vsd + loss_kl, {**logs, **kl_logs}
         if cfg_.regression_weight > 0:
@@ -246,7 +254,7 @@ class Distiller(nn.Module):
         x_t = add_noise(x0_detached.detach(), eps, alpha_bar_t).to(fake.dtype)
         eps_fake = fake(x_t, t, encoder_hidden_states=text.to(fake.dtype)).sample
         loss, logs = fake_score_loss(eps_fake, eps, alpha_bar_t)
-        if cfg_.gan_weight > 0:
+        if cfg_.uses_real_images:
             loss_disc, disc_logs = self._discriminator_loss(x0_detached.detach(), rng)
             loss, logs = loss + cfg_.gan_disc_weight * loss_disc, {**logs, **disc_logs}
         return loss, logs
@@ -255,11 +263,15 @@ class Distiller(nn.Module):
     def _discriminate(self, x: torch.Tensor, rng: IterationRNG) -> torch.Tensor:
         """Logits (B,) of latents x (B, C, H, W): noised at t ~ U{fake_score_t_min..t_max} from each sample's own
         generator, judged on the fake score's bottleneck for the empty prompt (the real images carry no prompt)."""
-        device, fake = self.alphas_cumprod.device, self.fake_score
+        device = self.alphas_cumprod.device
         t = rng.randint(self.config.fake_score_t_min, self.config.fake_score_t_max, device)  # (B,)
-        x_t = add_noise(x, rng.randn(x.shape[1:], device), self.alphas_cumprod[t]).to(fake.dtype)  # (B, C, H, W)
+        return self._judge(add_noise(x, rng.randn(x.shape[1:], device), self.alphas_cumprod[t]), t)
+
+    def _judge(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The head's logits (B,) of noised latents x_t (B, C, H, W) at timesteps t (B,)."""
+        fake = self.fake_score
         with bottleneck(fake) as features:
-            fake(x_t, t, encoder_hidden_states=self.uncond_text.expand(len(x), -1, -1).to(fake.dtype))
+            fake(x_t.to(fake.dtype), t, encoder_hidden_states=self.uncond_text.expand(len(x_t), -1, -1).to(fake.dtype))
         return self.discriminator(features[0])  # (B,)
 
     def _discriminator_loss(self, x0_detached: torch.Tensor, rng: IterationRNG):
@@ -268,7 +280,7 @@ class Distiller(nn.Module):
         classifier shares the fake score's UNet; gan_disc_weight keeps it small beside the denoising loss."""
         real = self.real_latents
         if real is None:
-            raise RuntimeError("gan_weight > 0 needs real images: call Distiller.set_real_images first")
+            raise RuntimeError("gan_weight > 0 or an f-divergence needs real images: call Distiller.set_real_images first")
         x_real = real[rng.randint(0, len(real) - 1).to(real.device)]  # (B, C, H, W)
         return gan_discriminator_loss(self._discriminate(x_real, rng), self._discriminate(x0_detached, rng))
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 KL_REDUCTIONS = ("sum", "mean")
 VSD_WEIGHTINGS = ("one_minus_alpha_bar", "x0_error")
+DIVERGENCES = ("reverse_kl", "forward_kl", "js")
 
 
 def fp32(device: torch.device) -> contextlib.AbstractContextManager:
@@ -38,7 +39,8 @@ def add_noise(x0: torch.Tensor, eps: torch.Tensor, alpha_bar_t: torch.Tensor) ->
 
 
 def vsd_loss(x0: torch.Tensor, x_t: torch.Tensor, eps_teacher: torch.Tensor, eps_fake: torch.Tensor,
-             alpha_bar_t: torch.Tensor, weighting: str = "one_minus_alpha_bar"):
+             alpha_bar_t: torch.Tensor, weighting: str = "one_minus_alpha_bar",
+             sample_weight: torch.Tensor | None = None):
     """Variational score distillation (docs/method.md, "Training", step 2).
 
     The direction is the teacher's minus the fake score's noise prediction; the weighting sets its scale:
@@ -47,6 +49,7 @@ def vsd_loss(x0: torch.Tensor, x_t: torch.Tensor, eps_teacher: torch.Tensor, eps
         sample by how far the teacher's clean estimate is from x0:
         g = (x0_fake - x0_teacher) / mean_CHW |x0 - x0_teacher|,  x0_* = (x_t - sqrt(1 - a_t) e_*) / sqrt(a_t),
         where x0_fake - x0_teacher = sqrt((1 - a_t) / a_t) (e_teacher - e_fake).
+    sample_weight (B,), if given, scales each sample's g (the f-divergence weights, f_divergence_weights).
     NaN/Inf in g -> 0; L_vsd = 0.5 * mean((x0 - stopgrad(x0 - g))^2), so dL/dx0 = g / N (N elements).
     """
     if weighting not in VSD_WEIGHTINGS:
@@ -60,11 +63,37 @@ def vsd_loss(x0: torch.Tensor, x_t: torch.Tensor, eps_teacher: torch.Tensor, eps
             x0_teacher = (x_t.float() - (1 - a).sqrt() * eps_teacher.float()) / a.sqrt()
             scale = (x0.detach().float() - x0_teacher).abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
             g = ((1 - a) / a).sqrt() * diff / scale
+        if sample_weight is not None:
+            g = _per_sample(sample_weight) * g
         nonfinite = (~torch.isfinite(g)).sum()
         g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
         target = (x0.float() - g).detach()
         loss = 0.5 * F.mse_loss(x0.float(), target, reduction="mean")
     return loss, {"loss_vsd": loss.detach(), "vsd_g_norm": g.norm().detach(), "vsd_nonfinite": nonfinite}
+
+
+def f_divergence_weights(logits: torch.Tensor, divergence: str) -> torch.Tensor:
+    """Per-sample weights h(r) of f-distill (Xu et al., "One-step Diffusion Models with f-Divergence Distribution
+    Matching", 2025; docs/method.md, "Keeping the teacher's diversity").
+
+    The gradient of D_f(p || q) scales each sample's score difference by h(r) = f''(r) r^2, r = p_t(x_t) / q_t(x_t).
+    A discriminator trained with the logistic loss estimates log r by its logit, so from logits (B,):
+      "reverse_kl" f = -log r:                 h = 1 (VSD as it is: mode-seeking);
+      "forward_kl" f = r log r:                h = r = exp(logit) (mode-covering);
+      "js"         f = r log r - (1 + r) log((1 + r) / 2):  h = r / (1 + r) = sigmoid(logit).
+    The weights are divided by their batch mean: the gradient's scale stays that of reverse KL and only its
+    spread over the samples changes (forward KL through a softmax, so exp never overflows). Returns (B,) fp32.
+    """
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+    with fp32(logits.device):
+        z = logits.detach().float()
+        if divergence == "reverse_kl":
+            return torch.ones_like(z)
+        if divergence == "forward_kl":
+            return len(z) * torch.softmax(z, dim=0)
+        h = torch.sigmoid(z)
+        return h / h.mean().clamp_min(1e-12)
 
 
 def kl_loss(eps_all: torch.Tensor, lambda_kl: float = 0.1, reduction: str = "sum"):

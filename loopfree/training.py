@@ -62,7 +62,8 @@ class LocalEngine:
 
 
 def local_engines(distiller: Distiller) -> tuple[LocalEngine, LocalEngine]:
-    """The student's engine, and the fake score's, which also trains DMD2's discriminator head when gan_weight > 0:
+    """The student's engine, and the fake score's, which also trains DMD2's discriminator head when
+    config.uses_real_images (GAN term or f-divergence):
     the discriminator loss is part of the fake score's loss (it shares the fake score's encoder, as in DMD2), so
     one backward and one step in the fake-score turn train both, at the fake score's learning rate."""
     cfg = distiller.config

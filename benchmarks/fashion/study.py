@@ -52,6 +52,9 @@ RECIPES: dict[str, dict] = {
     # DMD2's GAN term at weights around DMD2's 1e-3 to 1e-2: the discriminator sees the shipped GAN subset of TRAINING
     # images (data/fashion-mnist/README.md), so these rows are marked "uses training images" (docs/method.md).
     **{f"full-ttur5-guid2-1-x0err-gan{w}": {**BEST, "gan_weight": float(w)} for w in ("0.003", "0.01", "0.03")},
+    # f-distill's mode-covering weights, from the same discriminator head and no generator term
+    "full-ttur5-guid2-1-x0err-js": {**BEST, "divergence": "js"},
+    "full-ttur5-guid2-1-x0err-fkl": {**BEST, "divergence": "forward_kl"},
     # Quickstart candidates (a run of about 150 updates to fit its time): twice the learning rates, and an EMA
     # short enough not to keep a fifth of the initial student after 150 updates (0.99 ** 150 = 0.22).
     **{f"full-ttur{n}-guid2-1-x0err-lr2-ema95": {"fake_score": "full", "fake_score_lr": 2e-4, "fake_score_updates": n,
@@ -181,7 +184,7 @@ def study_real_latents(components) -> torch.Tensor:
 
 def uses_training_images(config, init_from: str | None) -> bool:
     """Whether a run's student saw real training images: its recipe's GAN term, or the run it starts from."""
-    if config.gan_weight > 0:
+    if config.uses_real_images:
         return True
     return bool(init_from) and json.loads((WORK / init_from / "run.json").read_text()).get("uses_training_images", False)
 
@@ -227,7 +230,7 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
     components = load_components(TEACHER)
     config = DistillConfig(**{**BASE, **RECIPES[recipe], **({"num_steps": num_steps} if num_steps else {})})
     pairs = study_pairs(config, components) if config.regression_weight > 0 else None
-    real = study_real_latents(components) if config.gan_weight > 0 else None
+    real = study_real_latents(components) if config.uses_real_images else None
     distiller = Distiller(components, config, student_unet=student_init(init_from))
     if pairs is not None:
         distiller.set_teacher_pairs(pairs)

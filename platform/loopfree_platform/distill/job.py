@@ -225,6 +225,10 @@ def _unsupported(config: DistillConfig):
         yield (("gan_weight",), "DMD2's GAN term needs real training images, which the platform's workers do not "
                                 "load yet: it is study-only for now (benchmarks/fashion/study.py; docs/jobs.md). "
                                 "Use 0")
+    if config.divergence != "reverse_kl":
+        yield (("divergence",), "an f-divergence other than reverse_kl needs the discriminator's real training "
+                                "images, which the platform's workers do not load yet: it is study-only for now "
+                                "(benchmarks/fashion/study.py; docs/jobs.md). Use reverse_kl")
 
 
 def _method_data(config: DistillConfig) -> dict[str, Any]:

@@ -45,6 +45,8 @@ def test_a_method_the_distiller_refuses_fails_the_dry_run_naming_method(tiny, sm
     ({"lora_target_modules": ["to_x"]}, "method.lora_target_modules: 'to_x' names no module"),
     ({"gan_weight": -0.01}, "method.gan_weight: must be a number >= 0, got -0.01"),
     ({"gan_weight": 0.01}, "method.gan_weight: DMD2's GAN term needs real training images"),  # study-only for now
+    ({"divergence": "js"}, "method.divergence: an f-divergence other than reverse_kl needs the discriminator's real"),
+    ({"divergence": "hellinger"}, "method.divergence: must be one of"),
 ])
 def test_a_bad_method_key_is_named_by_its_dotted_path(smoke_job, write_job, method, line):
     with pytest.raises(JobError) as err:
