@@ -71,6 +71,9 @@ RECIPES: dict[str, dict] = {
     # student's distribution, so its first VSD gradients are off; the student's learning rate ramps up over
     # 100 updates while the fake score (5 updates per student update) catches up.
     "full-ttur5-guid2-1-x0err-warm100": {**BEST, "student_warmup_steps": 100},
+    # K = 8 transfer that keeps the K = 4 student's first timestep (751, where the encoder runs once) and its four
+    # decoder timesteps, adding four between them; leading spacing would move the encoder to 876.
+    "k8-from751": {**BEST, "num_steps": 8, "spacing": "custom", "timesteps": (751, 626, 501, 376, 251, 167, 84, 1)},
     "sb-paper": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0},
     # The paper's SwiftBrush recipe (its best alignment so far) plus the normalisation that helped TiUE most.
     "sb-x0err": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0, "vsd_weighting": "x0_error"},
