@@ -244,8 +244,10 @@ def test_s3_smoke_job_with_bad_records_and_a_nan_step_through_an_endpoint_that_t
 
 
 def test_nonfinite_losses_in_a_row_stop_with_a_clear_error(runs, job):
+    # one worker: the ranks' agreement on a skipped step is the S3 smoke test's (2 workers, rank 0 poisoned); here a
+    # second worker would only add its start-up to the stop rule's check
     j = job(runs, "nan-stop", training={"max_steps": 4, "inject_nonfinite_at": [1, 2], "max_nonfinite_in_a_row": 2},
-            checkpoint={"max_failures": 0})
+            checkpoint={"max_failures": 0}, scaling={"num_workers": 1, "global_batch_size": 4})
     with pytest.raises(Exception, match="2 non-finite steps in a row at step 2") as err:
         run_distill(j)
     assert NonFiniteLossError.__name__ in str(err.value)
