@@ -71,6 +71,9 @@ RECIPES: dict[str, dict] = {
     # student's distribution, so its first VSD gradients are off; the student's learning rate ramps up over
     # 100 updates while the fake score (5 updates per student update) catches up.
     "full-ttur5-guid2-1-x0err-warm100": {**BEST, "student_warmup_steps": 100},
+    # Trailing timesteps (999, 749, 499, 249): the encoder runs at t = 999, where z is pure noise as the schedule says;
+    # leading ones start at 751 from pure noise, which Lin et al. (WACV 2024) show narrows what a sampler can reach.
+    "full-ttur5-guid2-1-x0err-trailing": {**BEST, "spacing": "trailing"},
     # K = 8 transfer that keeps the K = 4 student's first timestep (751, where the encoder runs once) and its four
     # decoder timesteps, adding four between them; leading spacing would move the encoder to 876.
     "k8-from751": {**BEST, "num_steps": 8, "spacing": "custom", "timesteps": (751, 626, 501, 376, 251, 167, 84, 1)},
@@ -199,6 +202,15 @@ def student_init(init_from: str | None):
     return None if init_from is None else load_student_unet(WORK / init_from / "export")
 
 
+def plan_tag(config) -> str:
+    """"" for the study's base plan (leading, K = 4) and the 1-step mode; else the plan, e.g. "-trailing-k4": the
+    initial student's evaluation depends on its timesteps, so only runs with the same plan share it."""
+    if config.mode != "tiue" or (config.spacing, config.num_steps) == ("leading", 4):
+        return ""
+    where = "t" + "-".join(map(str, config.timesteps)) if config.spacing == "custom" else config.spacing
+    return f"-{where}-k{config.num_steps}"
+
+
 def transfer_label(recipe: str, init_from: str, num_steps: int) -> str:
     """`k<K>ft-<source group>`, plus `-with-<recipe>` when the fine-tune's recipe is not its source's."""
     source = init_from.rsplit("-s", 1)[0]
@@ -257,7 +269,7 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
         print(f"{name} step {step}: " + " ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "step"), flush=True)
 
     train_s = 0.0
-    initial = WORK / f"initial-{config.mode}-{images}.json"  # the same student for every recipe of a mode
+    initial = WORK / f"initial-{config.mode}{plan_tag(config)}-{images}.json"  # shared by the recipes of one plan
     if init_from is not None:
         evaluate(0, train_s)
     elif initial.is_file():
