@@ -65,8 +65,8 @@ class DistillConfig:
     gan_weight: float = 0.0
     gan_disc_weight: float = 0.01  # the discriminator loss's weight in the fake score's loss (DMD2: 1e-2)
     gan_head_channels: int = 64  # width of the discriminator head's two conv blocks
-    # f-distill (docs/method.md, "Keeping the teacher's diversity"): which f-divergence the student minimises. Not
-    # "reverse_kl" (VSD as it is), each sample's VSD gradient is weighted by h(r) from the same discriminator head.
+    # f-distill (docs/method.md, "Keeping the teacher's diversity"): which f-divergence the student minimises. Other
+    # than "reverse_kl" (VSD as it is), each sample's VSD gradient is weighted by h(r) from the same discriminator head.
     divergence: str = "reverse_kl"
     # optimisation (3.4, 3.5): Adam, learning rates constant after an optional linear warm-up, grad-norm
     # clipping. The fake_score_* fields train the fake score, LoRA or full copy; lora_* shape the LoRA only.
