@@ -50,14 +50,14 @@ def test_sample_weights_scale_each_samples_vsd_gradient_and_nothing_else(weighti
     (dict(divergence="hellinger"), "divergence must be one of"),
     (dict(divergence="js", gan_disc_weight=0.0), "gan_disc_weight must be > 0"),
 ])
-def test_a_bad_divergence_is_refused_naming_the_field(bad, message):
+def test_a_bad_divergence_is_refused_naming_the_field_and_only_an_f_divergence_uses_real_images(bad, message):
     with pytest.raises(ConfigError, match=message):
         DistillConfig(**bad)
     assert DistillConfig().divergence == "reverse_kl" and not DistillConfig().uses_real_images
     assert DistillConfig(divergence="js").uses_real_images
 
 
-def test_an_f_divergence_run_weights_the_student_turn_by_the_heads_judgement_and_trains_the_head(tiny_components):
+def test_an_f_divergence_run_builds_and_trains_the_head_without_a_gan_term_and_logs_its_weights(tiny_components):
     torch.manual_seed(0)
     d = Distiller(copy.deepcopy(tiny_components), DistillConfig(**SMALL, fake_score="full", divergence="forward_kl"))
     assert d.discriminator is not None  # the head exists without a GAN term
