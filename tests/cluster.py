@@ -1,5 +1,5 @@
 """Helpers of the `ray start` tests: processes started by a test and stopped by their own temp dir, HTTP
-readiness, an MLflow server and a repository copy to submit from."""
+readiness, an MLflow server, the README's cluster lines and a repository copy to submit them from."""
 
 import shutil
 import subprocess
@@ -60,8 +60,35 @@ def start_mlflow(tmp: Path, port: int, env: dict) -> subprocess.Popen:
 
 
 def repo_copy(folder: Path) -> Path:
-    """What a user submits from: the code, jobs and data of this repository, with the venv linked."""
+    """What a user submits from: the code, jobs and data of this repository, with the venv linked. Its
+    platform/ prints MARKER when imported, so a job's output shows that it ran the uploaded tree."""
     for part in ("loopfree", "platform", "jobs", "data"):
         shutil.copytree(ROOT / part, folder / part, ignore=shutil.ignore_patterns("__pycache__"))
     (folder / ".venv").symlink_to(BIN.parent)
+    with open(folder / "platform" / "loopfree_platform" / "__init__.py", "a") as f:
+        f.write(f"\nprint({MARKER!r}, flush=True)\n")
     return folder
+
+
+MARKER = "loopfree_platform imported from the uploaded tree"
+README_STORAGE = "storage.path=$PWD/runs/cluster"  # the README's lines keep runs in the folder they submit from
+
+
+def readme_lines() -> list[str]:
+    """The README's one-machine cluster commands ("The cluster path on one machine"), as written."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### The cluster path on one machine"):]
+    start = section.index("```bash\n") + len("```bash\n")
+    return [line for line in section[start:section.index("```", start)].splitlines() if line.strip()]
+
+
+def readme_line(word: str, port: int) -> str:
+    """The README line that runs `word` (e.g. "ray start"), its dashboard port 8265 replaced by `port`."""
+    return next(line for line in readme_lines() if word in line).replace("8265", str(port))
+
+
+def shell(line: str, repo: Path, env: dict, out: Path | None = None) -> subprocess.Popen:
+    """`line` in a bash shell in `repo` with its venv active, as a user types it; its output (stdout and
+    stderr) to the file `out`, or a pipe."""
+    return subprocess.Popen(["bash", "-c", f"source .venv/bin/activate && {line}"], cwd=repo, env=env, text=True,
+                            stdout=open(out, "w") if out else subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -78,6 +78,11 @@ RECIPES: dict[str, dict] = {
     # decoder timesteps, adding four between them; leading spacing would move the encoder to 876.
     "k8-from751": {**BEST, "num_steps": 8, "spacing": "custom", "timesteps": (751, 626, 501, 376, 251, 167, 84, 1)},
     "sb-paper": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0},
+    # SwiftBrush's map run at an earlier timestep than 999. At t = 999 the 1-step map divides the teacher's noise
+    # error by sqrt(alpha_bar) = 0.07, and the initial student scores validation FID 281 and never recovers; TiUE's
+    # encoder, also fed pure noise, runs at 751 (sqrt(alpha_bar) = 0.24). Same pure-noise input, same export.
+    **{f"sb-x0err-t{t}": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0, "vsd_weighting": "x0_error",
+                          "spacing": "custom", "timesteps": (t,)} for t in (851, 751, 501)},
     # The paper's SwiftBrush recipe (its best alignment so far) plus the normalisation that helped TiUE most.
     "sb-x0err": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0, "vsd_weighting": "x0_error"},
     # SwiftBrush's best recipe so far plus the same regression pairs (the teacher's 50 steps at guidance 2).
@@ -203,9 +208,12 @@ def student_init(init_from: str | None):
 
 
 def plan_tag(config) -> str:
-    """"" for the study's base plan (leading, K = 4) and the 1-step mode; else the plan, e.g. "-trailing-k4": the
-    initial student's evaluation depends on its timesteps, so only runs with the same plan share it."""
-    if config.mode != "tiue" or (config.spacing, config.num_steps) == ("leading", 4):
+    """"" for the study's base plan (leading, K = 4) and the 1-step mode at t = 999; else the plan, e.g.
+    "-trailing-k4" or "-t751" (1-step at 751): the initial student's evaluation depends on its timesteps, so only
+    runs with the same plan share it."""
+    if config.mode != "tiue":
+        return f"-t{config.timesteps[0]}" if config.timesteps and config.timesteps[0] != 999 else ""
+    if (config.spacing, config.num_steps) == ("leading", 4):
         return ""
     where = "t" + "-".join(map(str, config.timesteps)) if config.spacing == "custom" else config.spacing
     return f"-{where}-k{config.num_steps}"

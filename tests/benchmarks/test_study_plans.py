@@ -11,9 +11,10 @@ def config(recipe: str) -> DistillConfig:
 
 def test_runs_share_the_initial_evaluation_only_when_their_plans_are_the_same():
     tags = {r: plan_tag(config(r)) for r in ("full-ttur5-guid2-1-x0err", "full-ttur5-guid2-1-x0err-gan0.01",
-                                               "full-ttur5-guid2-1-x0err-trailing", "k8-from751", "sb-paper")}
+                                               "full-ttur5-guid2-1-x0err-trailing", "k8-from751", "sb-paper", "sb-x0err-t751")}
     assert tags["full-ttur5-guid2-1-x0err"] == tags["full-ttur5-guid2-1-x0err-gan0.01"] == ""  # the committed cache name
     assert tags["sb-paper"] == ""  # the 1-step mode has one plan (t = 999)
+    assert tags["sb-x0err-t751"] == "-t751"  # the 1-step mode at another timestep has its own
     assert tags["full-ttur5-guid2-1-x0err-trailing"] == "-trailing-k4"
     assert tags["k8-from751"] == "-t751-626-501-376-251-167-84-1-k8"
     assert plan_tag(DistillConfig(**{**BASE, "spacing": "trailing", "num_steps": 2})) == "-trailing-k2"

@@ -1,11 +1,13 @@
 """Node loss and a killed driver on a multi-node Ray cluster built on this machine: a head and three worker
 nodes on 127.0.0.1, each `ray start` with its own temp dir and ports, run storage on the S3 endpoint, the
-session's MLflow server; the job is sent with `loopfree submit` as a user sends it.
+session's MLflow server. The job is sent with the README's two cluster lines as a user sends it: the plain
+`ray job submit`, then `loopfree submit` (only the port, the storage path and the job's --set values differ).
 
 One cluster, one job lineage, a few steps between faults: lose a worker node mid-run (the spare node takes
 its place, as on a cluster with headroom or once an autoscaler or KubeRay has replaced the node), then SIGKILL
 the driver, then resubmit. The run's step-execution log (every step rank 0 ran, per attempt) shows which steps
-ran twice. 3 to 4 minutes on 2 cores; in the default run, and alone with `-m multinode` (README, "Quickstart").
+ran twice; the resumed run is one MLflow run with one model version that predicts. 3 to 4 minutes on 2 cores;
+in the default run, and alone with `-m multinode` (README, "Quickstart").
 
 Ray needs its multi-node mode for a second node; in that mode it addresses the GCS by this machine's own
 interface address (packets to it never leave the machine), while every node is named 127.0.0.1.
@@ -18,24 +20,26 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import boto3
 import psutil
 import pytest
 from loopfree_platform.distill.steplog import read_steps
 
-from tests.cluster import BIN, repo_copy, stop_processes, wait_http, wait_job_agent
+from tests.cluster import BIN, MARKER, README_STORAGE, readme_line, repo_copy, shell, stop_processes, wait_http, wait_job_agent
 from tests.executions import attempts, ran_again, same_results
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.multinode]
 BUCKET, RUN, STEPS = "loopfree-test", "cluster-faults/runs", 16
 # Worker nodes have 2 CPUs and each training worker asks for 2, so the two workers land on different nodes
 # (not on the 1-CPU head, which keeps a CPU for Ray Data's corpus tasks). A 10-prompt corpus: less to prepare.
-# Its own registered model name: the MLflow server is shared with the other `ray start` test.
+# Its own registered model name: the MLflow server is shared with the other `ray start` test. Sample grids at
+# steps 8 and 16. --verbose: the workers' output (the "resumed from" line) in the job's log, not only driver.log.
 MODEL = "loopfree-tiue-node-loss"
-JOB_ARGS = (f"--set name=node-loss --set scaling.cpus_per_worker=2 --set training.max_steps={STEPS} "
+JOB_ARGS = (f"--verbose --set name=node-loss --set scaling.cpus_per_worker=2 --set training.max_steps={STEPS} "
             "--set data.paths=[data/fashion_prompts.txt] --set data.format=text "
-            f"--set sampling.every_steps=100 --set storage.path=s3://{BUCKET}/{RUN} --set tracking.registered_model={MODEL}")
+            f"--set sampling.every_steps=8 --set tracking.registered_model={MODEL}")
 WORKER_NODES = ("a", "b", "c")  # two for the workers, one spare
 RESUMED = re.compile(r"resumed from \S+checkpoint_(\d+) at step (\d+)")  # the workers' line (rank 0)
 # The GCS declares a silent node dead after about 1.5 s instead of about 30 s (Ray's health-check settings).
@@ -80,7 +84,7 @@ def nodes(tmp_path_factory, s3_endpoint, mlflow_server, free_port):
     finally:  # also when a node failed to start: nothing of this cluster outlives the module
         stop_processes(root, grace_s=0)  # each node's processes name its temp dir under root; nothing else
         # The job's driver names no temp dir: end any that is left (a failed test) by its command line.
-        subprocess.run(["pkill", "-KILL", "-f", "cli distill jobs/smoke.yaml --set name=node-loss"])
+        subprocess.run(["pkill", "-KILL", "-f", "cli distill jobs/smoke.yaml .*--set name=node-loss"])
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -138,24 +142,24 @@ def registered(s3) -> int:
 
 
 def test_a_lost_node_and_a_killed_driver_resume_from_the_last_s3_checkpoint_with_every_step_once(nodes, s3_endpoint):
-    from mlflow.tracking import MlflowClient
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    repo = repo_copy(nodes["tmp"] / "repo")
+    repo = repo_copy(nodes["tmp"] / "repo")  # its platform/ prints MARKER: the job runs the uploaded code
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     jobs = JobSubmissionClient(nodes["address"])
     run_dir = f"s3://{BUCKET}/{RUN}/node-loss"
 
-    def submit(*flags: str) -> subprocess.CompletedProcess:
-        # --verbose: the workers' output (the "resumed from" line) in the job's log instead of only in driver.log
-        line = f"loopfree submit jobs/smoke.yaml --address {nodes['address']} --verbose {JOB_ARGS} {' '.join(flags)}"
-        return subprocess.run(["bash", "-c", f"source .venv/bin/activate && {line}"], cwd=repo, env=nodes["env"],
-                              capture_output=True, text=True, timeout=500)
+    def readme(word: str) -> str:
+        """The README's line, with this cluster's port, the run in the bucket and the job's settings."""
+        line = readme_line(word, int(nodes["address"].rsplit(":", 1)[1]))
+        assert README_STORAGE in line, line
+        return f"{line.replace(README_STORAGE, f'storage.path=s3://{BUCKET}/{RUN}')} {JOB_ARGS}"
 
     t0 = time.time()
-    first = submit("--no-wait")
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    sid = re.search(r"submitted (\S+)", first.stdout)[1]
+    first_out = nodes["tmp"] / "first.out"
+    first = shell(readme("ray job submit"), repo, nodes["env"], first_out)  # follows the job's log to its end
+    sid = wait_for(lambda: re.search(r"Job '(\S+)' submitted successfully", first_out.read_text()),
+                   "the plain submission", lambda: first_out.read_text(), 120)[1]
 
     def logs() -> str:
         return jobs.get_job_logs(sid)
@@ -188,12 +192,16 @@ def test_a_lost_node_and_a_killed_driver_resume_from_the_last_s3_checkpoint_with
     print(f"then to the driver killed: {time.time() - t0:.0f} s", flush=True)
     assert at_kill < STEPS, "the run finished before its driver was killed: give it more steps"
 
-    # 3. Resubmit: it resumes from the newest checkpoint and finishes the run.
-    second = submit()
-    assert second.returncode == 0 and "ended: SUCCEEDED" in second.stdout, second.stdout[-3000:]
+    first.wait(timeout=60)  # the plain submission's log ends with its job
+    assert MARKER in first_out.read_text(), first_out.read_text()[-3000:]
+
+    # 3. Resubmit with `loopfree submit`: it resumes from the newest checkpoint and finishes the run.
+    second = shell(readme("loopfree submit"), repo, nodes["env"])
+    out = second.communicate(timeout=500)[0]
+    assert second.returncode == 0 and "ended: SUCCEEDED" in out and MARKER in out, out[-3000:]
     print(f"then the resubmission to SUCCEEDED: {time.time() - t0:.0f} s", flush=True)
-    resumed_again = RESUMED.search(second.stdout)
-    assert resumed_again and int(resumed_again[2]) >= at_kill - 2, second.stdout[-3000:]
+    resumed_again = RESUMED.search(out)
+    assert resumed_again and int(resumed_again[2]) >= at_kill - 2, out[-3000:]
 
     # Every execution, never deduplicated: three attempts (the first group, the group restarted after the node
     # loss, the resubmission), each running on from the newest checkpoint registered when its fault came, so the
@@ -213,9 +221,38 @@ def test_a_lost_node_and_a_killed_driver_resume_from_the_last_s3_checkpoint_with
 
     assert reported_steps(s3) == list(range(1, STEPS + 1))  # each step's result recorded once
     run_id = s3.get_object(Bucket=BUCKET, Key=f"{RUN}/node-loss/mlflow_run_id")["Body"].read().decode().strip()
+    tracked_run(nodes, run_id, first_out.read_text() + out)
+
+
+def tracked_run(nodes, run_id: str, outputs: str) -> None:
+    """The run as MLflow shows it after two submissions and three attempts: one run (FINISHED), params, every
+    step's metrics once, one-off values as tags, captioned grids, no credential anywhere, one model version
+    under the candidate alias that predicts."""
+    import mlflow
+    import pandas as pd
+    import PIL.Image
+    from loopfree_platform.tracking import fluent_tracking_uri
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient(nodes["mlflow"])
     runs = client.search_runs([client.get_experiment_by_name("loopfree").experiment_id],
                               filter_string="tags.`loopfree.job` = 'node-loss'")
     assert [r.info.run_id for r in runs] == [run_id] and runs[0].info.status == "FINISHED"  # one run, resumed twice
+    run = runs[0]
     assert sorted({m.step for m in client.get_metric_history(run_id, "train/loss_vsd")}) == list(range(1, STEPS + 1))
+    assert run.data.params["scaling.num_workers"] == "2" and run.data.params["method.lambda_kl"] == "0.1"
+    for key in ("train/loss_kl", "train/loss_fake_score", "train/grad_norm_student", "train/lr_student", "perf/samples_per_s"):
+        assert len(client.get_metric_history(run_id, key)) >= STEPS, key
+    assert "perf/first_batch_s" not in run.data.metrics and "perf.first_batch_s" in run.data.tags
+    # Credentials in the environment never reach MLflow params, tags, the logged job or the job's logs.
+    secret = nodes["env"]["AWS_SECRET_ACCESS_KEY"]
+    logged_job = Path(client.download_artifacts(run_id, "job.resolved.yaml")).read_text()
+    assert secret not in str(run.data.params) + str(run.data.tags) + logged_job + outputs
+    grids = [a.path for a in client.list_artifacts(run_id, "images") if a.path.endswith(".png")]
+    assert len(grids) >= 2 and PIL.Image.open(client.download_artifacts(run_id, grids[0])).height >= 128
     assert [v.run_id for v in client.search_model_versions(f"name = '{MODEL}'")] == [run_id]
+    assert client.get_model_version_by_alias(MODEL, "candidate").run_id == run_id
+    with fluent_tracking_uri(nodes["mlflow"]):  # must not leak into later tests once this server is gone
+        model = mlflow.pyfunc.load_model(f"models:/{MODEL}@candidate")
+    images = model.predict(pd.DataFrame({"prompt": ["a cat", "a dog"], "seed": [0, 1]}))
+    assert len(images) == 2 and images["image_png_base64"].str.len().min() > 100

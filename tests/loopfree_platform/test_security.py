@@ -1,6 +1,6 @@
 """Secrets never leave through job output, params or errors; user-derived paths stay under their prefix;
 job files are loaded safely. (The Serve token is checked over HTTP in tests/integration/serve/test_serve.py,
-MLflow params and job logs of a real cluster run in tests/integration/test_cluster_submit.py.)"""
+MLflow params and job logs of a real cluster run in tests/integration/test_cluster_faults.py.)"""
 
 import subprocess
 import sys
