@@ -49,6 +49,7 @@ def test_pipeline_latent_is_the_closed_form(pipe, tiny_components):
     dict(num_steps=4, spacing="trailing"),
     dict(num_steps=3, spacing="custom", timesteps=[900, 600, 300]),
     dict(num_steps=1, mode="one_step"),
+    dict(num_steps=1, mode="one_step", spacing="custom", timesteps=[501]),
 ])
 def test_save_and_load_round_trip(tmp_path, tiny_components, kwargs):
     pipe = TiUEPipeline.from_components(tiny_components, **kwargs)
@@ -56,6 +57,7 @@ def test_save_and_load_round_trip(tmp_path, tiny_components, kwargs):
     loaded = TiUEPipeline.from_pretrained(tmp_path)
     assert loaded.config.timesteps == pipe.config.timesteps and loaded.config.mode == pipe.config.mode
     assert loaded.config.num_steps == pipe.config.num_steps and loaded.config.spacing == pipe.config.spacing
+    assert "timesteps" not in kwargs or list(loaded.config.timesteps) == kwargs["timesteps"]  # the 1-step map at 501
     a = pipe(["a shoe"], seeds=[5], output_type="np").images
     b = loaded(["a shoe"], seeds=[5], output_type="np").images
     np.testing.assert_allclose(a, b, atol=1e-6)

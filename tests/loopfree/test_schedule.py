@@ -3,7 +3,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from loopfree.presets import SD_SCHEDULER
-from loopfree.schedule import check_timesteps, ddim_plan, ddim_timesteps, one_step_plan
+from loopfree.schedule import check_timesteps, ddim_plan, ddim_timesteps, one_step_plan, plan_for
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +62,12 @@ def test_explicit_timesteps_step_to_the_next_listed(alphas):
     assert plan.alpha_bar_prev == pytest.approx([float(alphas[500]), float(alphas[100]), float(alphas[0])])
 
 
-def test_one_step_plan_is_x0_inversion(alphas):
-    plan = one_step_plan(alphas)
-    a = float(alphas[999])
+@pytest.mark.parametrize("timestep", [None, 751, 501])
+def test_one_step_plan_is_x0_inversion_at_its_timestep(alphas, timestep):
+    """SwiftBrush's map at t = 999 by default, or at the timestep a job names (method.timesteps: [t])."""
+    plan = one_step_plan(alphas) if timestep is None else plan_for(alphas, "one_step", 1, "custom", [timestep])
+    a = float(alphas[timestep or 999])
+    assert tuple(plan.timesteps) == (timestep or 999,)
     z, eps = torch.randn(1, 4, 2, 2), torch.randn(1, 1, 4, 2, 2)
     torch.testing.assert_close(plan.apply(z, eps), (z - (1 - a) ** 0.5 * eps[0]) / a**0.5)
 
