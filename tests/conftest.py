@@ -1,4 +1,6 @@
 import copy
+import fcntl
+import os
 import socket
 from pathlib import Path
 
@@ -12,6 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 INTEGRATION = ROOT / "tests" / "integration"
 CLUSTER_FILES = {"test_cluster_submit.py", "test_cluster_faults.py"}  # ray start + ray job submit
 EVALUATE_FILE = "test_evaluate.py"  # run early: see pytest_collection_modifyitems
+# The first of the two test streams under xdist (see pytest_xdist_make_scheduler), besides the cluster files
+FIRST_STREAM_FILES = {EVALUATE_FILE, "test_distill.py", "test_engines.py", "test_storage_faults.py", "test_tracking.py"}
 RAY_FIXTURES = {"ray_local"}  # a test that starts Ray is an integration test wherever it lives
 
 
@@ -30,12 +34,82 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.integration)
         if item.get_closest_marker("cluster") and not item.get_closest_marker("integration"):
             item.add_marker(pytest.mark.integration)  # every cluster test is an integration test
-    # The `ray start` tests first, before any test starts the session's local Ray instance (`ray_local`, kept to
-    # the end): on 2 cores their head and nodes beside it overloaded the GCS ("node timed out during startup",
-    # "No available agent to submit job"). Then the evaluate job, the first on `ray_local`: late in a full run
-    # its feature stage (2 CPUs a worker) waited past 300 s, twice in CI, while alone or after any one group of
-    # Ray tests it takes 35 s.
-    items.sort(key=lambda item: (Path(item.path).name not in CLUSTER_FILES, Path(item.path).name != EVALUATE_FILE))
+    # Order: the `ray start` tests first, before any test starts a local Ray instance beside them (on 2 cores
+    # their head and nodes beside another instance overloaded the GCS: "node timed out during startup", "No
+    # available agent to submit job"). Then the fast tier. Then the evaluate job, the first on its worker's
+    # `ray_local`: late in a full run its feature stage (2 CPUs a worker) waited past 300 s, twice in CI, while
+    # alone or after any one group of Ray tests it takes 35 s.
+    items.sort(key=lambda item: (Path(item.path).name not in CLUSTER_FILES, bool(item.get_closest_marker("integration")),
+                                 Path(item.path).name != EVALUATE_FILE))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Two xdist workers (pyproject's addopts), two streams, each run by one worker in the order above with its own
+    local Ray instance: the cluster files, the evaluate job, the distillation runs, storage faults and tracking;
+    then the fast tier and every other Ray test (serving, sweeps, the CLI's local Ray). Run one after the other,
+    the tests left the 2 cores idle about 40% of the time (Ray and service start-ups, polling, subprocess
+    waits); side by side they keep them busy, and the CPU work itself is what remains."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class TwoStreams(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "first" if Path(nodeid.split("::")[0]).name in CLUSTER_FILES | FIRST_STREAM_FILES else "second"
+
+    return TwoStreams(config, log)
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)  # outside pytest-timeout's wrapper: waiting here is not the test's
+def pytest_runtest_protocol(item, nextitem):
+    """Under xdist: a `ray start` test holds a lock that other Ray tests wait for (see the order above); a fast-tier
+    test beside a running `ray start` test runs at the lowest CPU priority, so the cluster's nodes and training
+    workers keep the CPU they would have alone."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    cluster = item.get_closest_marker("cluster") is not None
+    ray = item.get_closest_marker("integration") is not None
+    if cluster and _cluster_lock.fd is None:
+        _cluster_lock.fd = _lock_file(fcntl.LOCK_EX)  # held until the last `ray start` test in a row ends
+    elif ray and not cluster:
+        os.close(_lock_file(fcntl.LOCK_SH))  # waits while another worker runs `ray start` tests
+    _set_nice(FAST_TIER_NICE if not ray and _cluster_tests_running() else 0)
+    yield
+    if _cluster_lock.fd is not None and (nextitem is None or nextitem.get_closest_marker("cluster") is None):
+        os.close(_cluster_lock.fd)
+        _cluster_lock.fd = None
+
+
+FAST_TIER_NICE = 19
+
+
+class _cluster_lock:
+    fd: int | None = None
+
+
+def _lock_file(mode: int) -> int:
+    """An flock on a file shared by this run's xdist workers; returns its descriptor, locked in mode."""
+    fd = os.open(f"/tmp/loopfree-tests-{os.environ['PYTEST_XDIST_TESTRUNUID']}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, mode)
+    return fd
+
+
+def _cluster_tests_running() -> bool:
+    try:
+        fd = _lock_file(fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    os.close(fd)
+    return False
+
+
+def _set_nice(target: int) -> None:
+    """Every thread of this worker (torch's among them: Linux keeps a niceness per thread) to target."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            if os.getpriority(os.PRIO_PROCESS, int(tid)) != target:
+                os.setpriority(os.PRIO_PROCESS, int(tid), target)
+        except (PermissionError, ProcessLookupError):  # lowering it again needs root; a thread may have ended
+            pass
 
 
 @pytest.fixture(scope="session")
