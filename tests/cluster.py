@@ -90,8 +90,9 @@ def readme_line(word: str, port: int) -> str:
 def shell(line: str, repo: Path, env: dict, out: Path | None = None) -> subprocess.Popen:
     """`line` in a bash shell in `repo` with its venv active, as a user types it; its output (stdout and
     stderr) to the file `out`, or a pipe."""
+    command = ["bash", "-c", f"source .venv/bin/activate && {line}"]
     args = dict(cwd=repo, env=env, text=True, stderr=subprocess.STDOUT)
     if out is None:
-        return subprocess.Popen(["bash", "-c", f"source .venv/bin/activate && {line}"], stdout=subprocess.PIPE, **args)
+        return subprocess.Popen(command, stdout=subprocess.PIPE, **args)
     with open(out, "w") as f:  # the child holds its own copy of the descriptor; ours is closed at once
-        return subprocess.Popen(["bash", "-c", f"source .venv/bin/activate && {line}"], stdout=f, **args)
+        return subprocess.Popen(command, stdout=f, **args)

@@ -2,6 +2,7 @@ import copy
 import fcntl
 import os
 import socket
+import uuid
 from pathlib import Path
 
 import pytest
@@ -68,27 +69,40 @@ def pytest_runtest_protocol(item, nextitem):
         return
     cluster = item.get_closest_marker("cluster") is not None
     ray = item.get_closest_marker("integration") is not None
-    if cluster and _cluster_lock.fd is None:
-        _cluster_lock.fd = _lock_file(fcntl.LOCK_EX)  # held until the last `ray start` test in a row ends
+    global _cluster_lock_fd
+    if cluster and _cluster_lock_fd is None:
+        _cluster_lock_fd = _lock_file(fcntl.LOCK_EX)  # held until the last `ray start` test in a row ends
     elif ray and not cluster:
         os.close(_lock_file(fcntl.LOCK_SH))  # waits while another worker runs `ray start` tests
     _set_nice(FAST_TIER_NICE if not ray and _cluster_tests_running() else 0)
     yield
-    if _cluster_lock.fd is not None and (nextitem is None or nextitem.get_closest_marker("cluster") is None):
-        os.close(_cluster_lock.fd)
-        _cluster_lock.fd = None
+    if _cluster_lock_fd is not None and (nextitem is None or nextitem.get_closest_marker("cluster") is None):
+        os.close(_cluster_lock_fd)
+        _cluster_lock_fd = None
 
 
 FAST_TIER_NICE = 19
+_cluster_lock_fd: int | None = None  # this worker's exclusive lock while it runs `ray start` tests
 
 
-class _cluster_lock:
-    fd: int | None = None
+def pytest_configure(config):
+    """The controller names the run (xdist hands the name to its workers), so that it can remove the lock file."""
+    if not hasattr(config, "workerinput") and getattr(config.option, "testrunuid", "") is None:
+        config.option.testrunuid = uuid.uuid4().hex
+
+
+def pytest_sessionfinish(session):
+    if not hasattr(session.config, "workerinput") and getattr(session.config.option, "testrunuid", None):
+        _lock_path(session.config.option.testrunuid).unlink(missing_ok=True)
+
+
+def _lock_path(testrunuid: str) -> Path:
+    return Path(f"/tmp/loopfree-tests-{testrunuid}.lock")
 
 
 def _lock_file(mode: int) -> int:
     """An flock on a file shared by this run's xdist workers; returns its descriptor, locked in mode."""
-    fd = os.open(f"/tmp/loopfree-tests-{os.environ['PYTEST_XDIST_TESTRUNUID']}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(_lock_path(os.environ["PYTEST_XDIST_TESTRUNUID"]), os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(fd, mode)
     return fd
 
