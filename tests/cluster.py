@@ -56,7 +56,8 @@ def start_mlflow(tmp: Path, port: int, env: dict) -> subprocess.Popen:
     return subprocess.Popen([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
                              "--backend-store-uri", f"sqlite:///{tmp}/mlflow.db",
                              "--artifacts-destination", "s3://loopfree-test/mlflow-artifacts", "--workers", "1"],
-                            env=env, stdout=open(tmp / "mlflow.log", "w"), stderr=subprocess.STDOUT)
+                            env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # as infra/ sets it
+                            stdout=open(tmp / "mlflow.log", "w"), stderr=subprocess.STDOUT)
 
 
 def repo_copy(folder: Path) -> Path:

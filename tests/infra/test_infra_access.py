@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
@@ -24,6 +25,20 @@ def mlflow_docs() -> dict[str, dict]:
 
 def server_container() -> dict:
     return mlflow_docs()["Deployment/loopfree-mlflow"]["spec"]["template"]["spec"]["containers"][0]
+
+
+def job_runner_setting() -> dict[str, str]:
+    """The manifest's switch for MLflow's server-side job runner, as the servers of the tests run it too."""
+    return {e["name"]: e["value"] for e in server_container()["env"] if e["name"] == "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"}
+
+
+JOB_RUNNER = job_runner_setting()
+
+
+def test_mlflow_runs_without_the_job_runner_loopfree_never_uses():
+    """The manifest turns MLflow's job runner off; the live server below, started with it, checks that no job
+    runner process starts."""
+    assert JOB_RUNNER == {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def test_mlflow_runs_its_basic_auth_app_with_secrets_from_secrets():
@@ -76,7 +91,7 @@ def mlflow_with_auth(tmp_path_factory):
     port = _free_port()
     args = server_container()["args"]
     env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(tmp / "basic_auth.ini"), "MLFLOW_AUTH_ADMIN_PASSWORD": "admin-password-1",
-           "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret-key"}
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret-key", **JOB_RUNNER}
     server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
                                "--port", str(port), "--workers", "1", "--app-name", args[args.index("--app-name") + 1],
                                "--backend-store-uri", f"sqlite:///{tmp}/mlflow.db"],
@@ -91,14 +106,17 @@ def mlflow_with_auth(tmp_path_factory):
             break
         except requests.ConnectionError:
             time.sleep(0.5)
-    yield url
+    yield url, server.pid
     server.terminate()
     server.wait(timeout=30)
 
 
 @pytest.mark.timeout(180)
 def test_mlflow_refuses_strangers_and_only_an_owner_moves_a_model_alias(mlflow_with_auth):
-    url, admin = mlflow_with_auth, ("admin", "admin-password-1")
+    (url, pid), admin = mlflow_with_auth, ("admin", "admin-password-1")
+    runners = [c for p in psutil.Process(pid).children(recursive=True)
+               if "mlflow.server.jobs" in (c := " ".join(p.cmdline())) or "huey" in c]
+    assert not runners, runners  # the manifest's setting: no job runner processes
     api = f"{url}/api/2.0/mlflow"
     assert requests.get(f"{api}/experiments/search?max_results=1", timeout=30).status_code == 401
     assert requests.get(f"{api}/experiments/search?max_results=1", auth=admin, timeout=30).status_code == 200
