@@ -36,6 +36,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, serve: b
     # time waiting. 0.25 s measured: 40-step smoke job 134 s -> 63 s (benchmarks/results/distill_job.md).
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local instance needs no token
+    # More logical CPUs than cores (below), so torch processes share cores: OpenMP threads that spin while
+    # they wait then burn the cores the others need (docs/architecture.md, "A local instance").
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # Train workers plus Ray Data tasks: more logical CPUs than cores, or the data tasks starve (docs/architecture.md).
     ray.init(num_cpus=num_cpus or max(8, 2 * (os.cpu_count() or 2)), include_dashboard=False,
              runtime_env={"worker_process_setup_hook": "loopfree_platform.runtime.grpc_servers_on_loopback"}
