@@ -49,7 +49,7 @@ def pytest_xdist_make_scheduler(config, log):
     local Ray instance: the cluster files, the evaluate job, the distillation runs, storage faults and tracking;
     then the fast tier and every other Ray test (serving, sweeps, the CLI's local Ray). Run one after the other,
     the tests left the 2 cores idle about 40% of the time (Ray and service start-ups, polling, subprocess
-    waits); side by side they keep them busy, and the CPU work itself is what remains."""
+    waits); side by side they keep them busy, provided torch's threads wait passively (tests/__init__.py)."""
     from xdist.scheduler import LoadScopeScheduling
 
     class TwoStreams(LoadScopeScheduling):
