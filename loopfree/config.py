@@ -8,6 +8,7 @@ deliberate, visible change in the job file.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +69,9 @@ class DistillConfig:
     # f-distill (docs/method.md, "Keeping the teacher's diversity"): which f-divergence the student minimises. Other
     # than "reverse_kl" (VSD as it is), each sample's VSD gradient is weighted by h(r) from the same discriminator head.
     divergence: str = "reverse_kl"
+    # MSGAN's mode-seeking term (docs/method.md, "Keeping the teacher's diversity"): a second student sample per
+    # prompt from another noise; the student is paid for the distance between the two. 0 = off (no second sample).
+    mode_seeking_weight: float = 0.0
     # optimisation (3.4, 3.5): Adam, learning rates constant after an optional linear warm-up, grad-norm
     # clipping. The fake_score_* fields train the fake score, LoRA or full copy; lora_* shape the LoRA only.
     student_lr: float = 1e-6
@@ -131,6 +135,8 @@ class DistillConfig:
         if self.regression_guidance_scale is not None and (
                 not _is_number(self.regression_guidance_scale) or self.regression_guidance_scale < 1):
             yield f"regression_guidance_scale must be a number >= 1 or null, got {self.regression_guidance_scale!r}"
+        if not _is_number(self.mode_seeking_weight) or self.mode_seeking_weight < 0:
+            yield f"mode_seeking_weight must be a number >= 0, got {self.mode_seeking_weight!r}"
         for name in ("gan_weight", "gan_disc_weight"):
             if not _is_number(getattr(self, name)) or getattr(self, name) < 0:
                 yield f"{name} must be a number >= 0, got {getattr(self, name)!r}"
@@ -192,4 +198,5 @@ def _is_int(value) -> bool:
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float: NaN passes every comparison check below, so it is refused here."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

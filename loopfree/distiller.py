@@ -29,6 +29,7 @@ from loopfree.losses import (
     gan_discriminator_loss,
     gan_generator_loss,
     kl_loss,
+    mode_seeking_loss,
     regression_loss,
     vsd_loss,
 )
@@ -214,6 +215,11 @@ class Distiller(nn.Module):
         if cfg_.regression_weight > 0:
             loss_reg, reg_logs = self._regression(rng, dtype)
             loss, logs = loss + loss_reg, {**logs, **reg_logs}
+        if cfg_.mode_seeking_weight > 0:  # a second sample per prompt, from its own noise, with gradient
+            z_b = rng.randn(self._latent_shape(), device)  # (B, C, H, W)
+            x0_b, _ = self.student(z_b.to(dtype), text.to(dtype))
+            loss_ms, ms_logs = mode_seeking_loss(x0, x0_b, z, z_b, cfg_.mode_seeking_weight)
+            loss, logs = loss + loss_ms, {**logs, **ms_logs}
         if cfg_.gan_weight > 0:
             with self._judge_frozen():  # the generator term's gradient must reach x0 only
                 loss_gan, gan_logs = gan_generator_loss(self._discriminate(x0, rng), cfg_.gan_weight)

@@ -134,6 +134,23 @@ def regression_loss(x0: torch.Tensor, x0_teacher: torch.Tensor, weight: float):
     return loss, {"loss_regression": loss.detach()}
 
 
+def mode_seeking_loss(x0_a: torch.Tensor, x0_b: torch.Tensor, z_a: torch.Tensor, z_b: torch.Tensor, weight: float,
+                      eps: float = 1e-5):
+    """MSGAN's mode-seeking term (Mao et al., CVPR 2019, eq. 3; docs/method.md, "Keeping the teacher's diversity").
+
+    x0_a, x0_b are the student's samples for the SAME prompts from two noises z_a, z_b, all (B, C, H, W). A
+    generator that answers every noise with one image has a small ratio r = mean|x0_a - x0_b| / mean|z_a - z_b|
+    (per pair); the term L_ms = weight * mean_B 1 / (r + eps) grows without bound as r -> 0, so minimising it
+    spreads the samples of a prompt apart. The noises carry no gradient.
+    """
+    with fp32(x0_a.device):
+        d_x = (x0_a.float() - x0_b.float()).abs().flatten(1).mean(1)  # (B,)
+        d_z = (z_a.float() - z_b.float()).abs().flatten(1).mean(1).detach()  # (B,)
+        ratio = d_x / d_z
+        loss = weight * (1.0 / (ratio + eps)).mean()
+    return loss, {"loss_mode_seeking": loss.detach(), "mode_seeking_ratio": ratio.detach().mean()}
+
+
 def gan_discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor):
     """DMD2's discriminator loss (Yin et al., NeurIPS 2024, section 4.3; docs/method.md, "Keeping the teacher's
     diversity"), the non-saturating GAN loss on logits (B,) of noised real latents and noised stopgrad(x0):

@@ -58,6 +58,9 @@ RECIPES: dict[str, dict] = {
     # DMD2's GAN term at weights around DMD2's 1e-3 to 1e-2: the discriminator sees the shipped GAN subset of TRAINING
     # images (data/fashion-mnist/README.md), so these rows are marked "uses training images" (docs/method.md).
     **{f"full-ttur5-guid2-1-x0err-gan{w}": {**BEST, "gan_weight": float(w)} for w in ("0.003", "0.01", "0.03")},
+    # MSGAN's mode-seeking term (image free): a second sample per prompt, the student paid for the distance between
+    # the two. At weight 1 its gradient on the student is about 5x VSD's at the start (measured), so 0.05 and 0.2.
+    **{f"full-ttur5-guid2-1-x0err-ms{w}": {**BEST, "mode_seeking_weight": float(w)} for w in ("0.05", "0.2")},
     # f-distill's mode-covering weights, from the same discriminator head and no generator term
     "full-ttur5-guid2-1-x0err-js": {**BEST, "divergence": "js"},
     "full-ttur5-guid2-1-x0err-fkl": {**BEST, "divergence": "forward_kl"},
