@@ -85,3 +85,16 @@ def test_clip_score_is_the_mean_paired_cosine():
     assert clip_score(torch.tensor(img), torch.tensor(img) * 3) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="paired"):
         clip_score(torch.randn(3, 4), torch.randn(2, 4))
+
+
+def test_off_manifold_generated_outliers_raise_recall_but_not_coverage():
+    """Recall's balls have the GENERATED set's k-NN radii, so a few far outliers among tight samples get wide balls
+    that reach many real points; coverage's balls have the real set's radii (Naeem et al. 2020)."""
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(400, 8, generator=g)
+    tight = 0.05 * torch.randn(400, 8, generator=g)  # every sample near the real mean: a collapsed generator
+    outliers = 6.0 * torch.randn(40, 8, generator=g)  # far from every real point
+    collapsed, spread = prdc(real, tight), prdc(real, torch.cat([tight[:360], outliers]))
+    assert spread["recall"] > collapsed["recall"] + 0.2  # the outliers' wide balls count as diversity
+    assert spread["coverage"] <= collapsed["coverage"]  # but no more real points have a generated neighbour
+    assert spread["precision"] < collapsed["precision"]
