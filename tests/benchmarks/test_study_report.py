@@ -104,3 +104,12 @@ def test_a_reconstructed_record_is_refused_by_name(tmp_path, where):
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     with pytest.raises(RecordError, match=f"{path.name} is marked 'reconstructed'"):
         _report(tmp_path)
+
+
+def test_a_miss_smaller_than_the_rounding_is_written_with_enough_digits_to_show_it():
+    from benchmarks.fashion.study_tables import _shortfall
+
+    assert _shortfall("coverage", 0.0675, 0.068, higher=True) == "coverage 0.0675 below 0.0680 by 0.0005"
+    assert _shortfall("recall", 0.051, 0.214, higher=True) == "recall 0.051 below 0.214 by 0.163"
+    assert _shortfall("fid", 125.301, 125.304, higher=False) is None
+    assert _shortfall("fid", 133.584, 133.581, higher=False) == "FID 133.584 above 133.581 by 0.003"
