@@ -2,11 +2,11 @@
 and the teacher's 50-step sampler, on the VALIDATION reference (1000 training images; never the test split).
 
 Recall counts the reference images that fall inside some generated image's k-NN ball, and each ball's radius is
-that image's distance to its k-th nearest GENERATED neighbour (loopfree.metrics.prdc). A generated set spread out
-by off-manifold samples therefore has wide balls and a high recall; coverage uses the reference's own radii and
-does not reward that (Naeem et al., "Reliable Fidelity and Diversity Metrics for Generative Models", ICML 2020).
-The rows measure how far that goes here:
-    .venv/bin/python -m benchmarks.fashion.recall_spread full-ttur5-guid2-1-x0err@2000-s1 --noise 0 0.1 0.2 0.4
+that image's distance to its k-th nearest GENERATED neighbour (loopfree.metrics.prdc), so a few samples far from
+the rest get wide balls; coverage uses the reference's own radii (Naeem et al., "Reliable Fidelity and Diversity
+Metrics for Generative Models", ICML 2020). The rows say whether the teacher's higher recall comes from wider balls
+(benchmarks/results/recall_spread.md: it does not):
+    .venv/bin/python -m benchmarks.fashion.recall_spread full-ttur5-guid1-1-x0err@2000-s1 --noise 0 0.1 0.3 --teacher
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import json
 import numpy as np
 import torch
 
-from benchmarks.fashion.study import CLASSIFIER, TEACHER, WORK, TeacherSampler, validation_reference
+from benchmarks.fashion.study import CLASSIFIER, TEACHER, WORK, TeacherSampler, validation_reference, validation_set
 
 IMAGES = 1000
 SEED0 = 20_000  # seeds 20000..20999: none of the study's validation (10000..) or test (0..999) seeds
@@ -37,16 +37,12 @@ class Noised:
 
 
 def row(system: str, sampler, inception, classifier, classes, ref: torch.Tensor) -> dict:
-    from examples.fashion.data import all_captions
-    from loopfree.evaluation import EvalSet, generate_features, metrics
+    from loopfree.evaluation import generate_features, metrics
     from loopfree.metrics import knn_radii
 
-    captions = all_captions()
-    eval_set = EvalSet.cycle([captions[(i % 10) * 8 + (i // 10) % 8] for i in range(80)], IMAGES, seed=SEED0)
-    gen = generate_features(sampler, eval_set, range(IMAGES), inception, classifier, classes)
+    gen = generate_features(sampler, validation_set(IMAGES, SEED0), range(IMAGES), inception, classifier, classes)
     radius = float(knn_radii(gen["inception"], 5).mean())
-    result = {"system": system, **metrics(gen, ref), "mean_generated_knn_radius": radius,
-              "mean_reference_knn_radius": float(knn_radii(ref, 5).mean())}
+    result = {"system": system, **metrics(gen, ref), "mean_generated_knn_radius": radius}
     print(json.dumps(result), flush=True)
     return result
 
@@ -54,17 +50,19 @@ def row(system: str, sampler, inception, classifier, classes, ref: torch.Tensor)
 def main() -> None:
     from loopfree.classifier import load_classifier
     from loopfree.features import InceptionFeatures
+    from loopfree.metrics import knn_radii
     from loopfree.pipeline import TiUEPipeline
     from loopfree.presets import load_components
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a finished study run with an export under runs/fashion-study/")
-    parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.4])
+    parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.1, 0.3])
     parser.add_argument("--teacher", action="store_true", help="also the teacher's 50-step sampler at guidance 4.5")
     args = parser.parse_args()
     inception = InceptionFeatures(batch_size=50)
     classifier, classes = load_classifier(CLASSIFIER)
     ref = validation_reference(inception)
+    print(json.dumps({"mean_reference_knn_radius": float(knn_radii(ref, 5).mean())}), flush=True)
     student = TiUEPipeline.from_pretrained(WORK / args.run / "export")
     student.set_progress_bar_config(disable=True)
     for sigma in args.noise:

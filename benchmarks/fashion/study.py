@@ -152,6 +152,16 @@ def test_set(n: int):
     return EvalSet(prompts, tuple(range(n)))
 
 
+def validation_set(images: int, seed: int = 10_000):
+    """The validation protocol: the 80 captions in class-major order (caption i names class i % 10 with template
+    (i // 10) % 8), cycled to `images` prompts with seeds from `seed` on."""
+    from examples.fashion.data import all_captions
+    from loopfree.evaluation import EvalSet
+
+    captions = all_captions()
+    return EvalSet.cycle([captions[(i % 10) * 8 + (i // 10) % 8] for i in range(80)], images, seed=seed)
+
+
 def batches(tokenize, prompts: list[str], batch_size: int, seed: int):
     """Endless batches over the captions, reshuffled every epoch with (seed, epoch)."""
     epoch = 0
@@ -241,7 +251,7 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
     from loopfree.classifier import load_classifier
     from loopfree.config import DistillConfig
     from loopfree.distiller import Distiller
-    from loopfree.evaluation import EvalSet, generate_features, metrics
+    from loopfree.evaluation import generate_features, metrics
     from loopfree.features import InceptionFeatures
     from loopfree.pipeline import TiUEPipeline
     from loopfree.presets import load_components
@@ -273,7 +283,7 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
     ref = validation_reference(inception)
     classifier, classes = load_classifier(CLASSIFIER)
     captions = all_captions()
-    eval_set = EvalSet.cycle([captions[(i % 10) * 8 + (i // 10) % 8] for i in range(80)], images, seed=10_000)
+    eval_set = validation_set(images)
     data = batches(distiller.tokenize, captions, batch_size, seed)
 
     def evaluate(step: int, train_s: float) -> None:
@@ -365,9 +375,8 @@ class TeacherSampler:
 def teacher_row(steps: int, guidance: float, images: int, test_images: int) -> Path:
     """The teacher's own rows: its `steps`-step sampler at `guidance` on the validation protocol (the images the
     students are evaluated on during training) and on the test protocol, recorded like a run."""
-    from examples.fashion.data import all_captions
     from loopfree.classifier import load_classifier
-    from loopfree.evaluation import EvalSet, generate_features, metrics
+    from loopfree.evaluation import generate_features, metrics
     from loopfree.features import InceptionFeatures
     from loopfree.pipeline import TiUEPipeline
     from loopfree.presets import load_components
@@ -380,9 +389,7 @@ def teacher_row(steps: int, guidance: float, images: int, test_images: int) -> P
     pipe.set_progress_bar_config(disable=True)
     sampler, inception = TeacherSampler(pipe, steps, guidance), InceptionFeatures(batch_size=50)
     classifier, classes = load_classifier(CLASSIFIER)
-    captions = all_captions()
-    eval_set = EvalSet.cycle([captions[(i % 10) * 8 + (i // 10) % 8] for i in range(80)], images, seed=10_000)
-    gen = generate_features(sampler, eval_set, range(images), inception, classifier, classes)
+    gen = generate_features(sampler, validation_set(images), range(images), inception, classifier, classes)
     RECORDS.mkdir(parents=True, exist_ok=True)
     curve.write_text(json.dumps({"step": 0, **metrics(gen, validation_reference(inception))}) + "\n")
     gen = generate_features(sampler, test_set(test_images), range(test_images), inception, classifier, classes)
