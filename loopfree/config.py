@@ -39,7 +39,8 @@ class DistillConfig:
     timesteps: tuple[int, ...] | None = None
     # VSD (3.2) and KL (3.3)
     guidance_scale: float = 4.5  # CFG of the teacher branch
-    fake_guidance_scale: float | None = None  # CFG of the fake-score branch; None: same as guidance_scale (paper)
+    fake_guidance_scale: float | None = None  # CFG of the fake-score branch; None: same as guidance_scale (paper);
+    # 0: the fake score's unconditional prediction (Zero-CFG), < 0: negative guidance (Anti-CFG)
     vsd_weighting: str = "one_minus_alpha_bar"  # paper's w(t) = 1 - a_t, or "x0_error" (DMD/SiD normalisation)
     vsd_t_min: int = 20
     vsd_t_max: int = 980
@@ -121,8 +122,9 @@ class DistillConfig:
         for name in ("student_warmup_steps", "fake_score_warmup_steps"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
                 yield f"{name} must be an integer >= 0, got {getattr(self, name)!r}"
-        if self.fake_guidance_scale is not None and (not _is_number(self.fake_guidance_scale) or self.fake_guidance_scale < 0):
-            yield f"fake_guidance_scale must be a number >= 0 or null, got {self.fake_guidance_scale!r}"
+        # Any finite scale: 0 is SiD's Zero-CFG fake branch, below 0 its Anti-CFG (docs/method.md).
+        if self.fake_guidance_scale is not None and not _is_number(self.fake_guidance_scale):
+            yield f"fake_guidance_scale must be a finite number or null, got {self.fake_guidance_scale!r}"
         for lo, hi in (("vsd_t_min", "vsd_t_max"), ("fake_score_t_min", "fake_score_t_max")):
             a, b = getattr(self, lo), getattr(self, hi)
             if not (_is_int(a) and _is_int(b) and 0 <= a <= b <= 999):

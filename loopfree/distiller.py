@@ -178,12 +178,15 @@ class Distiller(nn.Module):
     # -- turns ---------------------------------------------------------------------------------
     @torch.no_grad()
     def _guided_eps(self, unet: nn.Module, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor, scale: float) -> torch.Tensor:
-        """CFG noise prediction e_u + s (e_c - e_u), one call on [uncond; cond]; s = 1 needs the cond half only."""
+        """CFG noise prediction e_u + s (e_c - e_u), one call on [uncond; cond]; s = 1 needs the cond half only,
+        s = 0 (Zero-CFG's fake branch) the uncond half only."""
         B = x_t.shape[0]
         text = text.to(unet.dtype)  # under a bf16/fp16 engine the UNet is half precision, the text encoder may not be
         if scale == 1:
             return unet(x_t, t, encoder_hidden_states=text).sample
         uncond = self.uncond_text.expand(B, -1, -1).to(text.dtype)
+        if scale == 0:
+            return unet(x_t, t, encoder_hidden_states=uncond).sample
         e_u, e_c = unet(x_t.repeat(2, 1, 1, 1), t.repeat(2), encoder_hidden_states=torch.cat([uncond, text])).sample.chunk(2)
         return cfg(e_u, e_c, scale)
 

@@ -61,6 +61,11 @@ RECIPES: dict[str, dict] = {
     # MSGAN's mode-seeking term (image free): a second sample per prompt, the student paid for the distance between
     # the two. At weight 1 its gradient on the student is about 5x VSD's at the start (measured), so 0.05 and 0.2.
     **{f"full-ttur5-guid2-1-x0err-ms{w}": {**BEST, "mode_seeking_weight": float(w)} for w in ("0.05", "0.2")},
+    # SiD's few-step guidance strategies (Zhou, Gu and Wang 2025): the teacher unguided (its most diverse score) and
+    # the prompt's pull taken from the fake score instead: its unconditional prediction (Zero-CFG, fake guidance 0)
+    # or negative guidance on it (Anti-CFG, -1); image free (docs/method.md, "Keeping the teacher's diversity").
+    "full-ttur5-zerocfg-x0err": {**BEST, "guidance_scale": 1.0, "fake_guidance_scale": 0.0},
+    "full-ttur5-anticfg1-x0err": {**BEST, "guidance_scale": 1.0, "fake_guidance_scale": -1.0},
     # f-distill's mode-covering weights, from the same discriminator head and no generator term
     "full-ttur5-guid2-1-x0err-js": {**BEST, "divergence": "js"},
     "full-ttur5-guid2-1-x0err-fkl": {**BEST, "divergence": "forward_kl"},

@@ -178,7 +178,8 @@ def test_nonfinite_gradients_skip_the_step():
         ({"fake_score_updates": 0}, "fake_score_updates"),
         ({"vsd_weighting": "snr"}, "vsd_weighting"),
         ({"student_warmup_steps": -1}, "student_warmup_steps"),
-        ({"fake_guidance_scale": -1.0}, "fake_guidance_scale"),
+        ({"fake_guidance_scale": float("nan")}, "fake_guidance_scale"),
+        ({"fake_guidance_scale": "1.5"}, "fake_guidance_scale"),
     ],
 )
 def test_config_errors_name_the_field(overrides, match):

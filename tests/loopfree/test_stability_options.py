@@ -83,6 +83,31 @@ def test_guidance_scale_one_is_the_conditional_prediction_alone(tiny_components)
         torch.testing.assert_close(d._guided_eps(d.unet, x, t, text, 1.0), cond, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("scale", [0.0, -1.0, 2.5])
+def test_fake_guidance_zero_is_the_unconditional_prediction_and_negative_scales_extrapolate_away(tiny_components, scale):
+    """Zero-CFG's fake branch (scale 0) is the empty prompt's prediction alone; Anti-CFG (scale < 0) is the same
+    line e_u + s (e_c - e_u) past e_u, away from the prompt: both against two plain UNet calls."""
+    d = make(tiny_components)
+    x, t, text = torch.randn(2, 4, 8, 8), torch.tensor([10, 700]), torch.randn(2, 77, 32)
+    with torch.no_grad():
+        e_u = d.unet(x, t, encoder_hidden_states=d.uncond_text.expand(2, -1, -1)).sample
+        e_c = d.unet(x, t, encoder_hidden_states=text).sample
+        guided = d._guided_eps(d.unet, x, t, text, scale)
+    torch.testing.assert_close(guided, e_u + scale * (e_c - e_u), rtol=1e-5, atol=1e-5)
+    if scale == 0:
+        torch.testing.assert_close(guided, e_u, rtol=0, atol=0)
+    assert DistillConfig(fake_guidance_scale=scale).fake_cfg == scale
+
+
+def test_zero_cfg_vsd_direction_is_teacher_conditional_minus_fake_unconditional(tiny_components):
+    """guidance_scale 1 with fake_guidance_scale 0: at initialisation (fake score == teacher) the VSD gradient is
+    the teacher's prompt direction e_c - e_u alone, so it vanishes when every prompt is the empty one."""
+    d = make(tiny_components, fake_score="full", guidance_scale=1.0, fake_guidance_scale=0.0)
+    prompted = float(d.student_turn(batch(d), IterationRNG(0, 0, 0, 2)).logs["vsd_g_norm"])
+    empty = float(d.student_turn({"input_ids": d.tokenize(["", ""])}, IterationRNG(0, 0, 0, 2)).logs["vsd_g_norm"])
+    assert prompted > 0.0 and empty == 0.0
+
+
 @pytest.mark.integration  # slow: 5 training iterations
 def test_warmup_and_betas_reach_the_optimizers(tiny_components):
     d = make(tiny_components, student_lr=1e-4, fake_score_lr=1e-3, student_warmup_steps=4, fake_score_warmup_steps=2,
