@@ -1,0 +1,39 @@
+"""The per-class split of recall and coverage (benchmarks/fashion/class_recall.py) on hand-computed 1-D cases."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from benchmarks.fashion.class_recall import per_class_recall, save_grid, within_class_spread
+from loopfree.metrics import prdc
+
+
+def test_per_class_recall_and_coverage_match_a_hand_computed_case_and_average_to_prdc():
+    real = torch.tensor([[0.0], [1.0], [10.0], [11.0]])  # k = 1: every real radius is 1
+    labels = torch.tensor([0, 0, 1, 1])
+    fake = torch.tensor([[0.1], [0.3], [50.0], [51.0]])  # radii 0.2, 0.2, 1, 1
+    out = per_class_recall(real, labels, fake, k=1)
+    # real 0 lies 0.1 from fake 0 (< its radius 0.2); real 1 lies 0.7 from fake 1 (> 0.2): class 0 recall 1/2.
+    # Both class-0 reals hold a fake within their radius 1; class 1 is 39 away from every fake.
+    assert out == {"recall": [0.5, 0.0], "coverage": [1.0, 0.0]}
+    whole = prdc(real, fake, k=1)  # equal class sizes: the class mean is the whole set's value
+    assert np.mean(out["recall"]) == pytest.approx(whole["recall"])
+    assert np.mean(out["coverage"]) == pytest.approx(whole["coverage"])
+
+
+def test_within_class_spread_is_the_mean_pairwise_distance_per_class():
+    features = torch.tensor([[0.0], [0.0], [6.0], [5.0], [8.0]])
+    labels = torch.tensor([0, 0, 0, 1, 1])
+    assert within_class_spread(features, labels) == pytest.approx([4.0, 3.0])  # (0 + 6 + 6) / 3 and 3
+
+
+def test_grid_puts_each_class_real_row_above_its_systems_rows(tmp_path):
+    real = torch.stack([torch.full((1, 2, 2), 10 * i, dtype=torch.uint8) for i in range(4)])  # (4, 1, 2, 2)
+    real_labels = torch.tensor([0, 1, 0, 1])
+    system = {"pixels": torch.full((4, 1, 2, 2), 200, dtype=torch.uint8), "label": torch.tensor([1, 1, 0, 0])}
+    save_grid(real, real_labels, {"s": system}, tmp_path / "g.png", per_class=2)
+    grid = np.asarray(Image.open(tmp_path / "g.png"))
+    assert grid.shape == (8, 4)  # 2 classes x (real, s) rows of 2 images, 2 x 2 pixels each
+    assert grid[0:2, 0:2].max() == 0 and grid[0:2, 2:4].min() == 20  # class 0's reals: images 0 and 2
+    assert grid[4:6, 0:2].min() == 10 and (grid[2:4] == 200).all() and (grid[6:8] == 200).all()
