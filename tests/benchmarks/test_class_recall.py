@@ -37,3 +37,15 @@ def test_grid_puts_each_class_real_row_above_its_systems_rows(tmp_path):
     assert grid.shape == (8, 4)  # 2 classes x (real, s) rows of 2 images, 2 x 2 pixels each
     assert grid[0:2, 0:2].max() == 0 and grid[0:2, 2:4].min() == 20  # class 0's reals: images 0 and 2
     assert grid[4:6, 0:2].min() == 10 and (grid[2:4] == 200).all() and (grid[6:8] == 200).all()
+
+
+def test_markdown_has_a_row_per_system_and_the_class_mean(tmp_path):
+    from benchmarks.fashion.class_recall import write_markdown
+
+    result = {"classes": ["a", "b"], "grid_rows": ["real", "s"],
+              "rows": {"real": {"spread": [1.0, 3.0]}, "s": {"recall": [0.5, 0.0], "coverage": [1.0, 0.0],
+                                                              "spread": [2.0, 2.0]}}}
+    write_markdown(result, tmp_path / "r.md")
+    text = (tmp_path / "r.md").read_text()
+    assert "| s | 0.500 | 0.000 | 0.250 |" in text and "| real | 1.000 | 3.000 | 2.000 |" in text
+    assert text.count("| real |") == 1  # the reference has a spread, no recall of itself
