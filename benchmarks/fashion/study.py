@@ -32,6 +32,8 @@ BASE = dict(num_steps=4, spacing="leading", lambda_kl=0.1, student_lr=1e-4, fake
 # base of the diversity and stability variants below.
 BEST = {"fake_score": "full", "fake_score_lr": 1e-4, "fake_score_updates": 5, "guidance_scale": 2.0,
         "fake_guidance_scale": 1.0, "vsd_weighting": "x0_error"}
+# Recipes whose global batch is not the CLI's --batch-size (a study setting, not a DistillConfig key).
+BATCH_SIZES: dict[str, int] = {"full-ttur5-guid2-1-x0err-b32": 32}
 RECIPES: dict[str, dict] = {
     "init": {},  # run with --steps 0: the initial student (the teacher's UNet in the TiUE pipeline)
     "paper": {},
@@ -66,6 +68,9 @@ RECIPES: dict[str, dict] = {
     # or negative guidance on it (Anti-CFG, -1); image free (docs/method.md, "Keeping the teacher's diversity").
     "full-ttur5-zerocfg-x0err": {**BEST, "guidance_scale": 1.0, "fake_guidance_scale": 0.0},
     "full-ttur5-anticfg1-x0err": {**BEST, "guidance_scale": 1.0, "fake_guidance_scale": -1.0},
+    # A larger global batch (32 instead of the CLI's 8, set in BATCH_SIZES): the fake score sees four times as many of
+    # the student's samples per update, so its model of the student's distribution is less noisy.
+    "full-ttur5-guid2-1-x0err-b32": BEST,
     # f-distill's mode-covering weights, from the same discriminator head and no generator term
     "full-ttur5-guid2-1-x0err-js": {**BEST, "divergence": "js"},
     "full-ttur5-guid2-1-x0err-fkl": {**BEST, "divergence": "forward_kl"},
@@ -263,6 +268,7 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
     from loopfree.rng import IterationRNG
     from loopfree.training import local_engines, train_iteration
 
+    batch_size = BATCH_SIZES.get(recipe, batch_size)
     label = recipe if init_from is None else transfer_label(recipe, init_from, num_steps)
     name = run_name(label, seed, steps)
     out = WORK / name
@@ -322,7 +328,7 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
     pipe = TiUEPipeline.from_distiller(distiller, components)
     pipe.save_pretrained(out / "export", safe_serialization=True)  # the EMA student: scored on test later, or not
     (out / "run.json").write_text(json.dumps({"recipe": label, "seed": seed, "steps": steps, "init_from": init_from,
-                                              "num_steps": config.num_steps, "mode": config.mode,
+                                              "batch_size": batch_size, "num_steps": config.num_steps, "mode": config.mode,
                                               "uses_training_images": uses_training_images(config, init_from)}))
     if test_images:
         score_test(name, test_images)
