@@ -68,6 +68,10 @@ RECIPES: dict[str, dict] = {
     # or negative guidance on it (Anti-CFG, -1); image free (docs/method.md, "Keeping the teacher's diversity").
     "full-ttur5-zerocfg-x0err": {**BEST, "guidance_scale": 1.0, "fake_guidance_scale": 0.0},
     "full-ttur5-anticfg1-x0err": {**BEST, "guidance_scale": 1.0, "fake_guidance_scale": -1.0},
+    # Which noise levels the student's collapse comes from: the VSD gradient from t >= 500 only (global layout: which
+    # garment, its size) or from t < 500 only (details, sharpened towards the nearest typical image); 20-980 otherwise.
+    "full-ttur5-guid2-1-x0err-tmin500": {**BEST, "vsd_t_min": 500},
+    "full-ttur5-guid2-1-x0err-tmax499": {**BEST, "vsd_t_max": 499},
     # A larger global batch (32 instead of the CLI's 8, set in BATCH_SIZES): the fake score sees four times as many of
     # the student's samples per update, so its model of the student's distribution is less noisy.
     "full-ttur5-guid2-1-x0err-b32": BEST,
