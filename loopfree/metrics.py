@@ -87,21 +87,18 @@ def knn_radii(features: torch.Tensor, k: int) -> torch.Tensor:
     return torch.cat([_distances(x[i:i + CHUNK], x).kthvalue(k + 1, dim=1).values for i in range(0, len(x), CHUNK)])
 
 
-def prdc(real: torch.Tensor, fake: torch.Tensor, k: int = 5) -> dict[str, float]:
-    """Precision, recall, F1, density and coverage of fake features (M, D) against real ones (N, D).
-
-    With r_i the k-NN radius of real i among the reals and s_j that of fake j among the fakes:
-      precision = mean_j [exists i: |f_j - x_i| < r_i]      recall   = mean_i [exists j: |x_i - f_j| < s_j]
-      density   = 1/(k M) sum_j sum_i [|f_j - x_i| < r_i]   coverage = mean_i [min_j |x_i - f_j| < r_i]
-      F1 = 2 P R / (P + R)  (0 when P + R = 0).
-    """
+def prdc_rows(real: torch.Tensor, fake: torch.Tensor, k: int = 5) -> dict[str, torch.Tensor]:
+    """Per-row counts behind PRDC (see `prdc`), real (N, D) against fake (M, D):
+      "fake_inside" (M,) bool, some real ball holds fake j;  "density_count" (M,) float64, how many real balls do;
+      "real_found" (N,) bool, some fake ball holds real i;   "covered" (N,) bool, real i's ball holds some fake.
+    Per-row, so a caller can split recall and coverage by a label of the real rows."""
     if real.dim() != 2 or fake.dim() != 2 or real.shape[1] != fake.shape[1]:
         raise ValueError(f"features must be (N, D) with equal D, got {tuple(real.shape)} and {tuple(fake.shape)}")
     real_r, fake_r = knn_radii(real, k), knn_radii(fake, k)
     x, f = real.double(), fake.double()
-    fake_inside = torch.zeros(len(f), dtype=torch.bool)  # some real ball contains fake j
+    fake_inside = torch.zeros(len(f), dtype=torch.bool)
     density_count = torch.zeros(len(f), dtype=torch.float64)
-    real_found = torch.zeros(len(x), dtype=torch.bool)  # some fake ball contains real i
+    real_found = torch.zeros(len(x), dtype=torch.bool)
     covered = torch.zeros(len(x), dtype=torch.bool)
     for i in range(0, len(x), CHUNK):
         d = _distances(x[i:i + CHUNK], f)  # (chunk, M)
@@ -110,10 +107,23 @@ def prdc(real: torch.Tensor, fake: torch.Tensor, k: int = 5) -> dict[str, float]
         density_count += in_real_ball.sum(0)
         real_found[i:i + CHUNK] = (d < fake_r[None, :]).any(1)
         covered[i:i + CHUNK] = d.min(1).values < real_r[i:i + CHUNK]
-    precision, recall = fake_inside.double().mean().item(), real_found.double().mean().item()
+    return {"fake_inside": fake_inside, "density_count": density_count, "real_found": real_found, "covered": covered}
+
+
+def prdc(real: torch.Tensor, fake: torch.Tensor, k: int = 5) -> dict[str, float]:
+    """Precision, recall, F1, density and coverage of fake features (M, D) against real ones (N, D).
+
+    With r_i the k-NN radius of real i among the reals and s_j that of fake j among the fakes:
+      precision = mean_j [exists i: |f_j - x_i| < r_i]      recall   = mean_i [exists j: |x_i - f_j| < s_j]
+      density   = 1/(k M) sum_j sum_i [|f_j - x_i| < r_i]   coverage = mean_i [min_j |x_i - f_j| < r_i]
+      F1 = 2 P R / (P + R)  (0 when P + R = 0).
+    """
+    rows = prdc_rows(real, fake, k)
+    precision, recall = rows["fake_inside"].double().mean().item(), rows["real_found"].double().mean().item()
     f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
     return {"precision": precision, "recall": recall, "f1": f1,
-            "density": density_count.sum().item() / (k * len(f)), "coverage": covered.double().mean().item()}
+            "density": rows["density_count"].sum().item() / (k * len(fake)),
+            "coverage": rows["covered"].double().mean().item()}
 
 
 def clip_score(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> float:

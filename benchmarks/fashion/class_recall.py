@@ -25,16 +25,13 @@ LABELS = Path("data/fashion-mnist/train-val-labels-idx1-ubyte.gz")
 
 
 def per_class_recall(real: torch.Tensor, real_labels: torch.Tensor, fake: torch.Tensor, k: int = 5) -> dict:
-    """{"recall": [..], "coverage": [..]} per class 0..max(label), with prdc's balls (real (N, D), fake (M, D))."""
-    from loopfree.metrics import knn_radii
+    """{"recall": [..], "coverage": [..]} per class 0..max(label): prdc's per-row results, averaged per class."""
+    from loopfree.metrics import prdc_rows
 
-    real_r, fake_r = knn_radii(real, k), knn_radii(fake, k)
-    d = torch.cdist(real.double(), fake.double())  # (N, M)
-    found = (d < fake_r[None, :]).any(1)  # real i inside some generated ball
-    covered = d.min(1).values < real_r  # some generated image inside real i's ball
+    rows = prdc_rows(real, fake, k)
     classes = range(int(real_labels.max()) + 1)
-    return {"recall": [float(found[real_labels == c].double().mean()) for c in classes],
-            "coverage": [float(covered[real_labels == c].double().mean()) for c in classes]}
+    return {"recall": [float(rows["real_found"][real_labels == c].double().mean()) for c in classes],
+            "coverage": [float(rows["covered"][real_labels == c].double().mean()) for c in classes]}
 
 
 def within_class_spread(features: torch.Tensor, labels: torch.Tensor) -> list[float]:
@@ -47,21 +44,28 @@ def within_class_spread(features: torch.Tensor, labels: torch.Tensor) -> list[fl
     return spread
 
 
+class KeepPixels:
+    """A sampler that keeps the first channel of every image it returns, as uint8 (N, 1, H, W), in call order."""
+
+    def __init__(self, sampler):
+        self.sampler, self.pixels = sampler, []
+
+    def __call__(self, prompts, seeds, batch_size, output_type):
+        from loopfree.features import to_uint8
+
+        out = self.sampler(prompts, seeds=seeds, batch_size=batch_size, output_type=output_type)
+        self.pixels.append(to_uint8(out.images)[:, :1])
+        return out
+
+
 def generate(sampler, inception, classifier, classes) -> dict:
     """The recall-spread protocol's 1000 images: Inception features, prompt classes and pixels (uint8, 1 channel)."""
     from loopfree.classifier import prompt_labels
-    from loopfree.features import to_uint8
+    from loopfree.evaluation import generate_features
 
-    eval_set = validation_set(IMAGES, SEED0)
-    feats, pixels = [], []
-    for start in range(0, IMAGES, 50):
-        part = range(start, start + 50)
-        images = sampler([eval_set.prompts[i] for i in part], seeds=[eval_set.seeds[i] for i in part], batch_size=50,
-                         output_type="np").images
-        images = to_uint8(images)  # (50, 3, H, W)
-        feats.append(inception(images))
-        pixels.append(images[:, :1])
-    return {"inception": torch.cat(feats), "pixels": torch.cat(pixels),
+    eval_set, keep = validation_set(IMAGES, SEED0), KeepPixels(sampler)
+    gen = generate_features(keep, eval_set, range(IMAGES), inception, classifier, classes)
+    return {"inception": gen["inception"], "pixels": torch.cat(keep.pixels),
             "label": prompt_labels(eval_set.prompts, classes)}
 
 

@@ -49,3 +49,20 @@ def test_markdown_has_a_row_per_system_and_the_class_mean(tmp_path):
     text = (tmp_path / "r.md").read_text()
     assert "| s | 0.500 | 0.000 | 0.250 |" in text and "| real | 1.000 | 3.000 | 2.000 |" in text
     assert text.count("| real |") == 1  # the reference has a spread, no recall of itself
+
+
+def test_keep_pixels_returns_the_samplers_output_and_keeps_its_first_channel_as_uint8_in_call_order():
+    from types import SimpleNamespace
+
+    from benchmarks.fashion.class_recall import KeepPixels
+
+    def sampler(prompts, seeds, batch_size, output_type):  # image n is flat at seed / 10, (n, H, W, 3) in [0, 1]
+        return SimpleNamespace(images=np.stack([np.full((2, 2, 3), s / 10, dtype=np.float32) for s in seeds]))
+
+    keep = KeepPixels(sampler)
+    first = keep(["a"], seeds=[10], batch_size=1, output_type="np")
+    keep(["b", "c"], seeds=[0, 5], batch_size=2, output_type="np")
+    assert first.images.shape == (1, 2, 2, 3)
+    pixels = torch.cat(keep.pixels)
+    assert pixels.dtype == torch.uint8 and pixels.shape == (3, 1, 2, 2)
+    assert pixels[:, 0, 0, 0].tolist() == [255, 0, 128]  # round(0.5 * 255) = 128

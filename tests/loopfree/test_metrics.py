@@ -98,3 +98,15 @@ def test_off_manifold_generated_outliers_raise_recall_but_not_coverage():
     assert spread["recall"] > collapsed["recall"] + 0.2  # the outliers' wide balls count as diversity
     assert spread["coverage"] <= collapsed["coverage"]  # but no more real points have a generated neighbour
     assert spread["precision"] < collapsed["precision"]
+
+
+def test_prdc_rows_are_the_per_row_flags_prdc_averages():
+    from loopfree.metrics import prdc_rows
+
+    torch.manual_seed(0)
+    real, fake = torch.randn(40, 3), torch.randn(30, 3) + 0.5
+    rows, whole = prdc_rows(real, fake, k=3), prdc(real, fake, k=3)
+    assert rows["real_found"].shape == (40,) and rows["fake_inside"].shape == (30,)
+    assert rows["real_found"].double().mean().item() == whole["recall"]
+    assert rows["covered"].double().mean().item() == whole["coverage"]
+    assert rows["fake_inside"].double().mean().item() == whole["precision"]
