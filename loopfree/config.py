@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from loopfree.losses import DIVERGENCES, KL_REDUCTIONS, VSD_WEIGHTINGS
+from loopfree.losses import DIVERGENCES, KL_REDUCTIONS, STUDENT_LOSSES, VSD_WEIGHTINGS
 from loopfree.schedule import MODES, SPACINGS, check_timesteps
 
 FAKE_SCORES = ("lora", "full")
@@ -73,6 +73,10 @@ class DistillConfig:
     # MSGAN's mode-seeking term (docs/method.md, "Keeping the teacher's diversity"): a second student sample per
     # prompt from another noise; the student is paid for the distance between the two. 0 = off (no second sample).
     mode_seeking_weight: float = 0.0
+    # SiD (docs/method.md, "Keeping the teacher's diversity"): "sid" replaces VSD's student loss by Score identity
+    # Distillation's, which differentiates through both score networks; sid_alpha is its alpha (SiD: 1.2).
+    student_loss: str = "vsd"
+    sid_alpha: float = 1.2
     # optimisation (3.4, 3.5): Adam, learning rates constant after an optional linear warm-up, grad-norm
     # clipping. The fake_score_* fields train the fake score, LoRA or full copy; lora_* shape the LoRA only.
     student_lr: float = 1e-6
@@ -147,6 +151,12 @@ class DistillConfig:
         elif _is_number(self.gan_weight) and self.uses_real_images and self.gan_disc_weight == 0:
             yield ("gan_disc_weight must be > 0 when gan_weight > 0 or divergence is not reverse_kl: "
                    "the discriminator would never learn")
+        if self.student_loss not in STUDENT_LOSSES:
+            yield f"student_loss must be one of {STUDENT_LOSSES}, got {self.student_loss!r}"
+        elif self.student_loss == "sid" and self.divergence != "reverse_kl":
+            yield "student_loss sid cannot take a divergence other than reverse_kl: f-distill's weights scale VSD's gradient"
+        if not _is_number(self.sid_alpha):
+            yield f"sid_alpha must be a finite number, got {self.sid_alpha!r}"
         if not _is_int(self.gan_head_channels) or self.gan_head_channels < 1:
             yield f"gan_head_channels must be an integer >= 1, got {self.gan_head_channels!r}"
         if self.kl_reduction not in KL_REDUCTIONS:

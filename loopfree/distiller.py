@@ -31,7 +31,9 @@ from loopfree.losses import (
     kl_loss,
     mode_seeking_loss,
     regression_loss,
+    sid_loss,
     vsd_loss,
+    x0_from_eps,
 )
 from loopfree.pairs import TeacherPairs
 from loopfree.presets import Components
@@ -176,10 +178,10 @@ class Distiller(nn.Module):
         return self.encode_text(batch["input_ids"])
 
     # -- turns ---------------------------------------------------------------------------------
-    @torch.no_grad()
     def _guided_eps(self, unet: nn.Module, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor, scale: float) -> torch.Tensor:
         """CFG noise prediction e_u + s (e_c - e_u), one call on [uncond; cond]; s = 1 needs the cond half only,
-        s = 0 (Zero-CFG's fake branch) the uncond half only."""
+        s = 0 (Zero-CFG's fake branch) the uncond half only. Differentiable in x_t: VSD calls it under no_grad,
+        SiD with gradient."""
         B = x_t.shape[0]
         text = text.to(unet.dtype)  # under a bf16/fp16 engine the UNet is half precision, the text encoder may not be
         if scale == 1:
@@ -200,21 +202,11 @@ class Distiller(nn.Module):
         x0, eps_all = self.student(z.to(dtype), text.to(dtype))  # (B, C, H, W) fp32, (K, B, C, H, W)
 
         t = rng.randint(cfg_.vsd_t_min, cfg_.vsd_t_max, device)  # (B,)
-        alpha_bar_t = self.alphas_cumprod[t]  # (B,) fp32
-        x_t = add_noise(x0.detach(), rng.randn(x0.shape[1:], device), alpha_bar_t)  # (B, C, H, W) fp32
-        with self.teacher_mode() as teacher:
-            eps_teacher = self._guided_eps(teacher, x_t.to(self.unet.dtype), t, text, cfg_.guidance_scale)
-        eps_fake = self._guided_eps(self.fake_score, x_t.to(self.fake_score.dtype), t, text, cfg_.fake_cfg)
-
-        weight = None  # f-distill: h(r) of each sample, r estimated by the discriminator at the same (x_t, t)
-        if cfg_.divergence != "reverse_kl":
-            with torch.no_grad():
-                weight = f_divergence_weights(self._judge(x_t, t), cfg_.divergence)  # (B,)
-        loss_vsd, logs = vsd_loss(x0, x_t, eps_teacher, eps_fake, alpha_bar_t, cfg_.vsd_weighting, weight)
-        if weight is not None:
-            logs["fdiv_weight_max"] = weight.max()
+        noise = rng.randn(x0.shape[1:], device)  # (B, C, H, W)
+        match_loss = self._sid if cfg_.student_loss == "sid" else self._vsd
+        loss_match, logs = match_loss(x0, noise, t, text)
         loss_kl, kl_logs = kl_loss(eps_all, cfg_.lambda_kl, cfg_.kl_reduction)
-        loss, logs = loss_vsd + loss_kl, {**logs, **kl_logs}
+        loss, logs = loss_match + loss_kl, {**logs, **kl_logs}
         if cfg_.regression_weight > 0:
             loss_reg, reg_logs = self._regression(rng, dtype)
             loss, logs = loss + loss_reg, {**logs, **reg_logs}
@@ -228,6 +220,44 @@ class Distiller(nn.Module):
                 loss_gan, gan_logs = gan_generator_loss(self._discriminate(x0, rng), cfg_.gan_weight)
             loss, logs = loss + loss_gan, {**logs, **gan_logs}
         return StudentTurn(loss, logs, x0)
+
+    def _vsd(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, text: torch.Tensor):
+        """VSD (step 2): teacher minus fake score at x_t = noised stopgrad(x0); no gradient through either network."""
+        cfg_ = self.config
+        alpha_bar_t = self.alphas_cumprod[t]  # (B,) fp32
+        x_t = add_noise(x0.detach(), noise, alpha_bar_t)  # (B, C, H, W) fp32
+        with torch.no_grad():
+            with self.teacher_mode() as teacher:
+                eps_teacher = self._guided_eps(teacher, x_t.to(self.unet.dtype), t, text, cfg_.guidance_scale)
+            eps_fake = self._guided_eps(self.fake_score, x_t.to(self.fake_score.dtype), t, text, cfg_.fake_cfg)
+        weight = None  # f-distill: h(r) of each sample, r estimated by the discriminator at the same (x_t, t)
+        if cfg_.divergence != "reverse_kl":
+            with torch.no_grad():
+                weight = f_divergence_weights(self._judge(x_t, t), cfg_.divergence)  # (B,)
+        loss, logs = vsd_loss(x0, x_t, eps_teacher, eps_fake, alpha_bar_t, cfg_.vsd_weighting, weight)
+        if weight is not None:
+            logs["fdiv_weight_max"] = weight.max()
+        return loss, logs
+
+    def _sid(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, text: torch.Tensor):
+        """SiD's student loss (docs/method.md): x_t keeps its gradient to x0 and both networks are differentiated
+        through; the fake score's weights are frozen while the graph is built, so the student's backward leaves
+        no gradient on them (the teacher's are frozen anyway)."""
+        cfg_ = self.config
+        alpha_bar_t = self.alphas_cumprod[t]  # (B,) fp32
+        x_t = add_noise(x0, noise, alpha_bar_t)  # (B, C, H, W) fp32, with gradient to x0
+        with self.teacher_mode() as teacher:
+            eps_teacher = self._guided_eps(teacher, x_t.to(self.unet.dtype), t, text, cfg_.guidance_scale)
+        trainable = self.fake_score_parameters()  # after teacher_mode: re-enabling a LoRA makes it trainable again
+        try:
+            for p in trainable:
+                p.requires_grad_(False)
+            eps_fake = self._guided_eps(self.fake_score, x_t.to(self.fake_score.dtype), t, text, cfg_.fake_cfg)
+        finally:
+            for p in trainable:
+                p.requires_grad_(True)
+        x0_teacher, x0_fake = x0_from_eps(x_t, eps_teacher, alpha_bar_t), x0_from_eps(x_t, eps_fake, alpha_bar_t)
+        return sid_loss(x0, x0_teacher, x0_fake, alpha_bar_t, cfg_.vsd_weighting, cfg_.sid_alpha)
 
     def _regression(self, rng: IterationRNG, dtype: torch.dtype):
         """DMD's regression term: each sample of the batch draws one stored pair (with its own generator, so the

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 KL_REDUCTIONS = ("sum", "mean")
 VSD_WEIGHTINGS = ("one_minus_alpha_bar", "x0_error")
 DIVERGENCES = ("reverse_kl", "forward_kl", "js")
+STUDENT_LOSSES = ("vsd", "sid")
 
 
 def fp32(device: torch.device) -> contextlib.AbstractContextManager:
@@ -36,6 +37,31 @@ def add_noise(x0: torch.Tensor, eps: torch.Tensor, alpha_bar_t: torch.Tensor) ->
     with fp32(x0.device):
         a = _per_sample(alpha_bar_t)
         return a.sqrt() * x0.float() + (1 - a).sqrt() * eps.float()
+
+
+def x0_from_eps(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar_t: torch.Tensor) -> torch.Tensor:
+    """The clean estimate of a noise prediction, in fp32: x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)."""
+    with fp32(x_t.device):
+        a = _per_sample(alpha_bar_t)
+        return (x_t.float() - (1 - a).sqrt() * eps.float()) / a.sqrt()
+
+
+def x0_weight(x0: torch.Tensor, x0_teacher: torch.Tensor, alpha_bar_t: torch.Tensor, weighting: str) -> torch.Tensor:
+    """VSD's per-sample weight w in x0 space (B, 1, 1, 1), no gradient: g = w (x0_fake - x0_teacher).
+    "one_minus_alpha_bar": w = sqrt(a_t (1 - a_t)), which is (1 - a_t) (e_teacher - e_fake) written in x0;
+    "x0_error": w = 1 / mean_CHW |x0 - x0_teacher| (DMD's normalisation)."""
+    if weighting not in VSD_WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {VSD_WEIGHTINGS}, got {weighting!r}")
+    with fp32(x0.device):
+        if weighting == "one_minus_alpha_bar":
+            a = _per_sample(alpha_bar_t)
+            return (a * (1 - a)).sqrt()
+        return 1 / _x0_error(x0, x0_teacher)
+
+
+def _x0_error(x0: torch.Tensor, x0_teacher: torch.Tensor) -> torch.Tensor:
+    """mean_CHW |x0 - x0_teacher| per sample (B, 1, 1, 1), fp32, no gradient, at least 1e-6."""
+    return (x0.detach().float() - x0_teacher.detach().float()).abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
 
 
 def vsd_loss(x0: torch.Tensor, x_t: torch.Tensor, eps_teacher: torch.Tensor, eps_fake: torch.Tensor,
@@ -60,9 +86,7 @@ def vsd_loss(x0: torch.Tensor, x_t: torch.Tensor, eps_teacher: torch.Tensor, eps
         if weighting == "one_minus_alpha_bar":
             g = (1 - a) * diff
         else:
-            x0_teacher = (x_t.float() - (1 - a).sqrt() * eps_teacher.float()) / a.sqrt()
-            scale = (x0.detach().float() - x0_teacher).abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
-            g = ((1 - a) / a).sqrt() * diff / scale
+            g = ((1 - a) / a).sqrt() * diff / _x0_error(x0, x0_from_eps(x_t, eps_teacher, alpha_bar_t))
         if sample_weight is not None:
             g = _per_sample(sample_weight) * g
         nonfinite = (~torch.isfinite(g)).sum()
@@ -70,6 +94,27 @@ def vsd_loss(x0: torch.Tensor, x_t: torch.Tensor, eps_teacher: torch.Tensor, eps
         target = (x0.float() - g).detach()
         loss = 0.5 * F.mse_loss(x0.float(), target, reduction="mean")
     return loss, {"loss_vsd": loss.detach(), "vsd_g_norm": g.norm().detach(), "vsd_nonfinite": nonfinite}
+
+
+def sid_loss(x0: torch.Tensor, x0_teacher: torch.Tensor, x0_fake: torch.Tensor, alpha_bar_t: torch.Tensor,
+             weighting: str = "x0_error", alpha: float = 1.2):
+    """Score identity Distillation's student loss (Zhou et al., "Score identity Distillation", ICML 2024, with its
+    alpha = 1.2; docs/method.md, "Keeping the teacher's diversity").
+
+    x0_teacher and x0_fake are the teacher's and the fake score's clean estimates at x_t = sqrt(a_t) x0 +
+    sqrt(1 - a_t) n, computed WITH gradient through both networks back to x0 (the caller's job); all (B, C, H, W).
+      L_sid = mean over elements of w (x0_teacher - x0_fake) . ((x0_teacher - x0) - alpha (x0_teacher - x0_fake)),
+    w the per-sample VSD weight in x0 space (x0_weight, no gradient). Holding both estimates fixed, dL/dx0 =
+    w (x0_fake - x0_teacher) / N, VSD's gradient; what SiD adds is the gradient through the two score networks
+    (a Fisher-divergence estimate instead of VSD's reverse KL) and the alpha term. Non-finite elements count as 0.
+    """
+    with fp32(x0.device):
+        w = x0_weight(x0, x0_teacher, alpha_bar_t, weighting)  # (B, 1, 1, 1)
+        diff = x0_teacher.float() - x0_fake.float()  # (B, C, H, W)
+        term = w * diff * ((x0_teacher.float() - x0.float()) - alpha * diff)
+        finite = torch.isfinite(term)
+        loss = torch.where(finite, term, torch.zeros_like(term)).mean()
+    return loss, {"loss_sid": loss.detach(), "sid_diff_norm": diff.detach().norm(), "sid_nonfinite": (~finite).sum()}
 
 
 def f_divergence_weights(logits: torch.Tensor, divergence: str) -> torch.Tensor:

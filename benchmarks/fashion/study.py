@@ -68,6 +68,9 @@ RECIPES: dict[str, dict] = {
     # or negative guidance on it (Anti-CFG, -1); image free (docs/method.md, "Keeping the teacher's diversity").
     "full-ttur5-zerocfg-x0err": {**BEST, "guidance_scale": 1.0, "fake_guidance_scale": 0.0},
     "full-ttur5-anticfg1-x0err": {**BEST, "guidance_scale": 1.0, "fake_guidance_scale": -1.0},
+    # SiD's student loss (Zhou et al. 2024, alpha 1.2; image free): a Fisher-divergence estimate whose gradient goes
+    # through both score networks, where VSD's reverse KL, which seeks modes, holds them fixed (docs/method.md).
+    "full-ttur5-guid2-1-x0err-sid": {**BEST, "student_loss": "sid"},
     # Which noise levels the student's collapse comes from: the VSD gradient from t >= 500 only (global layout: which
     # garment, its size) or from t < 500 only (details, sharpened towards the nearest typical image); 20-980 otherwise.
     "full-ttur5-guid2-1-x0err-tmin500": {**BEST, "vsd_t_min": 500},

@@ -37,7 +37,7 @@ def distill(job, args: argparse.Namespace) -> Work:
 
     def summary(out, seconds: float) -> str:
         result, throughput = out
-        shown = ", ".join(f"{k} {result.metrics[k]:.3g}" for k in ("loss_vsd", "loss_fake_score", "eval/fid")
+        shown = ", ".join(f"{k} {result.metrics[k]:.3g}" for k in ("loss_vsd", "loss_sid", "loss_fake_score", "eval/fid")
                           if isinstance(result.metrics.get(k), (int, float)))
         speed = f", {throughput * job.scaling.global_batch_size:.2f} samples/s" if throughput else ""
         c = result.corpus

@@ -107,7 +107,8 @@ def step_bar(progress: Progress, totals: Callable[[], list[int]], batch: int | N
         rows = (running or [t for t in tables if t] or [[]])[0]  # the run in progress (a sweep's first unfinished)
         last = rows[-1] if rows else {}
         fid = next((r["eval/fid"] for r in reversed(rows) if "eval/fid" in r), None)
-        shown = {"loss_vsd": last.get("loss_vsd"), "loss_fake_score": last.get("loss_fake_score"), "eval/fid": fid}
+        shown = {k: last.get(k) for k in ("loss_vsd", "loss_sid", "loss_fake_score")}  # loss_sid: method.student_loss sid
+        shown["eval/fid"] = fid
         if batch is not None:
             shown["samples/s"] = progress.rate * batch if progress.rate else None
         else:

@@ -34,7 +34,7 @@ from loopfree_platform.distill.steplog import StepLog
 from loopfree_platform.models import local_model_dir
 
 LOGGED = ("loss_vsd", "loss_kl", "loss_fake_score", "loss_student", "grad_norm_student", "grad_norm_fake_score", "vsd_g_norm",
-          "loss_regression")  # the last only when method.regression_weight > 0
+          "loss_regression", "loss_sid")  # the last two only with method.regression_weight > 0, method.student_loss sid
 
 
 class NonFiniteLossError(RuntimeError):
