@@ -32,7 +32,7 @@ BASE = dict(num_steps=4, spacing="leading", lambda_kl=0.1, student_lr=1e-4, fake
 # base of the diversity and stability variants below.
 BEST = {"fake_score": "full", "fake_score_lr": 1e-4, "fake_score_updates": 5, "guidance_scale": 2.0,
         "fake_guidance_scale": 1.0, "vsd_weighting": "x0_error"}
-# Recipes whose global batch is not the CLI's --batch-size (a study setting, not a DistillConfig key).
+# Recipes whose global batch is not the default 8 (a study setting, not a DistillConfig key); --batch-size may not contradict it.
 BATCH_SIZES: dict[str, int] = {"full-ttur5-guid2-1-x0err-b32": 32}
 RECIPES: dict[str, dict] = {
     "init": {},  # run with --steps 0: the initial student (the teacher's UNet in the TiUE pipeline)
@@ -275,7 +275,6 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
     from loopfree.rng import IterationRNG
     from loopfree.training import local_engines, train_iteration
 
-    batch_size = BATCH_SIZES.get(recipe, batch_size)
     label = recipe if init_from is None else transfer_label(recipe, init_from, num_steps)
     name = run_name(label, seed, steps)
     out = WORK / name
@@ -425,7 +424,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--images", type=int, default=400, help="generated images per evaluation")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, help="global batch (default 8; a recipe in BATCH_SIZES sets its own)")
     parser.add_argument("--test-images", type=int, default=0, help="at the end: export, and this many images vs the test set")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--init-from", help="K transfer: start the student from this finished run's export")
@@ -455,7 +454,11 @@ def main() -> None:
         parser.error("--recipe is required (or --report, or --teacher-steps)")
     if (args.init_from is None) != (args.num_steps is None):
         parser.error("--init-from and --num-steps go together")
-    run(args.recipe, args.seed, args.steps, args.eval_every, args.images, args.batch_size, args.test_images,
+    fixed = BATCH_SIZES.get(args.recipe)
+    if fixed is not None and args.batch_size not in (None, fixed):
+        parser.error(f"--batch-size {args.batch_size}: recipe {args.recipe} trains at its own global batch {fixed} (BATCH_SIZES)")
+    batch_size = args.batch_size or fixed or 8
+    run(args.recipe, args.seed, args.steps, args.eval_every, args.images, batch_size, args.test_images,
         args.init_from, args.num_steps)
 
 
