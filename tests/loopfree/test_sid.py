@@ -2,8 +2,6 @@
 and against VSD's gradient when both score networks are held fixed, its refusals, and in the Distiller: the
 gradient goes through both networks, reaches the student only, and vanishes when fake score and teacher agree."""
 
-import copy
-
 import pytest
 import torch
 
@@ -12,17 +10,7 @@ from loopfree.distiller import Distiller
 from loopfree.losses import sid_loss, vsd_loss, x0_from_eps
 from loopfree.rng import IterationRNG
 from loopfree.training import distill_local
-
-PROMPTS = ["a photo of a cat", "a red sneaker"]
-SMALL = dict(lora_rank=4, lora_alpha=8.0, lambda_kl=0.0)
-
-
-def make(tiny_components, **overrides) -> Distiller:
-    return Distiller(copy.deepcopy(tiny_components), DistillConfig(**{**SMALL, **overrides}))
-
-
-def batch(d):
-    return {"input_ids": d.tokenize(PROMPTS)}
+from tests.loopfree.test_stability_options import batch, make  # the small Distiller on the tiny model, two prompts
 
 
 def student_grads(d: Distiller) -> list[torch.Tensor]:
