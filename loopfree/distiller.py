@@ -226,13 +226,12 @@ class Distiller(nn.Module):
         cfg_ = self.config
         alpha_bar_t = self.alphas_cumprod[t]  # (B,) fp32
         x_t = add_noise(x0.detach(), noise, alpha_bar_t)  # (B, C, H, W) fp32
+        weight = None  # f-distill: h(r) of each sample, r estimated by the discriminator at the same (x_t, t)
         with torch.no_grad():
             with self.teacher_mode() as teacher:
                 eps_teacher = self._guided_eps(teacher, x_t.to(self.unet.dtype), t, text, cfg_.guidance_scale)
             eps_fake = self._guided_eps(self.fake_score, x_t.to(self.fake_score.dtype), t, text, cfg_.fake_cfg)
-        weight = None  # f-distill: h(r) of each sample, r estimated by the discriminator at the same (x_t, t)
-        if cfg_.divergence != "reverse_kl":
-            with torch.no_grad():
+            if cfg_.divergence != "reverse_kl":
                 weight = f_divergence_weights(self._judge(x_t, t), cfg_.divergence)  # (B,)
         loss, logs = vsd_loss(x0, x_t, eps_teacher, eps_fake, alpha_bar_t, cfg_.vsd_weighting, weight)
         if weight is not None:
