@@ -80,6 +80,11 @@ RECIPES: dict[str, dict] = {
     # garment, its size) or from t < 500 only (details, sharpened towards the nearest typical image); 20-980 otherwise.
     "full-ttur5-guid2-1-x0err-tmin500": {**BEST, "vsd_t_min": 500},
     "full-ttur5-guid2-1-x0err-tmax499": {**BEST, "vsd_t_max": 499},
+    # Further down the same knob: the low-noise half raised test recall 0.085 -> 0.147 at 2000 updates (and cost
+    # alignment 0.826 -> 0.748); t <= 299 leaves the layout to the initialisation still more.
+    "full-ttur5-guid2-1-x0err-tmax299": {**BEST, "vsd_t_max": 299},
+    # Between the two: t <= 749 keeps part of the prompt's pull at high noise (alignment) and drops the top of it.
+    "full-ttur5-guid2-1-x0err-tmax749": {**BEST, "vsd_t_max": 749},
     # The low-noise half with milder guidance (1.5 raised recall with the full range: 0.085 -> 0.104 at 2000 updates).
     "full-ttur5-guid1.5-1-x0err-tmax499": {**BEST, "guidance_scale": 1.5, "vsd_t_max": 499},
     # A larger global batch (32 instead of the CLI's 8, set in BATCH_SIZES): the fake score sees four times as many of
