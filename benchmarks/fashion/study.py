@@ -98,6 +98,11 @@ RECIPES: dict[str, dict] = {
     **{f"full-ttur5-guid2-1-x0err-tmax499-reg{w}-t4g3": {**BEST, "vsd_t_max": 499, "regression_weight": float(w),
                                                         "regression_teacher_steps": 4, "regression_guidance_scale": 3.0,
                                                         "regression_pairs": 4096} for w in ("0.25", "1")},
+    # VSD's pull apart comes from the fake score: where it fits the student's samples tightly, -eps_fake points away
+    # from the student's modes. The low-noise half with the fake score trained only where the student's gradient is
+    # read (t <= 499, where it was trained over 0-999), or tracking the student faster (learning rate 3e-4, not 1e-4).
+    "full-ttur5-guid2-1-x0err-tmax499-fst499": {**BEST, "vsd_t_max": 499, "fake_score_t_max": 499},
+    "full-ttur5-guid2-1-x0err-tmax499-flr3e-4": {**BEST, "vsd_t_max": 499, "fake_score_lr": 3e-4},
     # A larger global batch (32 instead of the CLI's 8, set in BATCH_SIZES): the fake score sees four times as many of
     # the student's samples per update, so its model of the student's distribution is less noisy.
     "full-ttur5-guid2-1-x0err-b32": BEST,
