@@ -1,0 +1,37 @@
+"""The study's regression pairs (benchmarks/fashion/study.py, study_pairs): as many as the recipe's
+`regression_pairs`, equal to the teacher's own DDIM samples from the pairs' noises, and cached per count, steps
+and guidance so that a second run reads them instead of sampling again."""
+
+import torch
+
+from benchmarks.fashion import study
+from benchmarks.fashion.study import BASE, TEACHER, study_pairs
+from loopfree.config import DistillConfig
+from loopfree.pairs import pair_seeds
+from loopfree.pipeline import TiUEPipeline
+from loopfree.presets import load_components
+
+
+def test_the_study_makes_as_many_pairs_as_regression_pairs_equal_to_the_teachers_samples_and_reads_its_cache(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "WORK", tmp_path)
+    config = DistillConfig(**{**BASE, "regression_weight": 1.0, "regression_pairs": 3, "regression_teacher_steps": 2,
+                              "regression_guidance_scale": 3.0})
+    components = load_components(TEACHER)
+    pairs = study_pairs(config, components)
+    assert len(pairs) == 3
+    cache = tmp_path / "pairs-3-2steps-g3.safetensors"
+    assert cache.is_file() and not list(tmp_path.glob("*.tmp"))  # written whole, no partial file left
+    # independent of study_pairs: the teacher's 2-step sampler from the same seeds
+    pipe = TiUEPipeline.from_components(components)
+    pipe.set_progress_bar_config(disable=True)
+    seeds = pair_seeds(0, 3)
+    assert torch.equal(pairs.noise, pipe.prepare_latents(seeds).cpu())
+    prompts = pipe.tokenizer.batch_decode(pairs.input_ids, skip_special_tokens=True)
+    x0 = pipe.sample_multistep(prompts, num_inference_steps=2, guidance_scale=3.0, seeds=seeds,
+                               output_type="latent").images
+    torch.testing.assert_close(pairs.x0, x0.float().cpu(), rtol=1e-4, atol=1e-4)
+    cache.write_bytes(cache.read_bytes())  # the same bytes, a new mtime: a second call must read this file
+    before = cache.stat().st_mtime_ns
+    again = study_pairs(config, components)
+    assert torch.equal(again.x0, pairs.x0) and cache.stat().st_mtime_ns == before
