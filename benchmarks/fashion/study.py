@@ -93,8 +93,9 @@ RECIPES: dict[str, dict] = {
     "full-ttur5-guid1.5-1-x0err-tmax499": {**BEST, "guidance_scale": 1.5, "vsd_t_max": 499},
     # The low-noise half leaves each sample's layout to the initial student (test recall 0.068), so the layouts stay
     # few. DMD's regression pairs from the teacher's own 4-step sampler at its best guidance (3: test recall 0.289)
-    # give the layouts the teacher's spread: a target the initial student is already near (latent MSE 0.17 against
-    # 0.68 for the 50-step pairs, which cost FID at 600 updates), while VSD below t = 500 sharpens the details.
+    # could give the layouts the teacher's spread: a target the initial student is already near (latent MSE 0.17
+    # against 0.68 for the 50-step pairs, which cost FID at 600 updates), while VSD below t = 500 sharpens the
+    # details. Measured: it cost validation FID and did not raise recall (docs/method.md).
     **{f"full-ttur5-guid2-1-x0err-tmax499-reg{w}-t4g3": {**BEST, "vsd_t_max": 499, "regression_weight": float(w),
                                                         "regression_teacher_steps": 4, "regression_guidance_scale": 3.0,
                                                         "regression_pairs": 4096} for w in ("0.25", "1")},
