@@ -4,19 +4,22 @@ teacher's own DDIM sampler, on the VALIDATION reference (1000 training images; n
 The recipes that take VSD's gradient from t <= 299 or t <= 499 only leave each sample's layout (which garment, its
 outline) to the student's map at high noise and sharpen its details. If the fake score and VSD did that perfectly,
 the student would draw what the teacher draws when it finishes the student's own sample from that noise level
-(SDEdit, Meng et al., ICLR 2022). So "student + teacher from t" bounds the recall the low-noise recipes can reach from
-that student's layouts, and the same for the teacher's 4-step samples says what a student with the 4-step
-teacher's layouts could reach. The protocol is recall_spread.py's: 1000 images, prompt i names class i % 10 with
-template (i // 10) % 8, seeds 20000-20999; the noise that re-noises image i is drawn from seed 1_000_000 + its seed.
+(SDEdit, Meng et al., ICLR 2022). So "student + teacher from t" is what a low-noise recipe would reach from that
+student's layouts if VSD and the fake score were exact, and the same for the teacher's 4-step samples says what a
+student with the 4-step teacher's layouts would reach. The protocol is recall_spread.py's: 1000 images, prompt i
+names class i % 10 with template (i // 10) % 8, seeds 20000-20999; the noise that re-noises image i is drawn from
+seed 1_000_000 + its seed.
     .venv/bin/python -m benchmarks.fashion.refine_ceiling full-ttur5-guid2-1-x0err-tmax299-fst299@2000-s1
-writes benchmarks/results/refine_ceiling.md.
+adds its rows to benchmarks/results/refine_ceiling.md (and .json, each row with the command that measured it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -35,9 +38,10 @@ def finish_timesteps(scheduler, t_max: int) -> torch.Tensor:
     return scheduler.timesteps[scheduler.timesteps <= t_max]
 
 
-def noise_to(x0: torch.Tensor, seeds, alpha_bar: torch.Tensor) -> torch.Tensor:
-    """x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps, eps of image i drawn from NOISE_SEED0 + seeds[i] alone."""
-    eps = torch.stack([torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(NOISE_SEED0 + s)) for s in seeds])
+def noise_to(x0: torch.Tensor, seeds, alpha_bar: torch.Tensor, offset: int = NOISE_SEED0) -> torch.Tensor:
+    """x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps, eps of image i drawn from offset + seeds[i] alone (offset 0:
+    the very noise z the sample was drawn from, as TiUEPipeline.prepare_latents draws it)."""
+    eps = torch.stack([torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(offset + s)) for s in seeds])
     return alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps.to(x0)
 
 
@@ -45,24 +49,25 @@ class Refined:
     """A sampler's latents x0, noised to t_start = finish_timesteps[0] (x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar)
     eps) and finished by the teacher's DDIM with CFG: called like a TiUE pipeline (what generate_features needs)."""
 
-    def __init__(self, source, teacher, t_max: int):
+    def __init__(self, source, teacher, t_max: int, offset: int = NOISE_SEED0):
         from diffusers import DDIMScheduler
 
-        self.source, self.teacher = source, teacher
+        self.source, self.teacher, self.offset = source, teacher, offset
         self.scheduler = DDIMScheduler.from_config(teacher.scheduler.config)
         self.timesteps = finish_timesteps(self.scheduler, t_max)
 
     @torch.no_grad()
     def __call__(self, prompts, seeds, batch_size, output_type):
         x0 = self.source(prompts, seeds=seeds, batch_size=batch_size, output_type="latent").images  # (B, 4, h, w)
-        z = noise_to(x0, seeds, self.scheduler.alphas_cumprod[self.timesteps[0]])
+        z = noise_to(x0, seeds, self.scheduler.alphas_cumprod[self.timesteps[0]], self.offset)
         text = self.teacher.encode_prompt(list(prompts))
         uncond = self.teacher.encode_prompt([""] * len(prompts))
         for t in self.timesteps:  # the teacher's own loop (pipeline.sample_multistep), from t_start down
             e_u, e_c = self.teacher.unet(z.repeat(2, 1, 1, 1), t, encoder_hidden_states=torch.cat([uncond, text])).sample.chunk(2)
             z = self.scheduler.step(e_u + GUIDANCE * (e_c - e_u), t, z).prev_sample
-        images = self.teacher.decode_latents(z).permute(0, 2, 3, 1).numpy()  # (B, H, W, 3) in [0, 1]
-        return type("Output", (), {"images": images})()
+        if output_type == "latent":
+            return SimpleNamespace(images=z)  # (B, 4, h, w): what regression pairs store
+        return SimpleNamespace(images=self.teacher.decode_latents(z).permute(0, 2, 3, 1).numpy())  # (B, H, W, 3) in [0, 1]
 
 
 def main() -> None:
@@ -74,37 +79,55 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a finished study run with an export under runs/fashion-study/")
     parser.add_argument("--t-max", type=int, nargs="+", default=[299, 499])
+    parser.add_argument("--sources", nargs="+", choices=SOURCES, default=list(SOURCES))
+    parser.add_argument("--same-noise", action="store_true", help="re-noise each sample with its own z, not fresh noise")
     args = parser.parse_args()
     torch.set_num_threads(1)
     inception, (classifier, classes) = InceptionFeatures(batch_size=50), load_classifier(CLASSIFIER)
     ref = validation_reference(inception)
     teacher = TiUEPipeline.from_components(load_components(TEACHER))  # also the initial student (its UNet, K = 4)
-    student = TiUEPipeline.from_pretrained(WORK / args.run / "export")
-    for pipe in (teacher, student):
-        pipe.set_progress_bar_config(disable=True)
-    four_step = TeacherSampler(teacher, 4, 3.0)  # the teacher's best 4-step sampler (guidance 3, chosen on validation)
-    sources = {"initial student": teacher, args.run: student, "teacher 4 steps cfg 3": four_step}
-    rows = []
-    for name, source in sources.items():
-        rows.append(row(name, source, inception, classifier, classes, ref))
+    teacher.set_progress_bar_config(disable=True)
+    command = ".venv/bin/python -m benchmarks.fashion.refine_ceiling " + " ".join(sys.argv[1:])
+    offset, how = (0, ", re-noised with its own z") if args.same_noise else (NOISE_SEED0, "")
+    for source in args.sources:
+        name, sampler = source_sampler(source, args.run, teacher)
+        if not args.same_noise:
+            record(row(name, sampler, inception, classifier, classes, ref), command)
         for t_max in args.t_max:
-            refined = Refined(source, teacher, t_max)
-            rows.append(row(f"{name} + teacher from t = {int(refined.timesteps[0])}", refined, inception, classifier,
-                            classes, ref))
-    write(rows, args)
+            refined = Refined(sampler, teacher, t_max, offset)
+            label = f"{name} + teacher from t = {int(refined.timesteps[0])}{how}"
+            record(row(label, refined, inception, classifier, classes, ref), command)
 
 
-def write(rows: list[dict], args) -> None:
-    keys = ("fid", "precision", "recall", "coverage", "alignment", "mean_generated_knn_radius")
-    table = ["| system | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    table += ["| " + r["system"] + " | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |" for r in rows]
-    command = f"`.venv/bin/python -m benchmarks.fashion.refine_ceiling {args.run} --t-max {' '.join(map(str, args.t_max))}`"
+SOURCES = ("initial", "run", "teacher4")
+
+
+def source_sampler(source: str, run: str, teacher):
+    """(row name, sampler): the initial student (the teacher's UNet as a K = 4 TiUE student), the run's exported
+    student, or the teacher's best 4-step sampler (guidance 3, chosen on validation)."""
+    from loopfree.pipeline import TiUEPipeline
+
+    if source == "initial":
+        return "initial student", teacher
+    if source == "teacher4":
+        return "teacher 4 steps cfg 3", TeacherSampler(teacher, 4, 3.0)
+    student = TiUEPipeline.from_pretrained(WORK / run / "export")
+    student.set_progress_bar_config(disable=True)
+    return run, student
+
+
+def record(result: dict, command: str) -> None:
+    """Add one measured row (replacing a row of the same name) to refine_ceiling.json and rewrite the table from it."""
+    rows = json.loads(OUT.with_suffix(".json").read_text()) if OUT.with_suffix(".json").is_file() else []
+    rows = [r for r in rows if r["system"] != result["system"]] + [{**result, "command": command}]
+    OUT.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    keys = ("fid", "precision", "recall", "coverage", "alignment")
+    table = ["| system | " + " | ".join(keys) + " | command |", "|---" * (len(keys) + 2) + "|"]
+    table += ["| " + r["system"] + " | " + " | ".join(f"{r[k]:.3f}" for k in keys) + f" | `{r['command']}` |" for r in rows]
     about = " ".join(__doc__.split("\n\n")[1].split("\n    ")[0].split())
-    OUT.write_text("# The recall a low-noise recipe can reach\n\n" + about + "\n\nCommand: " + command
-                   + f". Finishing: the teacher's {STEPS}-step DDIM schedule at guidance {GUIDANCE:g}.\n\n"
+    OUT.write_text("# The recall a low-noise recipe can reach\n\n" + about + f"\n\nFinishing: the teacher's {STEPS}-step DDIM "
+                   + f"schedule at guidance {GUIDANCE:g}. Each row was measured by the command beside it.\n\n"
                    + "\n".join(table) + "\n")
-    (OUT.with_suffix(".json")).write_text(json.dumps(rows, indent=1))
-    print(OUT.read_text())
 
 
 if __name__ == "__main__":

@@ -35,3 +35,29 @@ def test_the_study_makes_as_many_pairs_as_regression_pairs_equal_to_the_teachers
     before = cache.stat().st_mtime_ns  # a second call that sampled again would replace the file
     again = study_pairs(config, components)
     assert torch.equal(again.x0, pairs.x0) and cache.stat().st_mtime_ns == before
+
+
+def test_refined_pairs_are_the_initial_students_samples_renoised_with_their_own_z_and_finished_by_the_teacher(
+        tmp_path, monkeypatch):
+    from diffusers import DDIMScheduler
+
+    monkeypatch.setattr(study, "WORK", tmp_path)
+    config = DistillConfig(**{**BASE, "regression_weight": 1.0, "regression_pairs": 2})
+    components = load_components(TEACHER)
+    pairs = study_pairs(config, components, finish_from=481)
+    assert (tmp_path / "pairs-2-refine481.safetensors").is_file() and len(pairs) == 2
+    # independent of refine_ceiling.Refined: diffusers' add_noise and DDIM step on the 50-step schedule from t = 481
+    pipe = TiUEPipeline.from_components(components)
+    pipe.set_progress_bar_config(disable=True)
+    seeds, prompts = pair_seeds(0, 2), all_captions()[:2]
+    z = pipe.prepare_latents(seeds)
+    assert torch.equal(pairs.noise, z.cpu())
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(50)
+    x = scheduler.add_noise(pipe(prompts, seeds=seeds, output_type="latent").images, z, torch.tensor([481, 481]))
+    text, uncond = pipe.encode_prompt(prompts), pipe.encode_prompt(["", ""])
+    with torch.no_grad():
+        for t in [int(t) for t in scheduler.timesteps if t <= 481]:
+            e_u, e_c = pipe.unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, text])).sample.chunk(2)
+            x = scheduler.step(e_u + 2.0 * (e_c - e_u), t, x).prev_sample
+    torch.testing.assert_close(pairs.x0, x.float(), rtol=1e-4, atol=1e-4)
