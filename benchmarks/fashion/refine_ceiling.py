@@ -38,10 +38,16 @@ def finish_timesteps(scheduler, t_max: int) -> torch.Tensor:
     return scheduler.timesteps[scheduler.timesteps <= t_max]
 
 
-def noise_to(x0: torch.Tensor, seeds, alpha_bar: torch.Tensor, offset: int = NOISE_SEED0) -> torch.Tensor:
-    """x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps, eps of image i drawn from offset + seeds[i] alone (offset 0:
-    the very noise z the sample was drawn from, as TiUEPipeline.prepare_latents draws it)."""
+RENOISE = {"fresh": "", "z": ", re-noised with its own z", "mirrored-z": ", re-noised with its own z mirrored"}
+
+
+def noise_to(x0: torch.Tensor, seeds, alpha_bar: torch.Tensor, renoise: str = "fresh") -> torch.Tensor:
+    """x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps, eps of image i from its seed alone: "fresh" draws it from
+    NOISE_SEED0 + seed; "z" is the very noise z the sample was drawn from (TiUEPipeline.prepare_latents), so x_t is a
+    function of z; "mirrored-z" is z flipped left to right, a function of z whose elements are independent of z's."""
+    offset = NOISE_SEED0 if renoise == "fresh" else 0
     eps = torch.stack([torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(offset + s)) for s in seeds])
+    eps = eps.flip(-1) if renoise == "mirrored-z" else eps
     return alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps.to(x0)
 
 
@@ -49,17 +55,17 @@ class Refined:
     """A sampler's latents x0, noised to t_start = finish_timesteps[0] (x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar)
     eps) and finished by the teacher's DDIM with CFG: called like a TiUE pipeline (what generate_features needs)."""
 
-    def __init__(self, source, teacher, t_max: int, offset: int = NOISE_SEED0):
+    def __init__(self, source, teacher, t_max: int, renoise: str = "fresh"):
         from diffusers import DDIMScheduler
 
-        self.source, self.teacher, self.offset = source, teacher, offset
+        self.source, self.teacher, self.renoise = source, teacher, renoise
         self.scheduler = DDIMScheduler.from_config(teacher.scheduler.config)
         self.timesteps = finish_timesteps(self.scheduler, t_max)
 
     @torch.no_grad()
     def __call__(self, prompts, seeds, batch_size, output_type):
         x0 = self.source(prompts, seeds=seeds, batch_size=batch_size, output_type="latent").images  # (B, 4, h, w)
-        z = noise_to(x0, seeds, self.scheduler.alphas_cumprod[self.timesteps[0]], self.offset)
+        z = noise_to(x0, seeds, self.scheduler.alphas_cumprod[self.timesteps[0]], self.renoise)
         text = self.teacher.encode_prompt(list(prompts))
         uncond = self.teacher.encode_prompt([""] * len(prompts))
         for t in self.timesteps:  # the teacher's own loop (pipeline.sample_multistep), from t_start down
@@ -80,7 +86,7 @@ def main() -> None:
     parser.add_argument("run", help="a finished study run with an export under runs/fashion-study/")
     parser.add_argument("--t-max", type=int, nargs="+", default=[299, 499])
     parser.add_argument("--sources", nargs="+", choices=SOURCES, default=list(SOURCES))
-    parser.add_argument("--same-noise", action="store_true", help="re-noise each sample with its own z, not fresh noise")
+    parser.add_argument("--renoise", choices=RENOISE, default="fresh", help="the noise a sample is re-noised with")
     args = parser.parse_args()
     torch.set_num_threads(1)
     inception, (classifier, classes) = InceptionFeatures(batch_size=50), load_classifier(CLASSIFIER)
@@ -88,14 +94,13 @@ def main() -> None:
     teacher = TiUEPipeline.from_components(load_components(TEACHER))  # also the initial student (its UNet, K = 4)
     teacher.set_progress_bar_config(disable=True)
     command = ".venv/bin/python -m benchmarks.fashion.refine_ceiling " + " ".join(sys.argv[1:])
-    offset, how = (0, ", re-noised with its own z") if args.same_noise else (NOISE_SEED0, "")
     for source in args.sources:
         name, sampler = source_sampler(source, args.run, teacher)
-        if not args.same_noise:
+        if args.renoise == "fresh":
             record(row(name, sampler, inception, classifier, classes, ref), command)
         for t_max in args.t_max:
-            refined = Refined(sampler, teacher, t_max, offset)
-            label = f"{name} + teacher from t = {int(refined.timesteps[0])}{how}"
+            refined = Refined(sampler, teacher, t_max, args.renoise)
+            label = f"{name} + teacher from t = {int(refined.timesteps[0])}{RENOISE[args.renoise]}"
             record(row(label, refined, inception, classifier, classes, ref), command)
 
 

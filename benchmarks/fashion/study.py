@@ -37,7 +37,12 @@ BEST = {"fake_score": "full", "fake_score_lr": 1e-4, "fake_score_updates": 5, "g
 # teacher's 50-step schedule's first at or below it) and finished by the teacher at guidance 2 (a study setting, not a
 # DistillConfig key; benchmarks/fashion/refine_ceiling.py). Measured there: from t = 481 those samples keep the
 # initial student's layouts and reach the 50-step teacher's recall, so the pairs ask for details the student can learn.
-REFINED_PAIRS: dict[str, int] = {f"full-ttur5-guid2-1-x0err-tmax299-fst299-rp481-reg{w}": 481 for w in ("0.25", "1")}
+REFINED_PAIRS: dict[str, tuple[int, str]] = {
+    **{f"full-ttur5-guid2-1-x0err-tmax299-fst299-rp481-reg{w}": (481, "z") for w in ("0.25", "1")},
+    # re-noised with z itself the finished samples lose fidelity (FID 150.6 against 122.8 with fresh noise): the noise
+    # then repeats the sample's own structure. Mirrored, z stays a function of the student's input yet independent
+    # of it element by element.
+    **{f"full-ttur5-guid2-1-x0err-tmax299-fst299-rp481m-reg{w}": (481, "mirrored-z") for w in ("0.25", "1")}}
 # Recipes whose global batch is not the default 8 (a study setting, not a DistillConfig key); --batch-size may not contradict it.
 BATCH_SIZES: dict[str, int] = {"full-ttur5-guid2-1-x0err-b32": 32}
 RECIPES: dict[str, dict] = {
@@ -116,6 +121,8 @@ RECIPES: dict[str, dict] = {
     # (benchmarks/results/refine_ceiling.md), so the pairs hand it that finish directly.
     **{f"full-ttur5-guid2-1-x0err-tmax299-fst299-rp481-reg{w}": {**BEST, "vsd_t_max": 299, "fake_score_t_max": 299,
                                                                "regression_weight": float(w)} for w in ("0.25", "1")},
+    **{f"full-ttur5-guid2-1-x0err-tmax299-fst299-rp481m-reg{w}": {**BEST, "vsd_t_max": 299, "fake_score_t_max": 299,
+                                                                "regression_weight": float(w)} for w in ("0.25", "1")},
     # A larger global batch (32 instead of the CLI's 8, set in BATCH_SIZES): the fake score sees four times as many of
     # the student's samples per update, so its model of the student's distribution is less noisy.
     "full-ttur5-guid2-1-x0err-b32": BEST,
@@ -238,17 +245,19 @@ def run_name(recipe: str, seed: int, steps: int) -> str:
     return f"{recipe}-s{seed}" if steps in (0, STANDARD_STEPS) else f"{recipe}@{steps}-s{seed}"
 
 
-def study_pairs(config, components, finish_from: int | None = None):
+def study_pairs(config, components, finish_from: tuple[int, str] | None = None):
     """The regression recipes' teacher pairs (`regression_pairs` of them): caption i % 80 with pair seed i, the
-    teacher's DDIM sample at the pairs' steps and guidance (`loopfree.pairs`), or with `finish_from` the initial
-    student's sample finished by the teacher from that timestep (REFINED_PAIRS); cached and shared by every run
-    that asks."""
+    teacher's DDIM sample at the pairs' steps and guidance (`loopfree.pairs`), or with `finish_from` (t, renoise)
+    the initial student's sample finished by the teacher from that timestep (REFINED_PAIRS); cached and shared by
+    every run that asks."""
     from examples.fashion.data import all_captions
     from loopfree.pairs import TeacherPairs, make_teacher_pairs, pair_seeds
     from loopfree.pipeline import TiUEPipeline
 
     count = config.regression_pairs
-    kind = f"{config.regression_teacher_steps}steps-g{config.pair_cfg:g}" if finish_from is None else f"refine{finish_from}"
+    kind = f"{config.regression_teacher_steps}steps-g{config.pair_cfg:g}"
+    if finish_from is not None:  # "refine481" (re-noised with z, the first such pairs) or "refine481-mirrored-z"
+        kind = f"refine{finish_from[0]}" + ("" if finish_from[1] == "z" else f"-{finish_from[1]}")
     cache = WORK / f"pairs-{count}-{kind}.safetensors"
     if cache.is_file():
         return TeacherPairs.load(cache)
@@ -260,7 +269,7 @@ def study_pairs(config, components, finish_from: int | None = None):
     if finish_from is None:
         pairs = make_teacher_pairs(pipe, prompts, seeds, config.regression_teacher_steps, config.pair_cfg)
     else:
-        pairs = refined_pairs(pipe, prompts, seeds, finish_from)
+        pairs = refined_pairs(pipe, prompts, seeds, *finish_from)
     cache.parent.mkdir(parents=True, exist_ok=True)
     partial = cache.with_suffix(f".{os.getpid()}.tmp")  # two runs started together may both make them
     pairs.save(partial)
@@ -269,13 +278,14 @@ def study_pairs(config, components, finish_from: int | None = None):
     return pairs
 
 
-def refined_pairs(pipe, prompts: list[str], seeds: list[int], finish_from: int, batch_size: int = 64):
-    """Pairs (z, prompt) -> the initial student's sample from z, re-noised with that same z (so the target is a
-    function of the student's input alone) and finished by the teacher (benchmarks/fashion/refine_ceiling.py)."""
+def refined_pairs(pipe, prompts: list[str], seeds: list[int], finish_from: int, renoise: str, batch_size: int = 64):
+    """Pairs (z, prompt) -> the initial student's sample from z, re-noised with a function of that z ("z" or
+    "mirrored-z", so the target is a function of the student's input alone) and finished by the teacher
+    (benchmarks/fashion/refine_ceiling.py)."""
     from benchmarks.fashion.refine_ceiling import Refined
     from loopfree.pairs import TeacherPairs
 
-    refined = Refined(pipe, pipe, finish_from, offset=0)
+    refined = Refined(pipe, pipe, finish_from, renoise)
     x0 = torch.cat([refined(prompts[i:i + batch_size], seeds[i:i + batch_size], batch_size, "latent").images.float()
                     for i in range(0, len(prompts), batch_size)])
     input_ids = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,

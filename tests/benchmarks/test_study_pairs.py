@@ -37,15 +37,15 @@ def test_the_study_makes_as_many_pairs_as_regression_pairs_equal_to_the_teachers
     assert torch.equal(again.x0, pairs.x0) and cache.stat().st_mtime_ns == before
 
 
-def test_refined_pairs_are_the_initial_students_samples_renoised_with_their_own_z_and_finished_by_the_teacher(
+def test_refined_pairs_are_the_initial_students_samples_renoised_with_their_mirrored_z_and_finished_by_the_teacher(
         tmp_path, monkeypatch):
     from diffusers import DDIMScheduler
 
     monkeypatch.setattr(study, "WORK", tmp_path)
     config = DistillConfig(**{**BASE, "regression_weight": 1.0, "regression_pairs": 2})
     components = load_components(TEACHER)
-    pairs = study_pairs(config, components, finish_from=481)
-    assert (tmp_path / "pairs-2-refine481.safetensors").is_file() and len(pairs) == 2
+    pairs = study_pairs(config, components, finish_from=(481, "mirrored-z"))
+    assert (tmp_path / "pairs-2-refine481-mirrored-z.safetensors").is_file() and len(pairs) == 2
     # independent of refine_ceiling.Refined: diffusers' add_noise and DDIM step on the 50-step schedule from t = 481
     pipe = TiUEPipeline.from_components(components)
     pipe.set_progress_bar_config(disable=True)
@@ -54,7 +54,7 @@ def test_refined_pairs_are_the_initial_students_samples_renoised_with_their_own_
     assert torch.equal(pairs.noise, z.cpu())
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     scheduler.set_timesteps(50)
-    x = scheduler.add_noise(pipe(prompts, seeds=seeds, output_type="latent").images, z, torch.tensor([481, 481]))
+    x = scheduler.add_noise(pipe(prompts, seeds=seeds, output_type="latent").images, z.flip(-1), torch.tensor([481, 481]))
     text, uncond = pipe.encode_prompt(prompts), pipe.encode_prompt(["", ""])
     with torch.no_grad():
         for t in [int(t) for t in scheduler.timesteps if t <= 481]:
