@@ -20,154 +20,13 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.fashion.study_recipes import BASE, BATCH_SIZES, RECIPES, REFINED_PAIRS
+
 WORK = Path("runs/fashion-study")  # caches and exports (large, not committed)
 # Each run's record (validation curve, final test row) is a result: small, committed, and what --report reads.
 RECORDS = Path("benchmarks/results/fashion_study_runs")
 TEACHER = Path("models/fashion-teacher")
 CLASSIFIER = Path("models/fashion-classifier")
-# The quickstart's small-model settings (student lr 1e-4: a 3M-parameter UNet needs a larger step than the
-# paper's 1e-6 for 865M; EMA 0.99 for a few thousand steps) with the paper's LoRA (rank 64, alpha 108).
-BASE = dict(num_steps=4, spacing="leading", lambda_kl=0.1, student_lr=1e-4, fake_score_lr=1e-3, lora_rank=64,
-            lora_alpha=108.0, ema_decay=0.99)
-# The best recipe (full-copy fake score, 5 updates per student update, guidance 2 / 1, x0-error weighting): the
-# base of the diversity and stability variants below.
-BEST = {"fake_score": "full", "fake_score_lr": 1e-4, "fake_score_updates": 5, "guidance_scale": 2.0,
-        "fake_guidance_scale": 1.0, "vsd_weighting": "x0_error"}
-# Regression recipes whose pairs are the INITIAL STUDENT's samples re-noised with their own z to this timestep (the
-# teacher's 50-step schedule's first at or below it) and finished by the teacher at guidance 2 (a study setting, not a
-# DistillConfig key; benchmarks/fashion/refine_ceiling.py). Measured there: from t = 481 those samples keep the
-# initial student's layouts and reach the 50-step teacher's recall, so the pairs ask for details the student can learn.
-REFINED_PAIRS: dict[str, tuple[int, str]] = {
-    **{f"full-ttur5-guid2-1-x0err-tmax299-fst299-rp481-reg{w}": (481, "z") for w in ("0.25", "1")},
-    # re-noised with z itself the finished samples lose fidelity (FID 150.6 against 122.8 with fresh noise): the noise
-    # then repeats the sample's own structure. Mirrored, z stays a function of the student's input yet independent
-    # of it element by element.
-    **{f"full-ttur5-guid2-1-x0err-tmax299-fst299-rp481m-reg{w}": (481, "mirrored-z") for w in ("0.25", "1")}}
-# Recipes whose global batch is not the default 8 (a study setting, not a DistillConfig key); --batch-size may not contradict it.
-BATCH_SIZES: dict[str, int] = {"full-ttur5-guid2-1-x0err-b32": 32}
-RECIPES: dict[str, dict] = {
-    "init": {},  # run with --steps 0: the initial student (the teacher's UNet in the TiUE pipeline)
-    "paper": {},
-    "ttur5": {"fake_score_updates": 5},
-    "full": {"fake_score": "full", "fake_score_lr": 1e-4},
-    "guid2-1": {"guidance_scale": 2.0, "fake_guidance_scale": 1.0},
-    "x0err": {"vsd_weighting": "x0_error"},
-    "warmup": {"student_warmup_steps": 200, "fake_score_warmup_steps": 200},
-    "full-ttur5-guid2-1": {"fake_score": "full", "fake_score_lr": 1e-4, "fake_score_updates": 5, "guidance_scale": 2.0,
-                           "fake_guidance_scale": 1.0},
-    "full-ttur5-guid2-1-x0err": BEST,
-    # SiD-LSG (Zhou et al. 2024) reports its best COCO FID at guidance 1.5, not 4.5: milder teacher guidance
-    # is the usual lever for diversity (recall), which guidance 2 left at 0.085 here.
-    "full-ttur5-guid1.5-1-x0err": {**BEST, "guidance_scale": 1.5},
-    # The end of that knob: no guidance at all (the conditional teacher's score), the teacher's own distribution,
-    # whose recall is the highest of its samplers; guidance 2 -> 1.5 moved the student's test recall 0.085 -> 0.104.
-    "full-ttur5-guid1-1-x0err": {**BEST, "guidance_scale": 1.0},
-    # Quickstart candidate (about 150 updates): the teacher's best 4-step sampler uses guidance 3 (chosen on
-    # validation), so a student distilled at 3 may reach a low FID in fewer updates than at 2.
-    "full-ttur5-guid3-1-x0err": {**BEST, "guidance_scale": 3.0},
-    # DMD's regression loss on 1024 stored teacher pairs (50-step DDIM at the VSD teacher's guidance): anchors the
-    # student's noise-to-image map to the teacher's modes, which VSD's mode seeking alone gives up (docs/method.md).
-    **{f"full-ttur5-guid2-1-x0err-reg{w}": {**BEST, "regression_weight": float(w)} for w in ("0.25", "1", "4")},
-    # DMD2's GAN term at weights around DMD2's 1e-3 to 1e-2: the discriminator sees the shipped GAN subset of TRAINING
-    # images (data/fashion-mnist/README.md), so these rows are marked "uses training images" (docs/method.md).
-    **{f"full-ttur5-guid2-1-x0err-gan{w}": {**BEST, "gan_weight": float(w)} for w in ("0.003", "0.01", "0.03")},
-    # MSGAN's mode-seeking term (image free): a second sample per prompt, the student paid for the distance between
-    # the two. At weight 1 its gradient on the student is about 5x VSD's at the start (measured), so 0.05 and 0.2.
-    **{f"full-ttur5-guid2-1-x0err-ms{w}": {**BEST, "mode_seeking_weight": float(w)} for w in ("0.05", "0.2")},
-    # SiD's few-step guidance strategies (Zhou, Gu and Wang 2025): the teacher unguided (its most diverse score) and
-    # the prompt's pull taken from the fake score instead: its unconditional prediction (Zero-CFG, fake guidance 0)
-    # or negative guidance on it (Anti-CFG, -1); image free (docs/method.md, "Keeping the teacher's diversity").
-    "full-ttur5-zerocfg-x0err": {**BEST, "guidance_scale": 1.0, "fake_guidance_scale": 0.0},
-    "full-ttur5-anticfg1-x0err": {**BEST, "guidance_scale": 1.0, "fake_guidance_scale": -1.0},
-    # SiD's student loss (Zhou et al. 2024, alpha 1.2; image free): a Fisher-divergence estimate whose gradient goes
-    # through both score networks, where VSD's reverse KL, which seeks modes, holds them fixed (docs/method.md).
-    "full-ttur5-guid2-1-x0err-sid": {**BEST, "student_loss": "sid"},
-    # At guidance 2 SiD's samples come out oversaturated (seed 1, 600 updates: validation FID 201): its gradient runs
-    # through the guided teacher. SiD-LSG (Zhou et al. 2025) finds its best FID at guidance 1.5.
-    "full-ttur5-guid1.5-1-x0err-sid": {**BEST, "guidance_scale": 1.5, "student_loss": "sid"},
-    # SiD's own recipes train the generator at 1e-5 or below; the study's 1e-4 was tuned for VSD.
-    "full-ttur5-guid2-1-x0err-sid-lr2e-5": {**BEST, "student_loss": "sid", "student_lr": 2e-5},
-    # Which noise levels the student's collapse comes from: the VSD gradient from t >= 500 only (global layout: which
-    # garment, its size) or from t < 500 only (details, sharpened towards the nearest typical image); 20-980 otherwise.
-    "full-ttur5-guid2-1-x0err-tmin500": {**BEST, "vsd_t_min": 500},
-    "full-ttur5-guid2-1-x0err-tmax499": {**BEST, "vsd_t_max": 499},
-    # Further down the same knob: the low-noise half raised test recall 0.085 -> 0.147 at 2000 updates (and cost
-    # alignment 0.826 -> 0.748); t <= 299 leaves the layout to the initialisation still more.
-    "full-ttur5-guid2-1-x0err-tmax299": {**BEST, "vsd_t_max": 299},
-    # Between the two: t <= 749 keeps part of the prompt's pull at high noise (alignment) and drops the top of it.
-    "full-ttur5-guid2-1-x0err-tmax749": {**BEST, "vsd_t_max": 749},
-    # The low-noise half plus the one other term that raised recall (mode seeking 0.05: +0.053 at 600 updates,
-    # with coverage halved): does it add recall on top, and at what cost in coverage?
-    "full-ttur5-guid2-1-x0err-tmax499-ms0.05": {**BEST, "vsd_t_max": 499, "mode_seeking_weight": 0.05},
-    # The low-noise half with milder guidance (1.5 raised recall with the full range: 0.085 -> 0.104 at 2000 updates).
-    "full-ttur5-guid1.5-1-x0err-tmax499": {**BEST, "guidance_scale": 1.5, "vsd_t_max": 499},
-    # The low-noise half leaves each sample's layout to the initial student (test recall 0.068), so the layouts stay
-    # few. DMD's regression pairs from the teacher's own 4-step sampler at its best guidance (3: test recall 0.289)
-    # could give the layouts the teacher's spread: a target the initial student is already near (latent MSE 0.17
-    # against 0.68 for the 50-step pairs, which cost FID at 600 updates), while VSD below t = 500 sharpens the
-    # details. Measured: it cost validation FID and did not raise recall (docs/method.md).
-    **{f"full-ttur5-guid2-1-x0err-tmax499-reg{w}-t4g3": {**BEST, "vsd_t_max": 499, "regression_weight": float(w),
-                                                        "regression_teacher_steps": 4, "regression_guidance_scale": 3.0,
-                                                        "regression_pairs": 4096} for w in ("0.25", "1")},
-    # VSD's pull apart comes from the fake score: where it fits the student's samples tightly, -eps_fake points away
-    # from the student's modes. The low-noise half with the fake score trained only where the student's gradient is
-    # read (t <= 499, where it was trained over 0-999), or tracking the student faster (learning rate 3e-4, not 1e-4).
-    "full-ttur5-guid2-1-x0err-tmax499-fst499": {**BEST, "vsd_t_max": 499, "fake_score_t_max": 499},
-    "full-ttur5-guid2-1-x0err-tmax499-flr3e-4": {**BEST, "vsd_t_max": 499, "fake_score_lr": 3e-4},
-    # The same for t <= 299, the recipe with the most coverage (test 0.0715, above the 50-step teacher's 0.068).
-    "full-ttur5-guid2-1-x0err-tmax299-fst299": {**BEST, "vsd_t_max": 299, "fake_score_t_max": 299},
-    # The study's choice plus DMD's regression on pairs made from the initial student's own samples (REFINED_PAIRS):
-    # the low-noise recipe reaches recall 0.138 where its initial student finished by the teacher reaches 0.287
-    # (benchmarks/results/refine_ceiling.md), so the pairs hand it that finish directly.
-    **{f"full-ttur5-guid2-1-x0err-tmax299-fst299-rp481-reg{w}": {**BEST, "vsd_t_max": 299, "fake_score_t_max": 299,
-                                                               "regression_weight": float(w)} for w in ("0.25", "1")},
-    **{f"full-ttur5-guid2-1-x0err-tmax299-fst299-rp481m-reg{w}": {**BEST, "vsd_t_max": 299, "fake_score_t_max": 299,
-                                                                "regression_weight": float(w)} for w in ("0.25", "1")},
-    # A larger global batch (32 instead of the CLI's 8, set in BATCH_SIZES): the fake score sees four times as many of
-    # the student's samples per update, so its model of the student's distribution is less noisy.
-    "full-ttur5-guid2-1-x0err-b32": BEST,
-    # f-distill's mode-covering weights, from the same discriminator head and no generator term
-    "full-ttur5-guid2-1-x0err-js": {**BEST, "divergence": "js"},
-    "full-ttur5-guid2-1-x0err-fkl": {**BEST, "divergence": "forward_kl"},
-    # Quickstart candidates (a run of about 150 updates to fit its time): twice the learning rates, and an EMA
-    # short enough not to keep a fifth of the initial student after 150 updates (0.99 ** 150 = 0.22).
-    **{f"full-ttur{n}-guid2-1-x0err-lr2-ema95": {"fake_score": "full", "fake_score_lr": 2e-4, "fake_score_updates": n,
-                                                 "guidance_scale": 2.0, "fake_guidance_scale": 1.0,
-                                                 "vsd_weighting": "x0_error", "student_lr": 2e-4, "ema_decay": 0.95}
-       for n in (3, 5)},
-    # Equal to full-ttur5-guid2-1-x0err at 150 updates (measured): the EMA's warm-up decay (1 + s) / (10 + s) is
-    # below 0.95 until update 171, so ema_decay only matters in longer runs.
-    "full-ttur5-guid2-1-x0err-ema95": {**BEST, "ema_decay": 0.95},
-    # TiUE's own diversity term swept (docs/method.md, "Training", the KL regulariser): the base's lambda_kl is 0.1;
-    # 0 ablates it, 1 and 10 weight it up to see whether it buys back recall.
-    **{f"full-ttur5-guid2-1-x0err-kl{w}": {**BEST, "lambda_kl": float(w)} for w in ("0", "1", "10")},
-    # K transfer with a student warm-up: a new fake score starts as the teacher's copy, far from the transferred
-    # student's distribution, so its first VSD gradients are off; the student's learning rate ramps up over
-    # 100 updates while the fake score (5 updates per student update) catches up.
-    "full-ttur5-guid2-1-x0err-warm100": {**BEST, "student_warmup_steps": 100},
-    # Trailing timesteps (999, 749, 499, 249): the encoder runs at t = 999, where z is pure noise as the schedule says;
-    # leading ones start at 751 from pure noise, which Lin et al. (WACV 2024) show narrows what a sampler can reach.
-    "full-ttur5-guid2-1-x0err-trailing": {**BEST, "spacing": "trailing"},
-    # K = 8 transfer that keeps the K = 4 student's first timestep (751, where the encoder runs once) and its four
-    # decoder timesteps, adding four between them; leading spacing would move the encoder to 876.
-    "k8-from751": {**BEST, "num_steps": 8, "spacing": "custom", "timesteps": (751, 626, 501, 376, 251, 167, 84, 1)},
-    "sb-paper": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0},
-    # SwiftBrush's map run at an earlier timestep than 999. At t = 999 the 1-step map divides the teacher's noise
-    # error by sqrt(alpha_bar) = 0.07, and the initial student scores validation FID 281 and never recovers; TiUE's
-    # encoder, also fed pure noise, runs at 751 (sqrt(alpha_bar) = 0.24). Same pure-noise input, same export.
-    **{f"sb-x0err-t{t}": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0, "vsd_weighting": "x0_error",
-                          "spacing": "custom", "timesteps": (t,)} for t in (851, 751, 501)},
-    # The paper's SwiftBrush recipe (its best alignment so far) plus the normalisation that helped TiUE most.
-    "sb-x0err": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0, "vsd_weighting": "x0_error"},
-    # SwiftBrush's best recipe so far plus the same regression pairs (the teacher's 50 steps at guidance 2).
-    **{f"sb-x0err-reg{w}": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0, "vsd_weighting": "x0_error",
-                            "regression_weight": float(w), "regression_guidance_scale": 2.0} for w in ("0.25", "1", "4")},
-    **{f"sb-full-ttur5-guid2-1-x0err-reg{w}": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0, **BEST,
-                                               "regression_weight": float(w)} for w in ("0.25", "1", "4")},
-    "sb-full-ttur5-guid2-1": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0, "fake_score": "full",
-                              "fake_score_lr": 1e-4, "fake_score_updates": 5, "guidance_scale": 2.0, "fake_guidance_scale": 1.0},
-    "sb-full-ttur5-guid2-1-x0err": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0, **BEST},
-}
 
 
 def validation_reference(inception) -> torch.Tensor:
@@ -269,6 +128,8 @@ def study_pairs(config, components, finish_from: tuple[int, str] | None = None):
     if finish_from is None:
         pairs = make_teacher_pairs(pipe, prompts, seeds, config.regression_teacher_steps, config.pair_cfg)
     else:
+        from benchmarks.fashion.refine_ceiling import refined_pairs
+
         pairs = refined_pairs(pipe, prompts, seeds, *finish_from)
     cache.parent.mkdir(parents=True, exist_ok=True)
     partial = cache.with_suffix(f".{os.getpid()}.tmp")  # two runs started together may both make them
@@ -276,21 +137,6 @@ def study_pairs(config, components, finish_from: tuple[int, str] | None = None):
     partial.replace(cache)
     print(f"{count} teacher pairs in {time.perf_counter() - t0:.0f} s -> {cache}", flush=True)
     return pairs
-
-
-def refined_pairs(pipe, prompts: list[str], seeds: list[int], finish_from: int, renoise: str, batch_size: int = 64):
-    """Pairs (z, prompt) -> the initial student's sample from z, re-noised with a function of that z ("z" or
-    "mirrored-z", so the target is a function of the student's input alone) and finished by the teacher
-    (benchmarks/fashion/refine_ceiling.py)."""
-    from benchmarks.fashion.refine_ceiling import Refined
-    from loopfree.pairs import TeacherPairs
-
-    refined = Refined(pipe, pipe, finish_from, renoise)
-    x0 = torch.cat([refined(prompts[i:i + batch_size], seeds[i:i + batch_size], batch_size, "latent").images.float()
-                    for i in range(0, len(prompts), batch_size)])
-    input_ids = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                               truncation=True, return_tensors="pt").input_ids
-    return TeacherPairs(pipe.prepare_latents(seeds).cpu(), x0.cpu(), input_ids)
 
 
 def study_real_latents(components) -> torch.Tensor:

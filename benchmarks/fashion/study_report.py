@@ -138,7 +138,7 @@ def replace_block(readme: Path, block: str) -> None:
 
 def report_lines(runs: list[Run], groups: dict[str, Group], choice: Choice, targets: list[str],
                  recipes: dict) -> list[str]:
-    from benchmarks.fashion.study import BATCH_SIZES
+    from benchmarks.fashion.study_recipes import BATCH_SIZES
 
     used = sorted({r.group.split("@")[0] for r in runs} & set(recipes))
     return ["# Distillation study on the Fashion-MNIST teacher", "",
@@ -158,7 +158,7 @@ def report_lines(runs: list[Run], groups: dict[str, Group], choice: Choice, targ
 
 
 def write_report(records: Path, recipes: dict, out: Path = RESULTS, readme: Path = README) -> Path:
-    from benchmarks.fashion.study import BASE
+    from benchmarks.fashion.study_recipes import BASE
 
     runs = load_runs(records)
     groups = group_runs(runs, recipes, BASE)

@@ -5,7 +5,8 @@ import json
 from pathlib import Path
 
 from benchmarks.fashion import study
-from benchmarks.fashion.study import BASE, RECIPES, uses_training_images
+from benchmarks.fashion.study import uses_training_images
+from benchmarks.fashion.study_recipes import BASE, RECIPES
 from benchmarks.fashion.study_records import group_runs, load_runs
 from benchmarks.fashion.study_tables import images_label
 from loopfree.config import DistillConfig

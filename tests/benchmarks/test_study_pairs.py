@@ -5,7 +5,8 @@ and guidance so that a second run reads them instead of sampling again."""
 import torch
 
 from benchmarks.fashion import study
-from benchmarks.fashion.study import BASE, TEACHER, study_pairs
+from benchmarks.fashion.study import TEACHER, study_pairs
+from benchmarks.fashion.study_recipes import BASE
 from examples.fashion.data import all_captions
 from loopfree.config import DistillConfig
 from loopfree.pairs import pair_seeds

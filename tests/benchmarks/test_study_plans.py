@@ -1,7 +1,8 @@
 """The study's initial-student evaluation is cached per plan: runs share it only when their students have the same
 timesteps (benchmarks/fashion/study.py, plan_tag)."""
 
-from benchmarks.fashion.study import BASE, RECIPES, plan_tag
+from benchmarks.fashion.study import plan_tag
+from benchmarks.fashion.study_recipes import BASE, RECIPES
 from loopfree.config import DistillConfig
 
 

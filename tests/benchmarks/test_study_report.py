@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.fashion.study import RECIPES, RECORDS
+from benchmarks.fashion.study import RECORDS
+from benchmarks.fashion.study_recipes import RECIPES
 from benchmarks.fashion.study_records import RecordError
 from benchmarks.fashion.study_report import BEGIN, END, RESULTS, write_report
 
