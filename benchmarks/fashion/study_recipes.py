@@ -98,7 +98,9 @@ RECIPES: dict[str, dict] = {
     "full-ttur5-guid2-1-x0err-tmax299-fst299": {**BEST, "vsd_t_max": 299, "fake_score_t_max": 299},
     # The study's choice plus DMD's regression on pairs made from the initial student's own samples (REFINED_PAIRS):
     # the low-noise recipe reaches recall 0.138 where its initial student finished by the teacher reaches 0.287
-    # (benchmarks/results/refine_ceiling.md), so the pairs hand it that finish directly.
+    # (benchmarks/results/refine_ceiling.md), so the pairs hand it that finish directly. Re-noised with z itself
+    # (rp481) the finished samples score FID 150.6, and the weight-0.25 screen was stopped at 400 updates
+    # (validation FID 173.7 against 167.0 for tmax499 at 400; no record kept); rp481m mirrors z.
     **{f"full-ttur5-guid2-1-x0err-tmax299-fst299-rp481-reg{w}": {**BEST, "vsd_t_max": 299, "fake_score_t_max": 299,
                                                                "regression_weight": float(w)} for w in ("0.25", "1")},
     **{f"full-ttur5-guid2-1-x0err-tmax299-fst299-rp481m-reg{w}": {**BEST, "vsd_t_max": 299, "fake_score_t_max": 299,
