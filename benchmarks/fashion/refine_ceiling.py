@@ -8,7 +8,7 @@ the student would draw what the teacher draws when it finishes the student's own
 student's layouts if VSD and the fake score were exact, and the same for the teacher's 4-step samples says what a
 student with the 4-step teacher's layouts would reach. The protocol is recall_spread.py's: 1000 images, prompt i
 names class i % 10 with template (i // 10) % 8, seeds 20000-20999; the noise that re-noises image i is drawn from
-seed 1_000_000 + its seed.
+seed 1_000_000 + its seed (--renoise fresh), or is the image's own z, or z mirrored (rows say which).
     .venv/bin/python -m benchmarks.fashion.refine_ceiling full-ttur5-guid2-1-x0err-tmax299-fst299@2000-s1
 adds its rows to benchmarks/results/refine_ceiling.md (and .json, each row with the command that measured it).
 """
@@ -38,6 +38,7 @@ def finish_timesteps(scheduler, t_max: int) -> torch.Tensor:
     return scheduler.timesteps[scheduler.timesteps <= t_max]
 
 
+SOURCES = ("initial", "run", "teacher4")  # the initial student, the run's student, the teacher's 4-step sampler
 RENOISE = {"fresh": "", "z": ", re-noised with its own z", "mirrored-z": ", re-noised with its own z mirrored"}
 
 
@@ -117,8 +118,6 @@ def main() -> None:
             label = f"{name} + teacher from t = {int(refined.timesteps[0])}{RENOISE[args.renoise]}"
             record(row(label, refined, inception, classifier, classes, ref), command)
 
-
-SOURCES = ("initial", "run", "teacher4")
 
 
 def source_sampler(source: str, run: str, teacher):
