@@ -16,6 +16,7 @@ adds its rows to benchmarks/results/refine_ceiling.md (and .json, each row with 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import sys
 from pathlib import Path
@@ -135,10 +136,18 @@ def source_sampler(source: str, run: str, teacher):
 
 
 def record(result: dict, command: str) -> None:
-    """Add one measured row (replacing a row of the same name) to refine_ceiling.json and rewrite the table from it."""
-    rows = json.loads(OUT.with_suffix(".json").read_text()) if OUT.with_suffix(".json").is_file() else []
-    rows = [r for r in rows if r["system"] != result["system"]] + [{**result, "command": command}]
-    OUT.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    """Add one measured row (replacing a row of the same name) to refine_ceiling.json and rewrite the table from it;
+    under a lock, so that two commands run side by side (one per source) keep each other's rows."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    with open(WORK / "refine_ceiling.lock", "w") as lock:  # under runs/: not a result
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = json.loads(OUT.with_suffix(".json").read_text()) if OUT.with_suffix(".json").is_file() else []
+        rows = [r for r in rows if r["system"] != result["system"]] + [{**result, "command": command}]
+        OUT.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+        write_table(rows)
+
+
+def write_table(rows: list[dict]) -> None:
     keys = ("fid", "precision", "recall", "coverage", "alignment")
     table = ["| system | " + " | ".join(keys) + " | command |", "|---" * (len(keys) + 2) + "|"]
     table += ["| " + r["system"] + " | " + " | ".join(f"{r[k]:.3f}" for k in keys) + f" | `{r['command']}` |" for r in rows]
