@@ -114,10 +114,9 @@ def study_pairs(config, components, finish_from: tuple[int, str] | None = None):
     from loopfree.pipeline import TiUEPipeline
 
     count = config.regression_pairs
-    kind = f"{config.regression_teacher_steps}steps-g{config.pair_cfg:g}"
-    if finish_from is not None:  # "refine481" (re-noised with z, the first such pairs) or "refine481-mirrored-z"
-        kind = f"refine{finish_from[0]}" + ("" if finish_from[1] == "z" else f"-{finish_from[1]}")
-    cache = WORK / f"pairs-{count}-{kind}.safetensors"
+    steps, cfg = config.regression_teacher_steps, config.pair_cfg
+    made_by = "refine{}-{}".format(*finish_from) if finish_from else f"{steps}steps-g{cfg:g}"
+    cache = WORK / f"pairs-{count}-{made_by}.safetensors"
     if cache.is_file():
         return TeacherPairs.load(cache)
     captions = all_captions()
