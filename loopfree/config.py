@@ -61,6 +61,9 @@ class DistillConfig:
     regression_pairs: int = 1024  # pairs generated once per run
     regression_teacher_steps: int = 50  # the teacher's DDIM steps per pair
     regression_guidance_scale: float | None = None  # the teacher's CFG for the pairs; None: guidance_scale
+    # Compare the latents average-pooled over regression_pool x regression_pool blocks: 1 compares them whole; 2 pulls
+    # only the layout towards the pair and leaves the detail within each block to distribution matching.
+    regression_pool: int = 1
     # DMD2's GAN term (docs/method.md, "Keeping the teacher's diversity"): a discriminator head on the fake score's
     # bottleneck tells noised real training images from noised student samples; the student gets the
     # non-saturating generator loss at this weight. 0 = off (no head, no real images).
@@ -135,7 +138,7 @@ class DistillConfig:
                 yield f"{lo}/{hi} must be integers with 0 <= {lo} <= {hi} <= 999, got {a!r}/{b!r}"
         if not _is_number(self.regression_weight) or self.regression_weight < 0:
             yield f"regression_weight must be a number >= 0, got {self.regression_weight!r}"
-        for name in ("regression_pairs", "regression_teacher_steps"):
+        for name in ("regression_pairs", "regression_teacher_steps", "regression_pool"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 yield f"{name} must be an integer >= 1, got {getattr(self, name)!r}"
         if self.regression_guidance_scale is not None and (

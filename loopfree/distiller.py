@@ -87,6 +87,9 @@ class Distiller(nn.Module):
         super().__init__()
         self.config = config
         alphas = components.scheduler.alphas_cumprod.float()
+        if components.unet.config.sample_size % config.regression_pool:
+            raise ValueError(f"regression_pool {config.regression_pool} must divide the latent's size "
+                             f"{components.unet.config.sample_size}")
         student_unet = student_unet if student_unet is not None else copy.deepcopy(components.unet)
         student_unet.requires_grad_(True).train()
         plan = plan_for(alphas, config.mode, config.num_steps, config.spacing, config.timesteps,
@@ -268,7 +271,8 @@ class Distiller(nn.Module):
         idx = rng.randint(0, len(pairs) - 1)  # (B,)
         text = self.encode_text(pairs.input_ids[idx])  # (B, 77, D)
         x0, _ = self.student(pairs.noise[idx.to(pairs.noise.device)].to(dtype), text.to(dtype))  # (B, C, H, W)
-        return regression_loss(x0, pairs.x0[idx.to(pairs.x0.device)], self.config.regression_weight)
+        return regression_loss(x0, pairs.x0[idx.to(pairs.x0.device)], self.config.regression_weight,
+                               self.config.regression_pool)
 
     @torch.no_grad()
     def sample_x0(self, batch: dict, rng: IterationRNG) -> torch.Tensor:

@@ -166,16 +166,23 @@ def fake_score_loss(eps_fake: torch.Tensor, eps: torch.Tensor, alpha_bar_t: torc
     return loss, {"loss_fake_score": loss.detach()}
 
 
-def regression_loss(x0: torch.Tensor, x0_teacher: torch.Tensor, weight: float):
+def regression_loss(x0: torch.Tensor, x0_teacher: torch.Tensor, weight: float, pool: int = 1):
     """DMD's regression loss (Yin et al., CVPR 2024, eq. 6; docs/method.md, "Keeping the teacher's diversity").
 
-    x0 is the student's sample from a stored noise z and prompt c, x0_teacher the teacher's multi-step DDIM
-    sample from the same (z, c). DMD compares them with LPIPS in pixel space; here the distance is the mean
-    squared error of the latents, which keeps the loss image-free and needs no extra network:
-    L_reg = weight * mean((x0 - x0_teacher)^2). Both (P, C, H, W); the teacher side carries no gradient.
+    x0 is the student's sample from a stored noise z and prompt c, x0_teacher the teacher's multi-step sample
+    from the same (z, c). DMD compares them with LPIPS in pixel space; here the distance is the mean squared
+    error of the latents, which keeps the loss image-free and needs no extra network:
+    L_reg = weight * mean((A(x0) - A(x0_teacher))^2), where A averages each pool x pool block of a latent
+    (A = identity for pool 1). Pooling keeps the pair's layout as the target and drops the detail the student
+    cannot predict from (z, c). Both (P, C, H, W); the teacher side carries no gradient.
     """
+    if x0.shape[-1] % pool or x0.shape[-2] % pool:
+        raise ValueError(f"regression_pool {pool} must divide the latent's height and width, got {tuple(x0.shape[-2:])}")
     with fp32(x0.device):
-        loss = weight * F.mse_loss(x0.float(), x0_teacher.detach().float(), reduction="mean")
+        x0, x0_teacher = x0.float(), x0_teacher.detach().float()
+        if pool > 1:
+            x0, x0_teacher = F.avg_pool2d(x0, pool), F.avg_pool2d(x0_teacher, pool)  # (P, C, H / pool, W / pool)
+        loss = weight * F.mse_loss(x0, x0_teacher, reduction="mean")
     return loss, {"loss_regression": loss.detach()}
 
 

@@ -31,10 +31,27 @@ def test_regression_loss_is_the_weighted_mean_squared_latent_error_and_its_gradi
     assert logs["loss_regression"].item() == pytest.approx(2.5)
 
 
+def test_pooled_regression_compares_block_means_by_hand_and_ignores_detail_inside_a_block():
+    x0 = torch.tensor([[[[1.0, 3.0, 0.0, 0.0], [5.0, 7.0, 0.0, 0.0]]]], requires_grad=True)  # (1, 1, 2, 4)
+    teacher = torch.tensor([[[[4.0, 4.0, 1.0, -1.0], [4.0, 4.0, -1.0, 1.0]]]])
+    # block means: student (4, 0), teacher (4, 0): the same layout, different detail in both blocks
+    assert regression_loss(x0, teacher, weight=1.0, pool=2)[0].item() == 0.0
+    assert regression_loss(x0, teacher, weight=1.0, pool=1)[0].item() == pytest.approx((9 + 1 + 1 + 9 + 1 + 1 + 1 + 1) / 8)
+    moved = teacher + torch.tensor([0.0, 0.0, 2.0, 2.0]).expand(1, 1, 2, 4)  # the right block's mean is 2, not 0
+    loss, _ = regression_loss(x0, moved, weight=0.5, pool=2)
+    assert loss.item() == pytest.approx(0.5 * (0 + 4) / 2)  # hand-computed over the 2 block means
+    loss.backward()  # each element of a block gets a quarter of its block mean's gradient: 0.5 * 2 * (0 - 2) / 2 / 4
+    torch.testing.assert_close(x0.grad, torch.tensor([[[[0.0, 0.0, -0.25, -0.25], [0.0, 0.0, -0.25, -0.25]]]]))
+    with pytest.raises(ValueError, match="regression_pool 3 must divide"):
+        regression_loss(x0, teacher, weight=1.0, pool=3)
+
+
 @pytest.mark.parametrize("bad, key", [(dict(regression_weight=-1.0), "regression_weight"),
                                       (dict(regression_pairs=0), "regression_pairs"),
                                       (dict(regression_teacher_steps=0), "regression_teacher_steps"),
-                                      (dict(regression_guidance_scale=0.5), "regression_guidance_scale")])
+                                      (dict(regression_guidance_scale=0.5), "regression_guidance_scale"),
+                                      (dict(regression_pool=0), "regression_pool"),
+                                      (dict(regression_pool=1.5), "regression_pool")])
 def test_bad_regression_settings_are_refused_naming_the_key(bad, key):
     with pytest.raises(ValueError, match=key):
         DistillConfig(**bad)
@@ -75,6 +92,20 @@ def test_regression_without_pairs_or_with_pairs_of_another_shape_is_refused(tiny
         d.student_turn({"input_ids": d.tokenize(PROMPTS)}, IterationRNG(0, 0, 0, 2))
     with pytest.raises(ValueError, match="latents"):
         d.set_teacher_pairs(TeacherPairs(torch.randn(1, 4, 4, 4), torch.randn(1, 4, 4, 4), torch.zeros(1, 77, dtype=torch.long)))
+
+
+def test_the_student_turn_pools_its_regression_as_configured(tiny_components):
+    # pairs whose targets are the student's own samples plus a 2 x 2 checkerboard: different detail, same layout
+    d = make(tiny_components, regression_weight=1.0, regression_pool=2)
+    noise, input_ids = torch.randn(2, 4, 8, 8), d.tokenize(PROMPTS)
+    with torch.no_grad():
+        x0, _ = d.student(noise, d.encode_text(input_ids))
+    checker = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(4, 4)  # (8, 8), every 2 x 2 block sums to 0
+    d.set_teacher_pairs(TeacherPairs(noise, x0 + checker, input_ids))
+    pooled = d.student_turn({"input_ids": input_ids}, IterationRNG(0, 0, 0, 2)).logs["loss_regression"]
+    d.config = DistillConfig(**{**SMALL, "regression_weight": 1.0})  # the same turn, compared whole
+    whole = d.student_turn({"input_ids": input_ids}, IterationRNG(0, 0, 0, 2)).logs["loss_regression"]
+    assert pooled.item() == pytest.approx(0.0, abs=1e-9) and whole.item() == pytest.approx(1.0, rel=1e-5)
 
 
 def _distance_to_pairs(d: Distiller, pairs: TeacherPairs) -> float:

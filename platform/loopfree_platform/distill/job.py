@@ -326,7 +326,8 @@ def _unet_module_names(config_json: str) -> frozenset[str]:
 
 def check_method(job: DistillJob) -> None:
     """The Distiller's model-dependent checks, in the driver: the DDIM plan against the teacher's training
-    timesteps (1000 where the teacher is on S3), and each LoRA target against the teacher UNet's modules."""
+    timesteps (1000 where the teacher is on S3), the regression's pooling against its latent size, and each LoRA
+    target against the teacher UNet's modules."""
     import torch
 
     from loopfree.schedule import plan_for
@@ -339,6 +340,9 @@ def check_method(job: DistillJob) -> None:
     except ValueError as err:
         raise JobError(f"method.{'timesteps' if cfg.timesteps else 'num_steps'}: {err}") from None
     unet = _teacher_config(job, "unet")
+    if unet is not None and int(unet.get("sample_size", 1)) % cfg.regression_pool:
+        raise JobError(f"method.regression_pool: {cfg.regression_pool} must divide the latent's size "
+                       f"{unet['sample_size']} (the teacher UNet's sample_size)")
     if cfg.fake_score == "lora" and unet is not None:
         names = _unet_module_names(json.dumps({k: v for k, v in unet.items() if not k.startswith("_")}, sort_keys=True))
         for target in cfg.lora_target_modules:

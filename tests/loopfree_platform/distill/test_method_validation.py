@@ -17,6 +17,7 @@ BAD_METHODS = [
     {"mode": "one_step", "timesteps": [1000]},
     {"lora_target_modules": ["to_x"]},  # no such module in the UNet
     {"lora_rank": 0},
+    {"regression_pool": 3},  # does not divide the tiny preset's latent size
 ]
 
 
@@ -43,6 +44,7 @@ def test_a_method_the_distiller_refuses_fails_the_dry_run_naming_method(tiny, sm
     ({"spacing": "custom", "timesteps": [999, 500]}, "method.timesteps: 2 listed but num_steps is 4; they must agree"),
     ({"num_steps": 2000}, "method.num_steps: num_steps (K) must be <= num_train_timesteps=1000"),
     ({"lora_target_modules": ["to_x"]}, "method.lora_target_modules: 'to_x' names no module"),
+    ({"regression_pool": 3}, "method.regression_pool: 3 must divide the latent's size"),
     ({"gan_weight": -0.01}, "method.gan_weight: must be a number >= 0, got -0.01"),
     ({"gan_weight": 0.01}, "method.gan_weight: DMD2's GAN term needs real training images"),  # study-only for now
     ({"divergence": "js"}, "method.divergence: an f-divergence other than reverse_kl needs the discriminator's real"),
