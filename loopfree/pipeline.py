@@ -124,19 +124,25 @@ class TiUEPipeline(DiffusionPipeline):
             raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
         scheduler = DDIMScheduler.from_config(self.scheduler.config)
         scheduler.set_timesteps(num_inference_steps)
+        return self._run(prompt, seeds, batch_size, output_type, return_dict,
+                         lambda z, text: self.denoise(z, text, scheduler, guidance_scale))
 
-        def sample(z: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-            uncond = self.encode_prompt([""] * z.shape[0]) if guidance_scale != 1.0 else None
-            for t in scheduler.timesteps:
-                if uncond is None:
-                    eps = self.unet(z, t, encoder_hidden_states=text).sample
-                else:  # one UNet call on [uncond; cond], as diffusers' SD pipelines do
-                    e_u, e_c = self.unet(z.repeat(2, 1, 1, 1), t, encoder_hidden_states=torch.cat([uncond, text])).sample.chunk(2)
-                    eps = e_u + guidance_scale * (e_c - e_u)
-                z = scheduler.step(eps, t, z).prev_sample
-            return z
-
-        return self._run(prompt, seeds, batch_size, output_type, return_dict, sample)
+    @torch.no_grad()
+    def denoise(self, z: torch.Tensor, text: torch.Tensor, scheduler: DDIMScheduler, guidance_scale: float,
+                t_start: int | None = None) -> torch.Tensor:
+        """DDIM (eta 0) with classifier-free guidance over the scheduler's timesteps: from pure noise z, or with
+        t_start from a sample already noised to the first timestep <= t_start (SDEdit's finish, Meng et al.,
+        ICLR 2022). z (B, C, H, W), text (B, 77, D) -> latents (B, C, H, W)."""
+        timesteps = scheduler.timesteps if t_start is None else scheduler.timesteps[scheduler.timesteps <= t_start]
+        uncond = self.encode_prompt([""] * z.shape[0]) if guidance_scale != 1.0 else None
+        for t in timesteps:
+            if uncond is None:
+                eps = self.unet(z, t, encoder_hidden_states=text).sample
+            else:  # one UNet call on [uncond; cond], as diffusers' SD pipelines do
+                e_u, e_c = self.unet(z.repeat(2, 1, 1, 1), t, encoder_hidden_states=torch.cat([uncond, text])).sample.chunk(2)
+                eps = e_u + guidance_scale * (e_c - e_u)
+            z = scheduler.step(eps, t, z).prev_sample
+        return z
 
     def _run(self, prompt, seeds, batch_size, output_type, return_dict, sample_fn):
         prompts, seeds = _check_request(prompt, seeds, batch_size, output_type)

@@ -68,11 +68,7 @@ class Refined:
     def __call__(self, prompts, seeds, batch_size, output_type):
         x0 = self.source(prompts, seeds=seeds, batch_size=batch_size, output_type="latent").images  # (B, 4, h, w)
         z = noise_to(x0, seeds, self.scheduler.alphas_cumprod[self.timesteps[0]], self.renoise)
-        text = self.teacher.encode_prompt(list(prompts))
-        uncond = self.teacher.encode_prompt([""] * len(prompts))
-        for t in self.timesteps:  # the teacher's own loop (pipeline.sample_multistep), from t_start down
-            e_u, e_c = self.teacher.unet(z.repeat(2, 1, 1, 1), t, encoder_hidden_states=torch.cat([uncond, text])).sample.chunk(2)
-            z = self.scheduler.step(e_u + GUIDANCE * (e_c - e_u), t, z).prev_sample
+        z = self.teacher.denoise(z, self.teacher.encode_prompt(list(prompts)), self.scheduler, GUIDANCE, int(self.timesteps[0]))
         if output_type == "latent":
             return SimpleNamespace(images=z)  # (B, 4, h, w): what regression pairs store
         return SimpleNamespace(images=self.teacher.decode_latents(z).permute(0, 2, 3, 1).numpy())  # (B, H, W, 3) in [0, 1]
