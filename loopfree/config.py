@@ -64,6 +64,9 @@ class DistillConfig:
     # Compare the latents average-pooled over regression_pool x regression_pool blocks: 1 compares them whole; 2 pulls
     # only the layout towards the pair and leaves the detail within each block to distribution matching.
     regression_pool: int = 1
+    # None: the pairs are the teacher's own samples from z. A timestep t: the initial student's sample from z, noised to
+    # t with z mirrored and finished by the teacher (its layout, the teacher's finish; loopfree.pairs).
+    regression_finish_from: int | None = None
     # DMD2's GAN term (docs/method.md, "Keeping the teacher's diversity"): a discriminator head on the fake score's
     # bottleneck tells noised real training images from noised student samples; the student gets the
     # non-saturating generator loss at this weight. 0 = off (no head, no real images).
@@ -141,6 +144,9 @@ class DistillConfig:
         for name in ("regression_pairs", "regression_teacher_steps", "regression_pool"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 yield f"{name} must be an integer >= 1, got {getattr(self, name)!r}"
+        if self.regression_finish_from is not None and not (
+                _is_int(self.regression_finish_from) and 1 <= self.regression_finish_from <= 999):
+            yield f"regression_finish_from must be an integer timestep in 1..999 or null, got {self.regression_finish_from!r}"
         if self.regression_guidance_scale is not None and (
                 not _is_number(self.regression_guidance_scale) or self.regression_guidance_scale < 1):
             yield f"regression_guidance_scale must be a number >= 1 or null, got {self.regression_guidance_scale!r}"

@@ -5,6 +5,12 @@ started from the noise z. The student is later asked for its own x0 from the sam
 towards x0_teacher, which anchors its noise-to-image map to the teacher's modes. The pairs are made once
 per run, before training, and stored with it; they hold no training image.
 
+With `regression_finish_from` t, a pair's target is instead the INITIAL STUDENT's sample from z, noised to the first
+timestep <= t of the teacher's schedule and finished by the teacher from there (SDEdit, Meng et al., ICLR 2022):
+the student's own layout from z with the teacher's finish. The noise that re-noises it is z mirrored left to
+right, so the target is a function of (z, prompt) alone, which the student can learn, while its elements are
+independent of z's (docs/method.md, "DMD's regression on the student's own finished samples").
+
 Shapes: noise and x0 are (P, C, H, W) latents (x0 before the VAE's scaling is undone, as the student's x0);
 input_ids is (P, 77).
 """
@@ -15,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from diffusers import DDIMScheduler
 from safetensors.torch import load_file, save_file
 
 PAIR_SEED_OFFSET = 1 << 40  # pair seeds never meet evaluation or sampling seeds, which count from 0
@@ -62,6 +69,35 @@ def make_teacher_pairs(pipe, prompts: list[str], seeds: list[int], num_inference
     noise = pipe.prepare_latents(seeds).cpu()  # (P, C, H, W)
     x0 = pipe.sample_multistep(prompts, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                                seeds=seeds, batch_size=batch_size, output_type="latent").images.float().cpu()
-    input_ids = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                               truncation=True, return_tensors="pt").input_ids
-    return TeacherPairs(noise, x0, input_ids)
+    return TeacherPairs(noise, x0, _input_ids(pipe, prompts))
+
+
+def _input_ids(pipe, prompts: list[str]) -> torch.Tensor:
+    return pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                          truncation=True, return_tensors="pt").input_ids  # (P, 77)
+
+
+@torch.no_grad()
+def make_refined_pairs(student, teacher, prompts: list[str], seeds: list[int], finish_from: int,
+                       num_inference_steps: int, guidance_scale: float, batch_size: int = 64) -> TeacherPairs:
+    """Pairs (z, prompt) -> the student's sample from z, finished by the teacher. `student` is a TiUEPipeline
+    over the initial student, `teacher` one over the teacher's UNet; both draw z from the same seeds.
+
+    1. x0_student = student(z, c), one TiUE pass.
+    2. x_t = sqrt(alpha_bar_t) x0_student + sqrt(1 - alpha_bar_t) flip(z), t the first timestep <= finish_from of
+       the teacher's num_inference_steps-step DDIM schedule.
+    3. x0 = the teacher's DDIM with CFG from x_t down to the end of that schedule.
+    """
+    scheduler = DDIMScheduler.from_config(teacher.scheduler.config)
+    scheduler.set_timesteps(num_inference_steps)
+    t = int(scheduler.timesteps[scheduler.timesteps <= finish_from][0])
+    alpha_bar_t = scheduler.alphas_cumprod[t]
+    noise = teacher.prepare_latents(seeds)  # (P, C, H, W): the z of every pair
+    x0 = []
+    for i in range(0, len(prompts), batch_size):
+        chunk = slice(i, i + batch_size)
+        sample = student(prompts[chunk], seeds=seeds[chunk], batch_size=batch_size, output_type="latent").images
+        x_t = alpha_bar_t.sqrt() * sample + (1 - alpha_bar_t).sqrt() * noise[chunk].flip(-1)  # (b, C, H, W)
+        text = teacher.encode_prompt(prompts[chunk]).to(teacher.unet.dtype)
+        x0.append(teacher.denoise(x_t, text, scheduler, guidance_scale, t).float().cpu())
+    return TeacherPairs(noise.cpu(), torch.cat(x0), _input_ids(teacher, prompts))

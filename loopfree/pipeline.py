@@ -7,6 +7,7 @@ The multi-step sampler (`sample_multistep`) runs the same components as a plain 
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
@@ -23,6 +24,7 @@ from loopfree.schedule import DDIMPlan, plan_for
 from loopfree.tiue import TiUEGenerator
 
 if TYPE_CHECKING:  # only for the annotation: serving a pipeline needs neither peft nor the losses the Distiller imports
+    from loopfree.config import DistillConfig
     from loopfree.distiller import Distiller
 
 OUTPUT_TYPES = ("pil", "np", "latent")
@@ -77,14 +79,21 @@ class TiUEPipeline(DiffusionPipeline):
                    components.scheduler, **kwargs)
 
     @classmethod
+    def for_method(cls, components: Components, config: DistillConfig, unet: UNet2DConditionModel | None = None):
+        """A student on a method's plan (its K, spacing and custom timesteps) with the teacher's VAE, text encoder,
+        tokenizer and scheduler: `unet`, or by default the teacher's own UNet (the initial student)."""
+        plan = build_plan(components.scheduler, config.mode, config.num_steps, config.spacing, config.timesteps)
+        return cls(components.unet if unet is None else unet, components.vae, components.text_encoder,
+                   components.tokenizer, components.scheduler, num_steps=plan.num_steps, mode=config.mode,
+                   spacing=config.spacing if config.mode == "tiue" else "leading",
+                   timesteps=list(plan.timesteps) if config.spacing == "custom" else None)
+
+    @classmethod
     def from_distiller(cls, distiller: Distiller, components: Components) -> "TiUEPipeline":
         """The exported student: the Distiller's EMA student UNet with the teacher's VAE, text encoder,
         tokenizer and scheduler, on the student's own plan (its K, spacing and custom timesteps)."""
-        cfg, plan = distiller.config, distiller.student.plan
-        return cls(distiller.export_unet(), components.vae, distiller.text_encoder, distiller.tokenizer,
-                   components.scheduler, num_steps=plan.num_steps, mode=cfg.mode,
-                   spacing=cfg.spacing if cfg.mode == "tiue" else "leading",
-                   timesteps=list(plan.timesteps) if cfg.spacing == "custom" else None)
+        parts = dataclasses.replace(components, text_encoder=distiller.text_encoder, tokenizer=distiller.tokenizer)
+        return cls.for_method(parts, distiller.config, distiller.export_unet())
 
     # -- shared steps -------------------------------------------------------------------------
     @torch.no_grad()

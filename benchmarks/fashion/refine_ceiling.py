@@ -74,20 +74,6 @@ class Refined:
         return SimpleNamespace(images=self.teacher.decode_latents(z).permute(0, 2, 3, 1).numpy())  # (B, H, W, 3) in [0, 1]
 
 
-def refined_pairs(pipe, prompts: list[str], seeds: list[int], finish_from: int, renoise: str, batch_size: int = 64):
-    """Pairs (z, prompt) -> the initial student's sample from z, re-noised with a function of that z ("z" or
-    "mirrored-z", so the target is a function of the student's input alone) and finished by the teacher
-    (the study's REFINED_PAIRS recipes)."""
-    from loopfree.pairs import TeacherPairs
-
-    refined = Refined(pipe, pipe, finish_from, renoise)
-    x0 = torch.cat([refined(prompts[i:i + batch_size], seeds[i:i + batch_size], batch_size, "latent").images.float()
-                    for i in range(0, len(prompts), batch_size)])
-    input_ids = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                               truncation=True, return_tensors="pt").input_ids
-    return TeacherPairs(pipe.prepare_latents(seeds).cpu(), x0.cpu(), input_ids)
-
-
 def main() -> None:
     from loopfree.classifier import load_classifier
     from loopfree.features import InceptionFeatures

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.fashion.study_recipes import BASE, BATCH_SIZES, RECIPES, REFINED_PAIRS
+from benchmarks.fashion.study_recipes import BASE, BATCH_SIZES, RECIPES
 
 WORK = Path("runs/fashion-study")  # caches and exports (large, not committed)
 # Each run's record (validation curve, final test row) is a result: small, committed, and what --report reads.
@@ -104,19 +104,17 @@ def run_name(recipe: str, seed: int, steps: int) -> str:
     return f"{recipe}-s{seed}" if steps in (0, STANDARD_STEPS) else f"{recipe}@{steps}-s{seed}"
 
 
-def study_pairs(config, components, finish_from: tuple[int, str] | None = None):
+def study_pairs(config, components):
     """The regression recipes' teacher pairs (`regression_pairs` of them): caption i % 80 with pair seed i, the
-    teacher's DDIM sample at the pairs' steps and guidance (`loopfree.pairs`), or with `finish_from` (t, renoise)
-    the initial student's sample finished by the teacher from that timestep (REFINED_PAIRS); cached and shared by
-    every run that asks."""
+    teacher's DDIM sample at the pairs' steps and guidance, or with `regression_finish_from` the initial student's
+    sample finished by the teacher (`loopfree.pairs`); cached and shared by every run that asks."""
     from examples.fashion.data import all_captions
-    from loopfree.pairs import TeacherPairs, make_teacher_pairs, pair_seeds
+    from loopfree.pairs import TeacherPairs, make_refined_pairs, make_teacher_pairs, pair_seeds
     from loopfree.pipeline import TiUEPipeline
 
-    count = config.regression_pairs
+    count, t = config.regression_pairs, config.regression_finish_from
     steps, cfg = config.regression_teacher_steps, config.pair_cfg
-    made_by = "refine{}-{}".format(*finish_from) if finish_from else f"{steps}steps-g{cfg:g}"
-    cache = WORK / f"pairs-{count}-{made_by}.safetensors"
+    cache = WORK / f"pairs-{count}-{'' if t is None else f'refine{t}-'}{steps}steps-g{cfg:g}.safetensors"
     if cache.is_file():
         return TeacherPairs.load(cache)
     captions = all_captions()
@@ -124,12 +122,10 @@ def study_pairs(config, components, finish_from: tuple[int, str] | None = None):
     pipe.set_progress_bar_config(disable=True)
     t0 = time.perf_counter()
     prompts, seeds = [captions[i % len(captions)] for i in range(count)], pair_seeds(0, count)
-    if finish_from is None:
-        pairs = make_teacher_pairs(pipe, prompts, seeds, config.regression_teacher_steps, config.pair_cfg)
+    if t is None:
+        pairs = make_teacher_pairs(pipe, prompts, seeds, steps, cfg)
     else:
-        from benchmarks.fashion.refine_ceiling import refined_pairs
-
-        pairs = refined_pairs(pipe, prompts, seeds, *finish_from)
+        pairs = make_refined_pairs(pipe, pipe, prompts, seeds, t, steps, cfg)
     cache.parent.mkdir(parents=True, exist_ok=True)
     partial = cache.with_suffix(f".{os.getpid()}.tmp")  # two runs started together may both make them
     pairs.save(partial)
@@ -206,7 +202,7 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
     torch.manual_seed(seed)
     components = load_components(TEACHER)
     config = DistillConfig(**{**BASE, **RECIPES[recipe], **({"num_steps": num_steps} if num_steps else {})})
-    pairs = study_pairs(config, components, REFINED_PAIRS.get(recipe)) if config.regression_weight > 0 else None
+    pairs = study_pairs(config, components) if config.regression_weight > 0 else None
     real = study_real_latents(components) if config.uses_real_images else None
     distiller = Distiller(components, config, student_unet=student_init(init_from))
     if pairs is not None:

@@ -1,6 +1,6 @@
 """The recipes of the distillation study on the Fashion-MNIST teacher (benchmarks/fashion/study.py): each a set of
-DistillConfig keys over BASE, named after what it changes, with the study settings that are not DistillConfig keys
-(a global batch, pairs made from the initial student's samples). Why each exists is said beside it.
+DistillConfig keys over BASE, named after what it changes, with the study setting that is not a DistillConfig key
+(a global batch). Why each exists is said beside it.
 """
 
 from __future__ import annotations
@@ -13,17 +13,6 @@ BASE = dict(num_steps=4, spacing="leading", lambda_kl=0.1, student_lr=1e-4, fake
 # base of the diversity and stability variants below.
 BEST = {"fake_score": "full", "fake_score_lr": 1e-4, "fake_score_updates": 5, "guidance_scale": 2.0,
         "fake_guidance_scale": 1.0, "vsd_weighting": "x0_error"}
-# Regression recipes whose pairs are the INITIAL STUDENT's samples re-noised with their own z to this timestep (the
-# teacher's 50-step schedule's first at or below it) and finished by the teacher at guidance 2 (a study setting, not a
-# DistillConfig key; benchmarks/fashion/refine_ceiling.py). Measured there: from t = 481 those samples keep the
-# initial student's layouts and reach the 50-step teacher's recall, so the pairs ask for details the student can learn.
-REFINED_PAIRS: dict[str, tuple[int, str]] = {
-    **{f"full-ttur5-guid2-1-x0err-tmax299-fst299-rp481-reg{w}": (481, "z") for w in ("0.25", "1")},
-    # re-noised with z itself the finished samples lose fidelity (FID 150.6 against 122.8 with fresh noise): the noise
-    # then repeats the sample's own structure. Mirrored, z stays a function of the student's input yet independent
-    # of it element by element.
-    **{f"full-ttur5-guid2-1-x0err-tmax299-fst299-rp481m-reg{w}": (481, "mirrored-z") for w in ("0.25", "1")},
-    **{f"full-ttur5-guid2-1-x0err-tmax299-fst299-rp481m-lp2-reg{w}": (481, "mirrored-z") for w in ("0.25", "1")}}
 # Recipes whose global batch is not the default 8 (a study setting, not a DistillConfig key); --batch-size may not contradict it.
 BATCH_SIZES: dict[str, int] = {"full-ttur5-guid2-1-x0err-b32": 32}
 RECIPES: dict[str, dict] = {
@@ -97,22 +86,24 @@ RECIPES: dict[str, dict] = {
     "full-ttur5-guid2-1-x0err-tmax499-flr3e-4": {**BEST, "vsd_t_max": 499, "fake_score_lr": 3e-4},
     # The same for t <= 299, the recipe with the most coverage (test 0.0715, above the 50-step teacher's 0.068).
     "full-ttur5-guid2-1-x0err-tmax299-fst299": {**BEST, "vsd_t_max": 299, "fake_score_t_max": 299},
-    # The study's choice plus DMD's regression on pairs made from the initial student's own samples (REFINED_PAIRS):
-    # the low-noise recipe reaches recall 0.138 where its initial student finished by the teacher reaches 0.287
-    # (benchmarks/results/refine_ceiling.md), so the pairs hand it that finish directly. Re-noised with z itself
-    # (rp481) the finished samples score FID 150.6, and the weight-0.25 screen was stopped at 400 updates
-    # (validation FID 173.7 against 167.0 for tmax499 at 400; no record kept); rp481m mirrors z. Measured, rp481m at
-    # 0.25 over 2000 updates: test recall 0.199 against 0.163 without it, at validation FID 154.9 against 143.6.
-    **{f"full-ttur5-guid2-1-x0err-tmax299-fst299-rp481-reg{w}": {**BEST, "vsd_t_max": 299, "fake_score_t_max": 299,
-                                                               "regression_weight": float(w)} for w in ("0.25", "1")},
+    # The study's choice plus DMD's regression on pairs made from the initial student's own samples
+    # (regression_finish_from: its sample from z, noised to t = 481 with z mirrored and finished by the teacher's
+    # 50-step DDIM at guidance 2; loopfree.pairs): the low-noise recipe reaches recall 0.138 where its initial
+    # student finished by the teacher reaches 0.287 (benchmarks/results/refine_ceiling.md), so the pairs hand it that
+    # finish directly. Re-noised with z itself instead of z mirrored (an earlier version of the study, rp481), the
+    # finished samples score FID 150.6 and the weight-0.25 screen was stopped at 400 updates (validation FID 173.7
+    # against 167.0 for tmax499 at 400; no record kept). Measured, rp481m at 0.25 over 2000 updates: test recall
+    # 0.199 against 0.163 without it, at validation FID 154.9 against 143.6.
     **{f"full-ttur5-guid2-1-x0err-tmax299-fst299-rp481m-reg{w}": {**BEST, "vsd_t_max": 299, "fake_score_t_max": 299,
-                                                                "regression_weight": float(w)} for w in ("0.25", "1")},
+                                                                "regression_weight": float(w), "regression_finish_from": 481}
+       for w in ("0.25", "1")},
     # The same pairs compared as 2 x 2 block means (regression_pool 2): rp481m-reg0.25 raised test recall (0.163 ->
     # 0.199) and cost validation FID (143.6 -> 154.9), coverage and alignment, since the full-resolution target
     # carries detail the student cannot predict from (z, c). Pooled, the pairs hand over the layout only and leave
     # the detail to VSD.
     **{f"full-ttur5-guid2-1-x0err-tmax299-fst299-rp481m-lp2-reg{w}": {**BEST, "vsd_t_max": 299, "fake_score_t_max": 299,
-                                                                    "regression_weight": float(w), "regression_pool": 2}
+                                                                    "regression_weight": float(w), "regression_pool": 2,
+                                                                    "regression_finish_from": 481}
        for w in ("0.25", "1")},
     # A larger global batch (32 instead of the CLI's 8, set in BATCH_SIZES): the fake score sees four times as many of
     # the student's samples per update, so its model of the student's distribution is less noisy.

@@ -1,6 +1,7 @@
 """The study's regression pairs (benchmarks/fashion/study.py, study_pairs): as many as the recipe's
-`regression_pairs`, equal to the teacher's own DDIM samples from the pairs' noises, and cached per count, steps
-and guidance so that a second run reads them instead of sampling again."""
+`regression_pairs`, equal to the teacher's own DDIM samples from the pairs' noises (or, with
+`regression_finish_from`, the initial student's samples finished by the teacher), and cached per count, start,
+steps and guidance so that a second run reads them instead of sampling again."""
 
 import torch
 
@@ -43,11 +44,12 @@ def test_refined_pairs_are_the_initial_students_samples_renoised_with_their_mirr
     from diffusers import DDIMScheduler
 
     monkeypatch.setattr(study, "WORK", tmp_path)
-    config = DistillConfig(**{**BASE, "regression_weight": 1.0, "regression_pairs": 2})
+    config = DistillConfig(**{**BASE, "regression_weight": 1.0, "regression_pairs": 2, "regression_finish_from": 481,
+                              "guidance_scale": 2.0})
     components = load_components(TEACHER)
-    pairs = study_pairs(config, components, finish_from=(481, "mirrored-z"))
-    assert (tmp_path / "pairs-2-refine481-mirrored-z.safetensors").is_file() and len(pairs) == 2
-    # independent of refine_ceiling.Refined: diffusers' add_noise and DDIM step on the 50-step schedule from t = 481
+    pairs = study_pairs(config, components)
+    assert (tmp_path / "pairs-2-refine481-50steps-g2.safetensors").is_file() and len(pairs) == 2
+    # independent of loopfree.pairs: diffusers' add_noise and DDIM step on the 50-step schedule from t = 481
     pipe = TiUEPipeline.from_components(components)
     pipe.set_progress_bar_config(disable=True)
     seeds, prompts = pair_seeds(0, 2), all_captions()[:2]

@@ -8,7 +8,7 @@ import torch
 from loopfree.config import DistillConfig
 from loopfree.distiller import Distiller
 from loopfree.losses import regression_loss
-from loopfree.pairs import TeacherPairs, make_teacher_pairs, pair_seeds
+from loopfree.pairs import TeacherPairs, make_refined_pairs, make_teacher_pairs, pair_seeds
 from loopfree.pipeline import TiUEPipeline
 from loopfree.rng import IterationRNG
 from loopfree.training import LocalEngine, train_iteration
@@ -51,7 +51,9 @@ def test_pooled_regression_compares_block_means_by_hand_and_ignores_detail_insid
                                       (dict(regression_teacher_steps=0), "regression_teacher_steps"),
                                       (dict(regression_guidance_scale=0.5), "regression_guidance_scale"),
                                       (dict(regression_pool=0), "regression_pool"),
-                                      (dict(regression_pool=1.5), "regression_pool")])
+                                      (dict(regression_pool=1.5), "regression_pool"),
+                                      (dict(regression_finish_from=0), "regression_finish_from"),
+                                      (dict(regression_finish_from=1000), "regression_finish_from")])
 def test_bad_regression_settings_are_refused_naming_the_key(bad, key):
     with pytest.raises(ValueError, match=key):
         DistillConfig(**bad)
@@ -74,6 +76,37 @@ def test_teacher_pairs_are_the_teachers_ddim_samples_from_their_own_noise_whatev
     torch.testing.assert_close(pairs.x0[1:2], one, rtol=1e-5, atol=1e-5)  # pair 1 alone = pair 1 in a batch of 2
     torch.testing.assert_close(pairs.noise[1], torch.randn((4, 8, 8), generator=torch.Generator().manual_seed(seeds[1])))
     assert not torch.allclose(pairs.x0[0], pairs.x0[2])  # same prompt, other noise: another sample
+
+
+def test_refined_pairs_finish_the_students_sample_renoised_with_mirrored_z_whatever_the_batching(tiny_components):
+    from diffusers import DDIMScheduler
+
+    teacher = TiUEPipeline.from_components(copy.deepcopy(tiny_components))
+    student = TiUEPipeline.from_components(copy.deepcopy(tiny_components), num_steps=2)
+    with torch.no_grad():  # a student that is not the teacher, so that the test tells the two apart
+        for p in student.unet.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    for pipe in (teacher, student):
+        pipe.set_progress_bar_config(disable=True)
+    seeds = pair_seeds(0, 3)
+    pairs = make_refined_pairs(student, teacher, PROMPTS + PROMPTS[:1], seeds, finish_from=600,
+                               num_inference_steps=4, guidance_scale=2.0, batch_size=2)
+    assert torch.equal(pairs.noise, teacher.prepare_latents(seeds))
+    # independent of loopfree.pairs: diffusers' add_noise and DDIM step; the 4-step schedule is 751, 501, 251, 1
+    scheduler = DDIMScheduler.from_config(teacher.scheduler.config)
+    scheduler.set_timesteps(4)
+    assert scheduler.timesteps.tolist() == [751, 501, 251, 1]
+    z = teacher.prepare_latents(seeds[1:2])
+    x = scheduler.add_noise(student(PROMPTS[1:2], seeds=seeds[1:2], output_type="latent").images, z.flip(-1),
+                            torch.tensor([501]))
+    text, uncond = teacher.encode_prompt(PROMPTS[1:2]), teacher.encode_prompt([""])
+    with torch.no_grad():
+        for t in (501, 251, 1):
+            e_u, e_c = teacher.unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, text])).sample.chunk(2)
+            x = scheduler.step(e_u + 2.0 * (e_c - e_u), t, x).prev_sample
+    torch.testing.assert_close(pairs.x0[1:2], x, rtol=1e-5, atol=1e-5)  # pair 1, made in a batch of 2, alone here
+    own = make_teacher_pairs(teacher, PROMPTS[1:2], seeds[1:2], num_inference_steps=4, guidance_scale=2.0)
+    assert not torch.allclose(pairs.x0[1:2], own.x0, atol=1e-3)  # not the teacher's own sample from z
 
 
 def test_teacher_pairs_survive_a_save_and_load(tmp_path):

@@ -2,7 +2,9 @@
 
 When `method.regression_weight > 0`, the driver makes `method.regression_pairs` pairs with Ray Data before the
 Ray Train run starts: pair i is the teacher's DDIM sample for prompt i of the ordered corpus (cycling when
-the corpus holds fewer prompts) from the noise of pair seed i (`loopfree.pairs.pair_seeds`). So the pairs
+the corpus holds fewer prompts) from the noise of pair seed i (`loopfree.pairs.pair_seeds`), or with
+`method.regression_finish_from` the initial student's sample from that noise finished by the teacher
+(`loopfree.pairs.make_refined_pairs`; the initial student is `model.student_dir` or the teacher). So the pairs
 depend on the corpus, its seed, the teacher and the method only, not on how the work is split. They are
 stored once with the run, `teacher_pairs.safetensors` (written whole or not at all), beside
 `teacher_pairs.json` (the settings that made them); a resumed run reuses them, and refuses settings that
@@ -20,8 +22,8 @@ import numpy as np
 import torch
 
 from loopfree.config import DistillConfig
-from loopfree.pairs import TeacherPairs, make_teacher_pairs, pair_seeds
-from loopfree.presets import Components, load_components, preset
+from loopfree.pairs import TeacherPairs, make_refined_pairs, make_teacher_pairs, pair_seeds
+from loopfree.presets import Components, load_components, load_student_unet, preset
 from loopfree_platform import storage
 from loopfree_platform.console import Progress
 from loopfree_platform.distill.job import DistillJob
@@ -45,24 +47,40 @@ def teacher_components(job: DistillJob) -> Components:
 
 def pair_settings(config: DistillConfig) -> dict:
     """What the stored pairs were made with; a resumed run must ask for the same."""
-    return {"pairs": config.regression_pairs, "teacher_steps": config.regression_teacher_steps,
-            "guidance_scale": config.pair_cfg}
+    settings = {"pairs": config.regression_pairs, "teacher_steps": config.regression_teacher_steps,
+                "guidance_scale": config.pair_cfg}
+    if config.regression_finish_from is not None:  # absent otherwise, as in runs stored before the key existed
+        settings["finish_from"] = config.regression_finish_from
+    return settings
 
 
 class TeacherSampler:
-    """A Ray Data actor holding the teacher's pipeline: a batch of (index, prompt, seed) rows in, pairs out."""
+    """A Ray Data actor holding the teacher's pipeline (and, for refined pairs, the initial student's): a batch of
+    (index, prompt, seed) rows in, pairs out."""
 
     def __init__(self, job: DistillJob):
         from loopfree.pipeline import TiUEPipeline
 
-        self.pipe = TiUEPipeline.from_components(teacher_components(job))
-        self.pipe.to("cuda" if job.scaling.use_gpu else "cpu")  # Ray gives the actor its own GPU
-        self.pipe.set_progress_bar_config(disable=True)
-        self.steps, self.guidance = job.method.regression_teacher_steps, job.method.pair_cfg
+        components, method = teacher_components(job), job.method
+        self.student = None
+        if method.regression_finish_from is not None:  # the student training starts from; sampling shares the UNet
+            unet = load_student_unet(local_model_dir(job.model.student_dir, job.storage.endpoint_url)) \
+                if job.model.student_dir else None
+            self.student = TiUEPipeline.for_method(components, method, unet)
+        self.pipe = TiUEPipeline.from_components(components)
+        for pipe in (self.pipe, self.student) if self.student else (self.pipe,):
+            pipe.to("cuda" if job.scaling.use_gpu else "cpu")  # Ray gives the actor its own GPU
+            pipe.set_progress_bar_config(disable=True)
+        self.method = method
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         prompts, seeds = [str(p) for p in batch["prompt"]], [int(s) for s in batch["seed"]]
-        pairs = make_teacher_pairs(self.pipe, prompts, seeds, self.steps, self.guidance, batch_size=len(prompts))
+        m, b = self.method, len(prompts)
+        if self.student is None:
+            pairs = make_teacher_pairs(self.pipe, prompts, seeds, m.regression_teacher_steps, m.pair_cfg, batch_size=b)
+        else:
+            pairs = make_refined_pairs(self.student, self.pipe, prompts, seeds, m.regression_finish_from,
+                                       m.regression_teacher_steps, m.pair_cfg, batch_size=b)
         return {"index": batch["index"], "noise": pairs.noise.numpy(), "x0": pairs.x0.numpy(),  # (b, C, H, W)
                 "input_ids": pairs.input_ids.numpy()}  # (b, 77)
 
@@ -121,7 +139,12 @@ def prepare_teacher_pairs(job: DistillJob, ordered, unique: int, progress: Progr
         storage.write_bytes(uri, (Path(d) / PAIRS_FILE).read_bytes(), endpoint)  # last: the pairs' "done" mark
     seconds = time.perf_counter() - t0
     print(f"teacher pairs: {len(pairs)} made in {seconds:.1f} s ({len(pairs) / seconds:.2f} pairs/s; "
-          f"{settings['teacher_steps']} DDIM steps at guidance {settings['guidance_scale']:g}) -> {uri}", flush=True)
+          f"{settings['teacher_steps']} DDIM steps at guidance {settings['guidance_scale']:g}"
+          f"{finished_from(settings)}) -> {uri}", flush=True)
+
+
+def finished_from(settings: dict) -> str:
+    return f", the initial student's samples finished from t = {settings['finish_from']}" if "finish_from" in settings else ""
 
 
 def _check_stored(settings: dict, settings_uri: str, endpoint: str | None) -> None:
@@ -130,8 +153,8 @@ def _check_stored(settings: dict, settings_uri: str, endpoint: str | None) -> No
     stored = json.loads(storage.read_bytes(settings_uri, endpoint))
     if stored != settings:
         raise PairsError(f"{settings_uri}: the run's teacher pairs were made with {stored}, the job asks for {settings} "
-                         "(method.regression_pairs, regression_teacher_steps, regression_guidance_scale): keep the "
-                         "run's settings, or use a new run name")
+                         "(method.regression_pairs, regression_teacher_steps, regression_guidance_scale, "
+                         "regression_finish_from): keep the run's settings, or use a new run name")
 
 
 def load_teacher_pairs(job: DistillJob) -> TeacherPairs:

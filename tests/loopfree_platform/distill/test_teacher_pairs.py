@@ -4,14 +4,24 @@ tests/integration/distill/test_distill.py."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from loopfree_platform import storage
 from loopfree_platform.console import Progress
 from loopfree_platform.distill.job import DistillJob
-from loopfree_platform.distill.pairs import PAIRS_FILE, SETTINGS_FILE, PairsError, pair_rows, prepare_teacher_pairs
+from loopfree_platform.distill.pairs import (
+    PAIRS_FILE,
+    SETTINGS_FILE,
+    PairsError,
+    TeacherSampler,
+    pair_rows,
+    prepare_teacher_pairs,
+)
 
-from loopfree.pairs import PAIR_SEED_OFFSET, TeacherPairs
+from loopfree.pairs import PAIR_SEED_OFFSET, TeacherPairs, make_refined_pairs, make_teacher_pairs, pair_seeds
+from loopfree.pipeline import TiUEPipeline
+from loopfree.presets import load_student_unet, preset
 
 OFF = Progress("", enabled=False)
 
@@ -48,7 +58,8 @@ def test_a_resumed_run_reuses_its_pairs_and_refuses_settings_that_would_make_oth
     assert "teacher pairs: reusing" in capsys.readouterr().out
     assert storage.read_bytes(storage.join(same.run_dir(), PAIRS_FILE)) == before
     for change in ({"regression_pairs": 3}, {"regression_teacher_steps": 50}, {"regression_guidance_scale": 2.0},
-                   {"guidance_scale": 2.0}):  # the pairs' guidance follows guidance_scale unless set
+                   {"guidance_scale": 2.0},  # the pairs' guidance follows guidance_scale unless set
+                   {"regression_finish_from": 481}):
         other = _job(smoke_job, tmp_path, **{"regression_weight": 1.0, "regression_pairs": 2,
                                              "regression_teacher_steps": 5, **change})
         with pytest.raises(PairsError, match="keep the run's settings, or use a new run name"):
@@ -59,3 +70,31 @@ def test_without_the_regression_loss_no_pairs_are_made(smoke_job, tmp_path):
     job = _job(smoke_job, tmp_path)
     prepare_teacher_pairs(job, None, 0, OFF)
     assert not storage.exists(storage.join(job.run_dir(), PAIRS_FILE))
+
+
+def _sample(job: DistillJob, prompts: list[str], seeds: list[int]) -> dict:
+    batch = {"index": np.arange(len(prompts)), "prompt": np.array(prompts), "seed": np.array(seeds)}
+    return TeacherSampler(job)(batch)
+
+
+def test_the_sampler_refines_the_initial_students_samples_from_student_dir_when_asked(smoke_job, tmp_path):
+    prompts, seeds = ["a red sneaker", "a cat"], pair_seeds(0, 2)
+    method = {"regression_weight": 1.0, "regression_teacher_steps": 4, "guidance_scale": 2.0}
+    components = preset("tiny").build(seed=0)
+    # a student other than the teacher, saved as an export's unet/ folder
+    student_unet = preset("tiny").build(seed=1).unet
+    student_unet.save_pretrained(tmp_path / "student" / "unet")
+    job = DistillJob.model_validate(smoke_job({"storage": {"path": str(tmp_path)}, "model": {
+        "preset": "tiny", "seed": 0, "student_dir": str(tmp_path / "student")},
+        "method": {**method, "regression_finish_from": 600}}))
+    out = _sample(job, prompts, seeds)
+    teacher = TiUEPipeline.from_components(components)
+    student = TiUEPipeline.for_method(components, job.method, load_student_unet(tmp_path / "student"))
+    for pipe in (teacher, student):
+        pipe.set_progress_bar_config(disable=True)
+    expected = make_refined_pairs(student, teacher, prompts, seeds, 600, 4, 2.0)
+    torch.testing.assert_close(torch.from_numpy(out["x0"]), expected.x0)
+    plain = _sample(DistillJob.model_validate(smoke_job({"storage": {"path": str(tmp_path)}, "method": method})),
+                    prompts, seeds)  # without the key: the teacher's own samples
+    torch.testing.assert_close(torch.from_numpy(plain["x0"]), make_teacher_pairs(teacher, prompts, seeds, 4, 2.0).x0)
+    assert not torch.allclose(torch.from_numpy(plain["x0"]), expected.x0, atol=1e-3)
