@@ -93,7 +93,8 @@ RECIPES: dict[str, dict] = {
     # finish directly. Re-noised with z itself instead of z mirrored (an earlier version of the study, rp481), the
     # finished samples score FID 150.6 and the weight-0.25 screen was stopped at 400 updates (validation FID 173.7
     # against 167.0 for tmax499 at 400; no record kept). Measured, rp481m at 0.25 over 2000 updates: test recall
-    # 0.199 against 0.163 without it, at validation FID 154.9 against 143.6.
+    # 0.199 against 0.163 without it, at validation FID 154.9 against 143.6; over 4000 updates recall falls back
+    # (0.162) as FID (118.91) and coverage (0.065) come back.
     **{f"full-ttur5-guid2-1-x0err-tmax299-fst299-rp481m-reg{w}": {**BEST, "vsd_t_max": 299, "fake_score_t_max": 299,
                                                                 "regression_weight": float(w), "regression_finish_from": 481}
        for w in ("0.25", "1")},
