@@ -21,8 +21,10 @@ BAD_METHODS = [
 ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def tiny():
+    # one per case: the Distiller takes ownership of the components, and a configuration it refuses may already
+    # have changed them (a LoRA adapter half added) when it raises
     return preset("tiny").build(seed=0)
 
 
