@@ -102,7 +102,6 @@ def main() -> None:
             record(row(label, refined, inception, classifier, classes, ref), command)
 
 
-
 def source_sampler(source: str, run: str, teacher):
     """(row name, sampler): the initial student (the teacher's UNet as a K = 4 TiUE student), the run's exported
     student, or the teacher's best 4-step sampler (guidance 3, chosen on validation)."""

@@ -68,7 +68,7 @@ class TeacherSampler:
                 if job.model.student_dir else None
             self.student = TiUEPipeline.for_method(components, method, unet)
         self.pipe = TiUEPipeline.from_components(components)
-        for pipe in (self.pipe, self.student) if self.student else (self.pipe,):
+        for pipe in filter(None, (self.pipe, self.student)):
             pipe.to("cuda" if job.scaling.use_gpu else "cpu")  # Ray gives the actor its own GPU
             pipe.set_progress_bar_config(disable=True)
         self.method = method
