@@ -16,6 +16,7 @@ from loopfree.losses import DIVERGENCES, KL_REDUCTIONS, STUDENT_LOSSES, VSD_WEIG
 from loopfree.schedule import MODES, SPACINGS, check_timesteps
 
 FAKE_SCORES = ("lora", "full")
+RENOISE = ("mirrored_z", "fresh")  # the noise that re-noises a refined regression pair's student sample (loopfree.pairs)
 # Keys renamed because they train the fake score whether it is a LoRA or a full copy (docs/jobs.md).
 RENAMED = {"lora_lr": "fake_score_lr", "lora_warmup_steps": "fake_score_warmup_steps",
            "lora_adam_betas": "fake_score_adam_betas", "lora_t_min": "fake_score_t_min",
@@ -67,6 +68,9 @@ class DistillConfig:
     # None: the pairs are the teacher's own samples from z. A timestep t: the initial student's sample from z, noised to
     # t with z mirrored and finished by the teacher (its layout, the teacher's finish; loopfree.pairs).
     regression_finish_from: int | None = None
+    # The noise that re-noises the student's sample: "mirrored_z" (z flipped left to right) or "fresh" (its own
+    # draw per pair, from a seed no other noise uses): garments are near-symmetric, so mirrored z keeps some layout.
+    regression_renoise: str = "mirrored_z"
     # DMD2's GAN term (docs/method.md, "Keeping the teacher's diversity"): a discriminator head on the fake score's
     # bottleneck tells noised real training images from noised student samples; the student gets the
     # non-saturating generator loss at this weight. 0 = off (no head, no real images).
@@ -147,6 +151,10 @@ class DistillConfig:
         if self.regression_finish_from is not None and not (
                 _is_int(self.regression_finish_from) and 1 <= self.regression_finish_from <= 999):
             yield f"regression_finish_from must be an integer timestep in 1..999 or null, got {self.regression_finish_from!r}"
+        if self.regression_renoise not in RENOISE:
+            yield f"regression_renoise must be one of {', '.join(RENOISE)}, got {self.regression_renoise!r}"
+        elif self.regression_renoise != "mirrored_z" and self.regression_finish_from is None:
+            yield f"regression_renoise {self.regression_renoise!r} needs regression_finish_from (a timestep to finish from)"
         if self.regression_guidance_scale is not None and (
                 not _is_number(self.regression_guidance_scale) or self.regression_guidance_scale < 1):
             yield f"regression_guidance_scale must be a number >= 1 or null, got {self.regression_guidance_scale!r}"

@@ -114,7 +114,8 @@ def study_pairs(config, components):
 
     count, t = config.regression_pairs, config.regression_finish_from
     steps, cfg = config.regression_teacher_steps, config.pair_cfg
-    cache = WORK / f"pairs-{count}-{'' if t is None else f'refine{t}-'}{steps}steps-g{cfg:g}.safetensors"
+    refine = '' if t is None else f"refine{t}-{'' if config.regression_renoise == 'mirrored_z' else 'fresh-'}"
+    cache = WORK / f"pairs-{count}-{refine}{steps}steps-g{cfg:g}.safetensors"
     if cache.is_file():
         return TeacherPairs.load(cache)
     captions = all_captions()
@@ -125,7 +126,7 @@ def study_pairs(config, components):
     if t is None:
         pairs = make_teacher_pairs(pipe, prompts, seeds, steps, cfg)
     else:
-        pairs = make_refined_pairs(pipe, pipe, prompts, seeds, t, steps, cfg)
+        pairs = make_refined_pairs(pipe, pipe, prompts, seeds, t, steps, cfg, renoise=config.regression_renoise)
     cache.parent.mkdir(parents=True, exist_ok=True)
     partial = cache.with_suffix(f".{os.getpid()}.tmp")  # two runs started together may both make them
     pairs.save(partial)

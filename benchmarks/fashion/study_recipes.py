@@ -98,6 +98,14 @@ RECIPES: dict[str, dict] = {
     **{f"full-ttur5-guid2-1-x0err-tmax299-fst299-rp481m-reg{w}": {**BEST, "vsd_t_max": 299, "fake_score_t_max": 299,
                                                                 "regression_weight": float(w), "regression_finish_from": 481}
        for w in ("0.25", "1")},
+    # The same with the sample re-noised by its own fresh draw (regression_renoise: fresh), not z mirrored: on the
+    # refine ceiling's protocol the initial student finished from t = 481 covers more of the test images re-noised
+    # fresh (coverage 0.082, recall 0.287) than with z mirrored (0.056, 0.302); garments are near-symmetric, so
+    # mirrored z still echoes the layout the student drew from z. And from t = 681: more of the teacher's spread.
+    **{f"full-ttur5-guid2-1-x0err-tmax299-fst299-rp{t}f-reg0.25": {**BEST, "vsd_t_max": 299, "fake_score_t_max": 299,
+                                                                  "regression_weight": 0.25, "regression_finish_from": t,
+                                                                  "regression_renoise": "fresh"}
+       for t in (481, 681)},
     # The same pairs compared as 2 x 2 block means (regression_pool 2): rp481m-reg0.25 raised test recall (0.163 ->
     # 0.199) and cost validation FID (143.6 -> 154.9), coverage and alignment, since the full-resolution target
     # carries detail the student cannot predict from (z, c). Pooled, the pairs hand over the layout only and leave

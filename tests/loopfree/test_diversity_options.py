@@ -53,7 +53,10 @@ def test_pooled_regression_compares_block_means_by_hand_and_ignores_detail_insid
                                       (dict(regression_pool=0), "regression_pool"),
                                       (dict(regression_pool=1.5), "regression_pool"),
                                       (dict(regression_finish_from=0), "regression_finish_from"),
-                                      (dict(regression_finish_from=1000), "regression_finish_from")])
+                                      (dict(regression_finish_from=1000), "regression_finish_from"),
+                                      (dict(regression_finish_from=481, regression_renoise="mirrored"),
+                                       "regression_renoise"),
+                                      (dict(regression_renoise="fresh"), "regression_renoise")])
 def test_bad_regression_settings_are_refused_naming_the_key(bad, key):
     with pytest.raises(ValueError, match=key):
         DistillConfig(**bad)
@@ -78,7 +81,8 @@ def test_teacher_pairs_are_the_teachers_ddim_samples_from_their_own_noise_whatev
     assert not torch.allclose(pairs.x0[0], pairs.x0[2])  # same prompt, other noise: another sample
 
 
-def test_refined_pairs_finish_the_students_sample_renoised_with_mirrored_z_whatever_the_batching(tiny_components):
+@pytest.mark.parametrize("renoise", ["mirrored_z", "fresh"])
+def test_refined_pairs_finish_the_students_sample_renoised_as_asked_whatever_the_batching(tiny_components, renoise):
     from diffusers import DDIMScheduler
 
     teacher = TiUEPipeline.from_components(copy.deepcopy(tiny_components))
@@ -90,14 +94,18 @@ def test_refined_pairs_finish_the_students_sample_renoised_with_mirrored_z_whate
         pipe.set_progress_bar_config(disable=True)
     seeds = pair_seeds(0, 3)
     pairs = make_refined_pairs(student, teacher, PROMPTS + PROMPTS[:1], seeds, finish_from=600,
-                               num_inference_steps=4, guidance_scale=2.0, batch_size=2)
+                               num_inference_steps=4, guidance_scale=2.0, batch_size=2, renoise=renoise)
     assert torch.equal(pairs.noise, teacher.prepare_latents(seeds))
     # independent of loopfree.pairs: diffusers' add_noise and DDIM step; the 4-step schedule is 751, 501, 251, 1
     scheduler = DDIMScheduler.from_config(teacher.scheduler.config)
     scheduler.set_timesteps(4)
     assert scheduler.timesteps.tolist() == [751, 501, 251, 1]
     z = teacher.prepare_latents(seeds[1:2])
-    x = scheduler.add_noise(student(PROMPTS[1:2], seeds=seeds[1:2], output_type="latent").images, z.flip(-1),
+    # the re-noise: z mirrored, or a draw of its own from seed + 2**30 (written out, not loopfree's constant)
+    n = z.flip(-1) if renoise == "mirrored_z" else \
+        torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(seeds[1] + 2 ** 30))
+    assert not torch.allclose(n, z) and not torch.allclose(n, -z)
+    x = scheduler.add_noise(student(PROMPTS[1:2], seeds=seeds[1:2], output_type="latent").images, n,
                             torch.tensor([501]))
     text, uncond = teacher.encode_prompt(PROMPTS[1:2]), teacher.encode_prompt([""])
     with torch.no_grad():
@@ -107,6 +115,18 @@ def test_refined_pairs_finish_the_students_sample_renoised_with_mirrored_z_whate
     torch.testing.assert_close(pairs.x0[1:2], x, rtol=1e-5, atol=1e-5)  # pair 1, made in a batch of 2, alone here
     own = make_teacher_pairs(teacher, PROMPTS[1:2], seeds[1:2], num_inference_steps=4, guidance_scale=2.0)
     assert not torch.allclose(pairs.x0[1:2], own.x0, atol=1e-3)  # not the teacher's own sample from z
+
+
+def test_pair_noise_is_no_evaluation_seeds_noise_although_torch_seeds_with_32_bits(tiny_components):
+    pipe = TiUEPipeline.from_components(copy.deepcopy(tiny_components))
+    # the reason for the offsets' size: torch's CPU generator draws the same noise for s and s + 2**32
+    assert torch.equal(pipe.prepare_latents([5]), pipe.prepare_latents([5 + 2 ** 32]))
+    pairs = pipe.prepare_latents(pair_seeds(0, 1024)).flatten(1)  # (1024, C*H*W)
+    for first in (0, 10_000, 2 ** 31 - 1024):  # the study's test and validation seeds, the top of the random ones
+        evaluation = pipe.prepare_latents(list(range(first, first + 1024))).flatten(1)
+        assert torch.cdist(pairs, evaluation).min() > 1.0  # no pair shares its z with an evaluation image
+    with pytest.raises(ValueError, match="outside"):
+        pair_seeds(2 ** 30 - 1, 2)
 
 
 def test_teacher_pairs_survive_a_save_and_load(tmp_path):

@@ -51,6 +51,8 @@ def pair_settings(config: DistillConfig) -> dict:
                 "guidance_scale": config.pair_cfg}
     if config.regression_finish_from is not None:  # absent otherwise, as in runs stored before the key existed
         settings["finish_from"] = config.regression_finish_from
+        if config.regression_renoise != "mirrored_z":  # likewise absent for the default
+            settings["renoise"] = config.regression_renoise
     return settings
 
 
@@ -80,7 +82,7 @@ class TeacherSampler:
             pairs = make_teacher_pairs(self.pipe, prompts, seeds, m.regression_teacher_steps, m.pair_cfg, batch_size=b)
         else:
             pairs = make_refined_pairs(self.student, self.pipe, prompts, seeds, m.regression_finish_from,
-                                       m.regression_teacher_steps, m.pair_cfg, batch_size=b)
+                                       m.regression_teacher_steps, m.pair_cfg, batch_size=b, renoise=m.regression_renoise)
         return {"index": batch["index"], "noise": pairs.noise.numpy(), "x0": pairs.x0.numpy(),  # (b, C, H, W)
                 "input_ids": pairs.input_ids.numpy()}  # (b, 77)
 
@@ -144,7 +146,10 @@ def prepare_teacher_pairs(job: DistillJob, ordered, unique: int, progress: Progr
 
 
 def finished_from(settings: dict) -> str:
-    return f", the initial student's samples finished from t = {settings['finish_from']}" if "finish_from" in settings else ""
+    if "finish_from" not in settings:
+        return ""
+    return (f", the initial student's samples re-noised with {settings.get('renoise', 'mirrored_z')} and finished "
+            f"from t = {settings['finish_from']}")
 
 
 def _check_stored(settings: dict, settings_uri: str, endpoint: str | None) -> None:
@@ -154,7 +159,7 @@ def _check_stored(settings: dict, settings_uri: str, endpoint: str | None) -> No
     if stored != settings:
         raise PairsError(f"{settings_uri}: the run's teacher pairs were made with {stored}, the job asks for {settings} "
                          "(method.regression_pairs, regression_teacher_steps, regression_guidance_scale, "
-                         "regression_finish_from): keep the run's settings, or use a new run name")
+                         "regression_finish_from, regression_renoise): keep the run's settings, or use a new run name")
 
 
 def load_teacher_pairs(job: DistillJob) -> TeacherPairs:

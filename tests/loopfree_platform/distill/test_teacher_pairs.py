@@ -59,11 +59,21 @@ def test_a_resumed_run_reuses_its_pairs_and_refuses_settings_that_would_make_oth
     assert storage.read_bytes(storage.join(same.run_dir(), PAIRS_FILE)) == before
     for change in ({"regression_pairs": 3}, {"regression_teacher_steps": 50}, {"regression_guidance_scale": 2.0},
                    {"guidance_scale": 2.0},  # the pairs' guidance follows guidance_scale unless set
-                   {"regression_finish_from": 481}):
+                   {"regression_finish_from": 481}, {"regression_finish_from": 481, "regression_renoise": "fresh"}):
         other = _job(smoke_job, tmp_path, **{"regression_weight": 1.0, "regression_pairs": 2,
                                              "regression_teacher_steps": 5, **change})
         with pytest.raises(PairsError, match="keep the run's settings, or use a new run name"):
             prepare_teacher_pairs(other, None, 0, OFF)
+
+
+def test_a_resumed_refined_run_refuses_another_renoise_and_reuses_pairs_stored_before_the_key(smoke_job, tmp_path):
+    refined = {"regression_weight": 1.0, "regression_pairs": 2, "regression_teacher_steps": 5,
+               "regression_finish_from": 481}
+    stored_before_the_key = {"pairs": 2, "teacher_steps": 5, "guidance_scale": 4.5, "finish_from": 481}
+    _store(_job(smoke_job, tmp_path, **refined), stored_before_the_key, tmp_path)
+    prepare_teacher_pairs(_job(smoke_job, tmp_path, **refined), None, 0, OFF)  # mirrored z, the default: reused
+    with pytest.raises(PairsError, match="regression_renoise"):
+        prepare_teacher_pairs(_job(smoke_job, tmp_path, **refined, regression_renoise="fresh"), None, 0, OFF)
 
 
 def test_without_the_regression_loss_no_pairs_are_made(smoke_job, tmp_path):
@@ -86,14 +96,16 @@ def test_the_sampler_refines_the_initial_students_samples_from_student_dir_when_
     student_unet.save_pretrained(tmp_path / "student" / "unet")
     job = DistillJob.model_validate(smoke_job({"storage": {"path": str(tmp_path)}, "model": {
         "preset": "tiny", "seed": 0, "student_dir": str(tmp_path / "student")},
-        "method": {**method, "regression_finish_from": 600}}))
+        "method": {**method, "regression_finish_from": 600, "regression_renoise": "fresh"}}))
     out = _sample(job, prompts, seeds)
     teacher = TiUEPipeline.from_components(components)
     student = TiUEPipeline.for_method(components, job.method, load_student_unet(tmp_path / "student"))
     for pipe in (teacher, student):
         pipe.set_progress_bar_config(disable=True)
-    expected = make_refined_pairs(student, teacher, prompts, seeds, 600, 4, 2.0)
+    expected = make_refined_pairs(student, teacher, prompts, seeds, 600, 4, 2.0, renoise="fresh")
     torch.testing.assert_close(torch.from_numpy(out["x0"]), expected.x0)
+    mirrored = make_refined_pairs(student, teacher, prompts, seeds, 600, 4, 2.0)  # the default re-noise
+    assert not torch.allclose(torch.from_numpy(out["x0"]), mirrored.x0, atol=1e-3)  # the job's re-noise was used
     plain = _sample(DistillJob.model_validate(smoke_job({"storage": {"path": str(tmp_path)}, "method": method})),
                     prompts, seeds)  # without the key: the teacher's own samples
     torch.testing.assert_close(torch.from_numpy(plain["x0"]), make_teacher_pairs(teacher, prompts, seeds, 4, 2.0).x0)
