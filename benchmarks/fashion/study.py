@@ -115,7 +115,8 @@ def study_pairs(config, components):
     count, t = config.regression_pairs, config.regression_finish_from
     steps, cfg = config.regression_teacher_steps, config.pair_cfg
     refine = '' if t is None else f"refine{t}-{'' if config.regression_renoise == 'mirrored_z' else 'fresh-'}"
-    cache = WORK / f"pairs-{count}-{refine}{steps}steps-g{cfg:g}.safetensors"
+    # named by the first pair seed too: caches made before the pair seeds moved below 2**32 hold other noise
+    cache = WORK / f"pairs-{count}-{refine}{steps}steps-g{cfg:g}-seed{pair_seeds(0, 1)[0]}.safetensors"
     if cache.is_file():
         return TeacherPairs.load(cache)
     captions = all_captions()
@@ -133,6 +134,14 @@ def study_pairs(config, components):
     partial.replace(cache)
     print(f"{count} teacher pairs in {time.perf_counter() - t0:.0f} s -> {cache}", flush=True)
     return pairs
+
+
+def pair_record(config) -> dict:
+    """What a run's record says of its regression pairs: their first seed. Runs recorded without it made their pairs
+    from seeds 2**40 + i, whose noise is test seed i's (torch's CPU generator keeps a seed's low 32 bits)."""
+    from loopfree.pairs import pair_seeds
+
+    return {"first_pair_seed": pair_seeds(0, 1)[0]} if config.regression_weight > 0 else {}
 
 
 def study_real_latents(components) -> torch.Tensor:
@@ -250,7 +259,8 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
     pipe.save_pretrained(out / "export", safe_serialization=True)  # the EMA student: scored on test later, or not
     (out / "run.json").write_text(json.dumps({"recipe": label, "seed": seed, "steps": steps, "init_from": init_from,
                                               "batch_size": batch_size, "num_steps": config.num_steps, "mode": config.mode,
-                                              "uses_training_images": uses_training_images(config, init_from)}))
+                                              "uses_training_images": uses_training_images(config, init_from),
+                                              **pair_record(config)}))
     if test_images:
         score_test(name, test_images)
     return curve

@@ -45,6 +45,7 @@ class Group:
     runs: list[Run] = field(default_factory=list)
     k: int | None = None  # the student's decoder steps (TiUE); the teacher's sampler steps
     guidance: float | None = None  # teacher rows only
+    regression: bool = False  # its recipe has DMD's regression loss (regression_weight > 0)
 
     @property
     def seeds(self) -> list[int]:
@@ -66,6 +67,12 @@ class Group:
         if self.kind == "teacher":
             return None
         return any(r.test.get("uses_training_images", False) for r in self.runs)
+
+    @property
+    def pair_noise_is_test_noise(self) -> bool:
+        """A regression recipe run before records named their first pair seed: its pairs came from seeds 2**40 + i,
+        whose noise is test seed i's (torch's CPU generator keeps a seed's low 32 bits; docs/method.md)."""
+        return self.regression and any("first_pair_seed" not in r.test for r in self.runs)
 
 
 def _refuse_reconstructed(path: Path, rows: list[dict]) -> None:
@@ -116,7 +123,8 @@ def _describe(group: str, run: Run, recipes: dict, base: dict) -> dict:
     recipe = group.split("@")[0]
     config = {**base, **recipes.get(recipe, {})}
     k = run.test.get("num_steps", config["num_steps"]) if run.test else config["num_steps"]
-    return {"kind": "swiftbrush" if group.startswith("sb-") else "tiue", "k": k}
+    return {"kind": "swiftbrush" if group.startswith("sb-") else "tiue", "k": k,
+            "regression": config.get("regression_weight", 0) > 0}
 
 
 def group_runs(runs: list[Run], recipes: dict, base: dict) -> dict[str, Group]:

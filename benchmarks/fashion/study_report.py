@@ -35,6 +35,11 @@ PROTOCOL = ("Validation (every choice): the last evaluation of each run, 200 gen
             "finished run): 1000 generated images (prompt i names class i % 10, seed i) against the first 1000 TEST images. "
             "Each run: one process, one thread, `loopfree.training.train_iteration`, global batch 8.")
 
+SHARED_NOISE = ("‡ Its regression pairs were drawn from seeds 2**40 + i, and torch's CPU generator keeps a seed's low 32 "
+                "bits: pair i's noise was test image i's (for 25 of the 1000, with the same prompt too). Validation "
+                "(seeds from 10000) is unaffected. Pair seeds are 2**31 + i since; docs/method.md, \"Pair noise that was "
+                "evaluation noise\", measures what it changed.")
+
 
 def _row(cells: list) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
@@ -81,9 +86,12 @@ def final_table(groups: dict[str, Group], choice: Choice) -> list[str]:
                     *METRICS[1:])
     for g in groups.values():
         name = system_name(g) + (" (chosen)" if g in (choice.tiue, choice.swiftbrush, *choice.teacher.values()) else "")
+        name += " ‡" if g.pair_noise_is_test_noise else ""
         fids = ", ".join(f"{f:.1f}" for f in g.per_seed("fid"))
         lines.append(_row([name, steps_label(g), g.updates, ", ".join(map(str, g.seeds)), images_label(g),
                            f"{g.test('fid'):.2f} ({fids})", *(fmt(m, g.test(m)) for m in METRICS[1:])]))
+    if any(g.pair_noise_is_test_noise for g in groups.values()):
+        lines += ["", SHARED_NOISE]
     return lines
 
 

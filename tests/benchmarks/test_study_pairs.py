@@ -1,7 +1,7 @@
 """The study's regression pairs (benchmarks/fashion/study.py, study_pairs): as many as the recipe's
 `regression_pairs`, equal to the teacher's own DDIM samples from the pairs' noises (or, with
 `regression_finish_from`, the initial student's samples finished by the teacher), and cached per count, start,
-steps and guidance so that a second run reads them instead of sampling again."""
+steps, guidance and first pair seed so that a second run reads them instead of sampling again."""
 
 import torch
 
@@ -23,7 +23,7 @@ def test_the_study_makes_as_many_pairs_as_regression_pairs_equal_to_the_teachers
     components = load_components(TEACHER)
     pairs = study_pairs(config, components)
     assert len(pairs) == 3
-    cache = tmp_path / "pairs-3-2steps-g3.safetensors"
+    cache = tmp_path / "pairs-3-2steps-g3-seed2147483648.safetensors"  # named by its first pair seed, 2**31
     assert cache.is_file() and not list(tmp_path.glob("*.tmp"))  # written whole, no partial file left
     # independent of study_pairs: the teacher's 2-step sampler from the same seeds
     pipe = TiUEPipeline.from_components(components)
@@ -48,7 +48,7 @@ def test_refined_pairs_are_the_initial_students_samples_renoised_with_their_mirr
                               "guidance_scale": 2.0})
     components = load_components(TEACHER)
     pairs = study_pairs(config, components)
-    assert (tmp_path / "pairs-2-refine481-50steps-g2.safetensors").is_file() and len(pairs) == 2
+    assert (tmp_path / "pairs-2-refine481-50steps-g2-seed2147483648.safetensors").is_file() and len(pairs) == 2
     # independent of loopfree.pairs: diffusers' add_noise and DDIM step on the 50-step schedule from t = 481
     pipe = TiUEPipeline.from_components(components)
     pipe.set_progress_bar_config(disable=True)

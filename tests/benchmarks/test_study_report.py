@@ -114,3 +114,17 @@ def test_a_miss_smaller_than_the_rounding_is_written_with_enough_digits_to_show_
     assert _shortfall("recall", 0.051, 0.214, higher=True) == "recall 0.051 below 0.214 by 0.163"
     assert _shortfall("fid", 125.301, 125.304, higher=False) is None
     assert _shortfall("fid", 133.584, 133.581, higher=False) == "FID 133.584 above 133.581 by 0.003"
+
+
+def test_regression_rows_whose_pairs_shared_the_test_noise_are_marked_and_explained(tmp_path):
+    _study(tmp_path / "records")
+    for seed in (1, 2):  # reg1's records do not name their first pair seed (made before the fix); reg0.25's do
+        _record(tmp_path / "records", f"full-ttur5-guid2-1-x0err-reg1-s{seed}", _metrics(170.0, 0.2), _metrics(150.0, 0.1))
+        _record(tmp_path / "records", f"full-ttur5-guid2-1-x0err-reg0.25-s{seed}", _metrics(170.0, 0.2),
+                _metrics(150.0, 0.1), first_pair_seed=2 ** 31)
+        _record(tmp_path / "records", f"full-ttur5-guid2-1-x0err-s{seed}", _metrics(170.0, 0.2), _metrics(150.0, 0.1))
+    report, _ = _report(tmp_path)
+    rows = {line.split(" | ")[0]: line for line in report.splitlines() if line.startswith("| TiUE full-ttur5")}
+    assert rows.keys() == {"| TiUE full-ttur5-guid2-1-x0err-reg1 ‡", "| TiUE full-ttur5-guid2-1-x0err-reg0.25",
+                           "| TiUE full-ttur5-guid2-1-x0err"}  # only the regression recipe recorded before the fix
+    assert report.count("‡") == 2 and "pair i's noise was test image i's" in report
