@@ -28,7 +28,9 @@ if TYPE_CHECKING:  # only for the annotation: serving a pipeline needs neither p
     from loopfree.distiller import Distiller
 
 OUTPUT_TYPES = ("pil", "np", "latent")
-MAX_SEED = 2**63 - 1
+# torch's CPU generator keeps a seed's low 32 bits (s and s + 2**32 draw the same noise), so larger seeds are
+# refused rather than silently repeating an image.
+MAX_SEED = 2**32 - 1
 
 
 @dataclass
@@ -184,6 +186,6 @@ def _check_request(prompt, seeds, batch_size, output_type) -> tuple[list[str], l
         raise ValueError(f"seeds must hold one seed per prompt ({len(prompts)}), got {len(seeds)}")
     for s in seeds:  # 0 is a valid seed, never "random"
         if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED:
-            raise ValueError(f"seeds must be integers in [0, 2**63), got {s!r}")
+            raise ValueError(f"seeds must be integers in [0, 2**32), got {s!r}")
     return prompts, seeds
 

@@ -92,6 +92,7 @@ def test_one_step_pipeline_matches_plan(tiny_components):
         (lambda p: p(["a", "b"], seeds=[1]), "one seed per prompt"),
         (lambda p: p(["a"], seeds=[-1]), "seeds"),
         (lambda p: p(["a"], seeds=[1.5]), "seeds"),
+        (lambda p: p(["a"], seeds=[2**32 + 1]), r"seeds must be integers in \[0, 2\*\*32\)"),  # would repeat seed 1
         (lambda p: p(["a"], output_type="jpg"), "output_type"),
         (lambda p: p(["a"], batch_size=0), "batch_size"),
         (lambda p: p.sample_multistep(["a"], num_inference_steps=0), "num_inference_steps"),

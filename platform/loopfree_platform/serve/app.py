@@ -120,7 +120,7 @@ def parse_request(raw: bytes, max_prompts: int, max_chars: int) -> tuple[list[st
             raise RequestError(422, f"seeds: must be a list with one integer per prompt ({len(prompts)})")
         for i, s in enumerate(seeds):
             if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED:
-                raise RequestError(422, f"seeds[{i}]: must be an integer in [0, 2**63), got {s!r}")
+                raise RequestError(422, f"seeds[{i}]: must be an integer in [0, 2**32), got {s!r}")
     if fmt not in FORMATS:
         raise RequestError(422, f"format: must be one of {list(FORMATS)}, got {fmt!r}")
     return prompts, seeds, fmt

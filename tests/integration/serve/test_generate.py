@@ -88,6 +88,7 @@ def test_an_output_root_of_another_model_is_refused(tiny_pipeline_dir, tmp_path)
     (['{"prompt": "a", "id": "/abs"}'], "is not a safe file name"),
     (['{"prompt": "a", "id": "k"}', '{"prompt": "b", "id": "k"}'], ":2: duplicate id 'k'"),
     (['{"prompt": "a", "seed": -1}'], ":1: seed must be an integer"),
+    (['{"prompt": "a"}', '{"prompt": "b", "seed": 4294967296}'], ":2: seed must be an integer in [0, 2**32)"),
     (['{"prompt": "a"}', "{oops"], ":2: not valid JSON"),
     ([], "no prompts"),
 ])
