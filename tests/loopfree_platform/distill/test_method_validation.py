@@ -47,6 +47,8 @@ def test_a_method_the_distiller_refuses_fails_the_dry_run_naming_method(tiny, sm
     ({"num_steps": 2000}, "method.num_steps: num_steps (K) must be <= num_train_timesteps=1000"),
     ({"lora_target_modules": ["to_x"]}, "method.lora_target_modules: 'to_x' names no module"),
     ({"regression_pool": 3}, "method.regression_pool: 3 must divide the latent's size"),
+    ({"regression_renoise": "flip"}, "method.regression_renoise: must be one of mirrored_z, fresh, got 'flip'"),
+    ({"regression_renoise": "fresh"}, "method.regression_renoise: 'fresh' needs regression_finish_from"),
     ({"gan_weight": -0.01}, "method.gan_weight: must be a number >= 0, got -0.01"),
     ({"gan_weight": 0.01}, "method.gan_weight: DMD2's GAN term needs real training images"),  # study-only for now
     ({"divergence": "js"}, "method.divergence: an f-divergence other than reverse_kl needs the discriminator's real"),
