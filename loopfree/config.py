@@ -66,7 +66,7 @@ class DistillConfig:
     # only the layout towards the pair and leaves the detail within each block to distribution matching.
     regression_pool: int = 1
     # None: the pairs are the teacher's own samples from z. A timestep t: the initial student's sample from z, noised to
-    # t with z mirrored and finished by the teacher (its layout, the teacher's finish; loopfree.pairs).
+    # t (with regression_renoise's noise) and finished by the teacher (its layout, the teacher's finish; loopfree.pairs).
     regression_finish_from: int | None = None
     # The noise that re-noises the student's sample: "mirrored_z" (z flipped left to right) or "fresh" (its own
     # draw per pair, from a seed no other noise uses): garments are near-symmetric, so mirrored z keeps some layout.
