@@ -103,7 +103,8 @@ RECIPES: dict[str, dict] = {
     # fresh (coverage 0.082, recall 0.287) than with z mirrored (0.056, 0.302); garments are near-symmetric, so
     # mirrored z still echoes the layout the student drew from z. And from t = 681: more of the teacher's spread.
     # Measured (600-update screens, seed 1): validation FID 163.2 for rp481f (rp481m: 163.0) and 159.8 for rp681f,
-    # the best regression screen, so rp681f was run for 2000 updates (docs/method.md).
+    # the best regression screen, so rp681f was run for 2000 updates (docs/method.md): validation FID 149.2 (the
+    # choice: 143.6), test recall 0.109 against 0.163 without pairs and 0.199 with rp481m's.
     **{f"full-ttur5-guid2-1-x0err-tmax299-fst299-rp{t}f-reg0.25": {**BEST, "vsd_t_max": 299, "fake_score_t_max": 299,
                                                                   "regression_weight": 0.25, "regression_finish_from": t,
                                                                   "regression_renoise": "fresh"}
