@@ -137,7 +137,7 @@ class EvaluationSection(Section):
     num_images: int = Field(200, ge=2, description="images per evaluation (image i: prompt i mod P, seed seed + i)")
     prompts: list[str] | None = Field(None, min_length=1, description="default: sampling.prompts")
     prompts_path: str | None = Field(None, description="a text file, one prompt per line (instead of prompts)")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, lt=2**32, description="below 2**32: torch's CPU generator keeps a seed's low 32 bits")
     at_start: bool = Field(True, description="also evaluate the initial student (step 0) of a fresh run")
     reference: ReferenceSection
     classifier_dir: str | None = Field(None, description="alignment: classifier folder (loopfree.classifier)")

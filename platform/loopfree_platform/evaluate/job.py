@@ -89,7 +89,7 @@ class EvaluateJob(Section):
     scaling: EvalScalingSection = EvalScalingSection()
     output: OutputSection = OutputSection()
     tracking: EvalTrackingSection = EvalTrackingSection()
-    seed: int = Field(0, ge=0, description="image i of every system uses seed + i")
+    seed: int = Field(0, ge=0, lt=2**32, description="image i of every system uses seed + i (below 2**32, as the pipeline's)")
 
     @model_validator(mode="after")
     def _combinations(self):

@@ -138,7 +138,7 @@ class Output(Section):
 
 
 class Generation(Section):
-    seed: int = Field(0, ge=0, description="image i (in file order) uses seed + i unless its record carries a seed")
+    seed: int = Field(0, ge=0, lt=2**32, description="image i (in file order) uses seed + i unless its record carries a seed")
     batch_size: int = Field(8, ge=1, le=256)
     replicas: int = Field(1, ge=1, description="model replicas in the Ray Data actor pool")
     num_cpus: float = Field(1.0, gt=0, description="per replica")

@@ -42,6 +42,8 @@ def test_shipped_job_files_validate(monkeypatch):
         (lambda d: d["training"].pop("max_steps"), "training.max_steps"),
         (lambda d: d["sampling"].update(seeds=[1]), "sampling"),
         (lambda d: d.update(name="bad name/.."), "name"),
+        (lambda d: d.update(evaluation={"every_steps": 2, "seed": 2**32, "reference": {"stats": "s.npz"}}),
+         "evaluation.seed"),  # would draw seed 0's noise
         (lambda d: d.update(evaluation={"every_steps": 2, "num_images": 4, "reference": {"stats": "s.npz"}}),
          "evaluation.nearest_k (5) must be below evaluation.num_images (4)"),
     ],

@@ -171,3 +171,12 @@ def test_a_failing_item_fails_alone_and_the_rest_of_its_batch_is_served():
     assert out[0] == "png:a:1" and out[2] == "png:c:3" and isinstance(out[1], ValueError)
     assert calls == [["a", "bad", "c"], ["a"], ["bad"], ["c"]]  # the batch once, then each item alone
     assert run_isolated(run, ["a", "c"], [1, 3]) == ["png:a:1", "png:c:3"] and calls[-1] == ["a", "c"]
+
+
+def test_a_batch_generation_seed_of_2_to_the_32_is_refused_naming_generation_seed():
+    from loopfree_platform.serve.job import Generation
+    from pydantic import ValidationError
+
+    assert Generation(seed=2**32 - 1).seed == 2**32 - 1
+    with pytest.raises(ValidationError, match="seed"):
+        Generation(seed=2**32)  # torch would draw seed 0's noise for it
