@@ -93,24 +93,25 @@ RECIPES: dict[str, dict] = {
     # finish directly. Re-noised with z itself instead of z mirrored (an earlier version of the study, rp481), the
     # finished samples score FID 150.6 and the weight-0.25 screen was stopped at 400 updates (validation FID 173.7
     # against 167.0 for tmax499 at 400; no record kept). Measured, rp481m at 0.25 over 2000 updates: test recall
-    # 0.199 against 0.163 without it, at validation FID 154.9 against 143.6; over 4000 updates recall falls back
+    # 0.199 against 0.163 without it, at validation FID 154.9 against 143.6, with pairs on the test images' noise;
+    # re-measured with pair seeds below 2**32, 0.152 (docs/method.md). Over 4000 updates recall falls back
     # (0.162) as FID (118.91) and coverage (0.065) come back.
     **{f"full-ttur5-guid2-1-x0err-tmax299-fst299-rp481m-reg{w}": {**BEST, "vsd_t_max": 299, "fake_score_t_max": 299,
                                                                 "regression_weight": float(w), "regression_finish_from": 481}
        for w in ("0.25", "1")},
     # The same with the sample re-noised by its own fresh draw (regression_renoise: fresh), not z mirrored: on the
-    # refine ceiling's protocol the initial student finished from t = 481 covers more of the test images re-noised
+    # refine ceiling's protocol the initial student finished from t = 481 covers more of the reference images re-noised
     # fresh (coverage 0.082, recall 0.287) than with z mirrored (0.056, 0.302); garments are near-symmetric, so
     # mirrored z still echoes the layout the student drew from z. And from t = 681: more of the teacher's spread.
     # Measured (600-update screens, seed 1): validation FID 163.2 for rp481f (rp481m: 163.0) and 159.8 for rp681f,
     # the best regression screen, so rp681f was run for 2000 updates (docs/method.md): validation FID 149.2 (the
-    # choice: 143.6), test recall 0.109 against 0.163 without pairs and 0.199 with rp481m's.
+    # choice: 143.6), test recall 0.109 against 0.163 without pairs and 0.152 with rp481m's.
     **{f"full-ttur5-guid2-1-x0err-tmax299-fst299-rp{t}f-reg0.25": {**BEST, "vsd_t_max": 299, "fake_score_t_max": 299,
                                                                   "regression_weight": 0.25, "regression_finish_from": t,
                                                                   "regression_renoise": "fresh"}
        for t in (481, 681)},
     # The same pairs compared as 2 x 2 block means (regression_pool 2): rp481m-reg0.25 raised test recall (0.163 ->
-    # 0.199) and cost validation FID (143.6 -> 154.9), coverage and alignment, since the full-resolution target
+    # 0.199, its first measurement) and cost validation FID (143.6 -> 154.9), coverage and alignment, since the full-resolution target
     # carries detail the student cannot predict from (z, c). Pooled, the pairs hand over the layout only and leave
     # the detail to VSD. Measured (600-update screens, seed 1): validation FID 167.9 at 0.25 and 176.1 at 1, against
     # 163.0 and 170.2 compared whole: the layout pull is what costs fidelity, not the detail.
