@@ -111,10 +111,11 @@ RECIPES: dict[str, dict] = {
                                                                   "regression_renoise": "fresh"}
        for t in (481, 681)},
     # The same pairs compared as 2 x 2 block means (regression_pool 2): rp481m-reg0.25 raised test recall (0.163 ->
-    # 0.199, its first measurement) and cost validation FID (143.6 -> 154.9), coverage and alignment, since the full-resolution target
-    # carries detail the student cannot predict from (z, c). Pooled, the pairs hand over the layout only and leave
-    # the detail to VSD. Measured (600-update screens, seed 1): validation FID 167.9 at 0.25 and 176.1 at 1, against
-    # 163.0 and 170.2 compared whole: the layout pull is what costs fidelity, not the detail.
+    # 0.199, its first measurement) and cost validation FID (143.6 -> 154.9), coverage and alignment, since the
+    # full-resolution target carries detail the student cannot predict from (z, c). Pooled, the pairs hand over the
+    # layout only and leave the detail to VSD. Measured (600-update screens, seed 1): validation FID 167.9 at 0.25
+    # and 176.1 at 1, against 163.0 and 170.2 compared whole: the layout pull is what costs fidelity, not the
+    # detail.
     **{f"full-ttur5-guid2-1-x0err-tmax299-fst299-rp481m-lp2-reg{w}": {**BEST, "vsd_t_max": 299, "fake_score_t_max": 299,
                                                                     "regression_weight": float(w), "regression_pool": 2,
                                                                     "regression_finish_from": 481}
