@@ -28,8 +28,8 @@ from safetensors.torch import load_file, save_file
 
 from loopfree.config import RENOISE
 
-# torch's CPU generator keeps only a seed's low 32 bits (seeds s and s + 2**32 draw the same noise), so the offsets
-# stay below 2**32: pair seeds are 2**31 + i, above the seeds evaluation and sampling use (counted from 0, drawn
+# torch's CPU generator keeps only a seed's low 32 bits (seeds s and s + 2**32 draw the same noise; loopfree.seeds),
+# so the offsets stay below 2**32: pair seeds are 2**31 + i, above the seeds evaluation and sampling use (counted from 0, drawn
 # below 2**31), and a fresh re-noise draw's seed is its pair's seed + 2**30, met by no other.
 PAIR_SEED_OFFSET = 1 << 31
 RENOISE_SEED_OFFSET = 1 << 30
@@ -101,12 +101,12 @@ def make_refined_pairs(student, teacher, prompts: list[str], seeds: list[int], f
        + RENOISE_SEED_OFFSET.
     3. x0 = the teacher's DDIM with CFG from x_t down to the end of that schedule.
     """
+    if renoise not in RENOISE:
+        raise ValueError(f"renoise must be one of {', '.join(RENOISE)}, got {renoise!r}")
     scheduler = DDIMScheduler.from_config(teacher.scheduler.config)
     scheduler.set_timesteps(num_inference_steps)
     t = int(scheduler.timesteps[scheduler.timesteps <= finish_from][0])
     alpha_bar_t = scheduler.alphas_cumprod[t]
-    if renoise not in RENOISE:
-        raise ValueError(f"renoise must be one of {', '.join(RENOISE)}, got {renoise!r}")
     noise = teacher.prepare_latents(seeds)  # (P, C, H, W): the z of every pair
     renoised = noise.flip(-1) if renoise == "mirrored_z" else \
         teacher.prepare_latents([s + RENOISE_SEED_OFFSET for s in seeds])  # (P, C, H, W)

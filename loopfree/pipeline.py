@@ -21,6 +21,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from loopfree.presets import Components
 from loopfree.schedule import DDIMPlan, plan_for
+from loopfree.seeds import SEED_RANGE, is_seed
 from loopfree.tiue import TiUEGenerator
 
 if TYPE_CHECKING:  # only for the annotation: serving a pipeline needs neither peft nor the losses the Distiller imports
@@ -28,9 +29,6 @@ if TYPE_CHECKING:  # only for the annotation: serving a pipeline needs neither p
     from loopfree.distiller import Distiller
 
 OUTPUT_TYPES = ("pil", "np", "latent")
-# torch's CPU generator keeps a seed's low 32 bits (s and s + 2**32 draw the same noise), so larger seeds are
-# refused rather than silently repeating an image.
-MAX_SEED = 2**32 - 1
 
 
 @dataclass
@@ -185,7 +183,7 @@ def _check_request(prompt, seeds, batch_size, output_type) -> tuple[list[str], l
     if len(seeds) != len(prompts):
         raise ValueError(f"seeds must hold one seed per prompt ({len(prompts)}), got {len(seeds)}")
     for s in seeds:  # 0 is a valid seed, never "random"
-        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED:
-            raise ValueError(f"seeds must be integers in [0, 2**32), got {s!r}")
+        if not is_seed(s):
+            raise ValueError(f"seeds must be integers in {SEED_RANGE}, got {s!r}")
     return prompts, seeds
 

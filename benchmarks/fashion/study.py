@@ -109,14 +109,14 @@ def study_pairs(config, components):
     teacher's DDIM sample at the pairs' steps and guidance, or with `regression_finish_from` the initial student's
     sample finished by the teacher (`loopfree.pairs`); cached and shared by every run that asks."""
     from examples.fashion.data import all_captions
-    from loopfree.pairs import TeacherPairs, make_refined_pairs, make_teacher_pairs, pair_seeds
+    from loopfree.pairs import PAIR_SEED_OFFSET, TeacherPairs, make_refined_pairs, make_teacher_pairs, pair_seeds
     from loopfree.pipeline import TiUEPipeline
 
     count, t = config.regression_pairs, config.regression_finish_from
     steps, cfg = config.regression_teacher_steps, config.pair_cfg
     refine = '' if t is None else f"refine{t}-{'' if config.regression_renoise == 'mirrored_z' else 'fresh-'}"
     # named by the first pair seed too: caches made before the pair seeds moved below 2**32 hold other noise
-    cache = WORK / f"pairs-{count}-{refine}{steps}steps-g{cfg:g}-seed{pair_seeds(0, 1)[0]}.safetensors"
+    cache = WORK / f"pairs-{count}-{refine}{steps}steps-g{cfg:g}-seed{PAIR_SEED_OFFSET}.safetensors"
     if cache.is_file():
         return TeacherPairs.load(cache)
     captions = all_captions()
@@ -139,9 +139,9 @@ def study_pairs(config, components):
 def pair_record(config) -> dict:
     """What a run's record says of its regression pairs: their first seed. Runs recorded without it made their pairs
     from seeds 2**40 + i, whose noise is test seed i's (torch's CPU generator keeps a seed's low 32 bits)."""
-    from loopfree.pairs import pair_seeds
+    from loopfree.pairs import PAIR_SEED_OFFSET
 
-    return {"first_pair_seed": pair_seeds(0, 1)[0]} if config.regression_weight > 0 else {}
+    return {"first_pair_seed": PAIR_SEED_OFFSET} if config.regression_weight > 0 else {}
 
 
 def study_real_latents(components) -> torch.Tensor:

@@ -24,6 +24,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from loopfree.config import RENAMED, ConfigError, DistillConfig
 from loopfree.exports import student_unet_dir
+from loopfree.seeds import MAX_SEED
 from loopfree_platform import storage
 from loopfree_platform.jobfile import NAME_PATTERN, JobError, Section, validate_file
 from loopfree_platform.reference import ReferenceSection
@@ -137,7 +138,7 @@ class EvaluationSection(Section):
     num_images: int = Field(200, ge=2, description="images per evaluation (image i: prompt i mod P, seed seed + i)")
     prompts: list[str] | None = Field(None, min_length=1, description="default: sampling.prompts")
     prompts_path: str | None = Field(None, description="a text file, one prompt per line (instead of prompts)")
-    seed: int = Field(0, ge=0, lt=2**32, description="below 2**32: torch's CPU generator keeps a seed's low 32 bits")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="below 2**32 (loopfree.seeds)")
     at_start: bool = Field(True, description="also evaluate the initial student (step 0) of a fresh run")
     reference: ReferenceSection
     classifier_dir: str | None = Field(None, description="alignment: classifier folder (loopfree.classifier)")

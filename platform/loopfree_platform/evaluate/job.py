@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from loopfree.seeds import MAX_SEED
 from loopfree.systems import SystemConfig
 from loopfree_platform.jobfile import NAME_PATTERN, JobError, Section, validate_file
 from loopfree_platform.reference import ReferenceSection
@@ -89,7 +90,7 @@ class EvaluateJob(Section):
     scaling: EvalScalingSection = EvalScalingSection()
     output: OutputSection = OutputSection()
     tracking: EvalTrackingSection = EvalTrackingSection()
-    seed: int = Field(0, ge=0, lt=2**32, description="image i of every system uses seed + i (below 2**32, as the pipeline's)")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="image i of every system uses seed + i (below 2**32: loopfree.seeds)")
 
     @model_validator(mode="after")
     def _combinations(self):

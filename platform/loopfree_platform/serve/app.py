@@ -32,7 +32,7 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 
 from loopfree.images import png_bytes
-from loopfree.pipeline import MAX_SEED
+from loopfree.seeds import SEED_RANGE, is_seed
 from loopfree_platform.models import absolute_source
 from loopfree_platform.serve.job import ServeApp
 
@@ -119,8 +119,8 @@ def parse_request(raw: bytes, max_prompts: int, max_chars: int) -> tuple[list[st
         if not isinstance(seeds, list) or len(seeds) != len(prompts):
             raise RequestError(422, f"seeds: must be a list with one integer per prompt ({len(prompts)})")
         for i, s in enumerate(seeds):
-            if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED:
-                raise RequestError(422, f"seeds[{i}]: must be an integer in [0, 2**32), got {s!r}")
+            if not is_seed(s):
+                raise RequestError(422, f"seeds[{i}]: must be an integer in {SEED_RANGE}, got {s!r}")
     if fmt not in FORMATS:
         raise RequestError(422, f"format: must be one of {list(FORMATS)}, got {fmt!r}")
     return prompts, seeds, fmt

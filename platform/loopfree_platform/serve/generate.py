@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from loopfree.images import png_bytes
-from loopfree.pipeline import MAX_SEED
+from loopfree.seeds import SEED_RANGE, is_seed
 from loopfree_platform import storage
 from loopfree_platform.serve.job import GenerateJob
 
@@ -92,8 +92,8 @@ def read_records(job: GenerateJob) -> list[dict]:
             raise GenerateError(f"{p.path}:{n}: duplicate id {pid!r}")
         seen.add(pid)
         seed = row.get("seed", job.generation.seed + index)
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-            raise GenerateError(f"{p.path}:{n}: seed must be an integer in [0, 2**32), got {seed!r}")
+        if not is_seed(seed):
+            raise GenerateError(f"{p.path}:{n}: seed must be an integer in {SEED_RANGE}, got {seed!r}")
         records.append({"id": pid, "prompt": prompt.strip(), "seed": seed})
     if not records:
         raise GenerateError(f"{p.path}: no prompts")

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from loopfree.seeds import MAX_SEED
 from loopfree_platform import storage
 from loopfree_platform.jobfile import JobError, Section, validate_file
 from loopfree_platform.models import ModelSourceError, check_source
@@ -138,7 +139,7 @@ class Output(Section):
 
 
 class Generation(Section):
-    seed: int = Field(0, ge=0, lt=2**32, description="image i (in file order) uses seed + i unless its record carries a seed")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="image i (in file order) uses seed + i unless its record carries a seed")
     batch_size: int = Field(8, ge=1, le=256)
     replicas: int = Field(1, ge=1, description="model replicas in the Ray Data actor pool")
     num_cpus: float = Field(1.0, gt=0, description="per replica")

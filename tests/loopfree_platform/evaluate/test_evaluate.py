@@ -43,7 +43,7 @@ def test_shipped_job_files_validate(capsys):
     (dict(systems=[{"name": "a", "kind": "diffusers", "preset": "tiny"}]), "model_dir only"),
     (dict(reference={"images": FASHION_TEST, "stats": "x.npz"}), "exactly one of reference.images"),
     (dict(scaling={"dtype": "fp16"}), "fp16 needs scaling.use_gpu"),
-    (dict(seed=2**32), "seed: Input should be less than 4294967296"),  # would repeat seed 0's images
+    (dict(seed=2**32), "seed: Input should be less than or equal to 4294967295"),  # would repeat seed 0's images
     (dict(prompts={"path": "/nonexistent.tsv", "format": "parti"}), "prompts.path: '/nonexistent.tsv' does not exist"),
 ])
 def test_bad_jobs_name_file_and_key(write_job, change, message):
