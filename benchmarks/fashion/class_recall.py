@@ -104,6 +104,14 @@ def write_markdown(result: dict, path: Path) -> None:
     path.write_text("\n".join(lines))
 
 
+def export_dir(run: str) -> Path:
+    """A finished run's export (RUN), or one it saved midway (RUN/export@UPDATE): a folder with model_index.json."""
+    for path in (WORK / run / "export", WORK / run):
+        if (path / "model_index.json").is_file():
+            return path
+    raise SystemExit(f"{run}: no exported pipeline at {WORK / run / 'export'} or {WORK / run}")
+
+
 def main() -> None:
     from examples.fashion.data import CLASSES, load_validation, read_labels, to_model_images
     from loopfree.classifier import load_classifier
@@ -112,12 +120,13 @@ def main() -> None:
     from loopfree.presets import load_components
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", help="finished study runs with an export under runs/fashion-study/")
+    parser.add_argument("runs", nargs="+", help="finished study runs with an export under runs/fashion-study/, or "
+                                                "RUN/export@UPDATE (a study run's --export-at)")
     args = parser.parse_args()
     inception, (classifier, classes) = InceptionFeatures(batch_size=50), load_classifier(CLASSIFIER)
     ref, real_labels = validation_reference(inception), read_labels(LABELS)
     real_pixels = ((to_model_images(load_validation())[:, :1] + 1) * 127.5).round().to(torch.uint8)
-    students = {run: TiUEPipeline.from_pretrained(WORK / run / "export") for run in args.runs}
+    students = {run: TiUEPipeline.from_pretrained(export_dir(run)) for run in args.runs}
     teacher = TiUEPipeline.from_components(load_components(TEACHER))
     for pipe in (*students.values(), teacher):
         pipe.set_progress_bar_config(disable=True)

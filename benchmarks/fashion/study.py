@@ -187,7 +187,7 @@ def transfer_label(recipe: str, init_from: str, num_steps: int) -> str:
 
 
 def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_size: int, test_images: int,
-        init_from: str | None = None, num_steps: int | None = None) -> Path:
+        init_from: str | None = None, num_steps: int | None = None, export_at: tuple[int, ...] = ()) -> Path:
     from examples.fashion.data import all_captions
     from loopfree.classifier import load_classifier
     from loopfree.config import DistillConfig
@@ -255,6 +255,11 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
             print(f"{name} step {step + 1}/{steps}: {train_s / (step + 1):.2f} s/step", flush=True)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             evaluate(step + 1, train_s)
+        if step + 1 in export_at and step + 1 < steps:
+            # the EMA student midway, for diagnostics on a shorter run's student (the runs are deterministic per seed
+            # and update, so it is the student a run of that length exports: its validation row says whether it is)
+            TiUEPipeline.from_distiller(distiller, components).save_pretrained(out / f"export@{step + 1}",
+                                                                               safe_serialization=True)
     pipe = TiUEPipeline.from_distiller(distiller, components)
     pipe.save_pretrained(out / "export", safe_serialization=True)  # the EMA student: scored on test later, or not
     (out / "run.json").write_text(json.dumps({"recipe": label, "seed": seed, "steps": steps, "init_from": init_from,
@@ -352,6 +357,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, help="global batch (default 8; a recipe in BATCH_SIZES sets its own)")
     parser.add_argument("--test-images", type=int, default=0, help="at the end: export, and this many images vs the test set")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--export-at", type=int, nargs="*", default=[], metavar="UPDATE",
+                        help="also export the EMA student after these updates (RUN/export@UPDATE; diagnostics only)")
     parser.add_argument("--init-from", help="K transfer: start the student from this finished run's export")
     parser.add_argument("--num-steps", type=int, help="K transfer: the new student's K (with --init-from)")
     parser.add_argument("--score-test", metavar="RUN", help="score a finished run's export on the test split (once)")
@@ -384,7 +391,7 @@ def main() -> None:
         parser.error(f"--batch-size {args.batch_size}: recipe {args.recipe} trains at its own global batch {fixed} (BATCH_SIZES)")
     batch_size = args.batch_size or fixed or 8
     run(args.recipe, args.seed, args.steps, args.eval_every, args.images, batch_size, args.test_images,
-        args.init_from, args.num_steps)
+        args.init_from, args.num_steps, tuple(args.export_at))
 
 
 if __name__ == "__main__":
