@@ -66,3 +66,17 @@ def test_keep_pixels_returns_the_samplers_output_and_keeps_its_first_channel_as_
     pixels = torch.cat(keep.pixels)
     assert pixels.dtype == torch.uint8 and pixels.shape == (3, 1, 2, 2)
     assert pixels[:, 0, 0, 0].tolist() == [255, 0, 128]  # round(0.5 * 255) = 128
+
+
+def test_export_dir_takes_a_runs_final_export_or_one_saved_midway_and_names_the_run_without_either(tmp_path, monkeypatch):
+    import benchmarks.fashion.class_recall as class_recall
+
+    monkeypatch.setattr(class_recall, "WORK", tmp_path)
+    for folder in ("a-s1/export", "b@4000-s1/export@2000"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "model_index.json").write_text("{}")
+    (tmp_path / "c-s1").mkdir()
+    assert class_recall.export_dir("a-s1") == tmp_path / "a-s1" / "export"
+    assert class_recall.export_dir("b@4000-s1/export@2000") == tmp_path / "b@4000-s1" / "export@2000"
+    with pytest.raises(SystemExit, match="c-s1: no exported pipeline"):
+        class_recall.export_dir("c-s1")
