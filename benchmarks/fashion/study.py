@@ -6,7 +6,8 @@ train_iteration`, the loop body every platform worker runs) and evaluating the E
 `--eval-every` steps with `loopfree.evaluation` (the code the platform's in-training evaluation uses):
     .venv/bin/python -m benchmarks.fashion.study --recipe paper --seed 0 --steps 1500
     .venv/bin/python -m benchmarks.fashion.study --report            # table + FID-over-steps PNG
-Resumable per run: a run whose curve reaches --steps is skipped.
+Resumable per run: a run whose curve reaches --steps is skipped; a run stopped midway goes on from its last
+evaluation (benchmarks/fashion/study_checkpoint.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.fashion import study_checkpoint
 from benchmarks.fashion.study_recipes import BASE, BATCH_SIZES, RECIPES
 
 WORK = Path("runs/fashion-study")  # caches and exports (large, not committed)
@@ -204,11 +206,14 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
     out = WORK / name
     curve = RECORDS / f"{name}.jsonl"
     rows = [json.loads(x) for x in curve.read_text().splitlines()] if curve.is_file() else []
-    if rows and rows[-1]["step"] >= steps:
-        return curve
+    if rows and rows[-1]["step"] >= steps and not (out / study_checkpoint.NAME).is_file():
+        return curve  # finished (a checkpoint at the last update: stopped before its export, which resuming makes)
     out.mkdir(parents=True, exist_ok=True)
     RECORDS.mkdir(parents=True, exist_ok=True)
-    curve.write_text("")  # a partial run starts over: nothing random is checkpointed here
+    checkpoint = out / study_checkpoint.NAME
+    state = study_checkpoint.load(checkpoint)
+    start = study_checkpoint.resume_step(rows, state)  # 0: a partial run without a usable checkpoint starts over
+    curve.write_text("".join(json.dumps(row) + "\n" for row in rows if row["step"] <= start) if start else "")
     torch.manual_seed(seed)
     components = load_components(TEACHER)
     config = DistillConfig(**{**BASE, **RECIPES[recipe], **({"num_steps": num_steps} if num_steps else {})})
@@ -226,6 +231,8 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
     captions = all_captions()
     eval_set = validation_set(images)
     data = batches(distiller.tokenize, captions, batch_size, seed)
+    for _ in range(start):
+        next(data)  # the batches the checkpoint's updates trained on
 
     def evaluate(step: int, train_s: float) -> None:
         pipe = TiUEPipeline.from_distiller(distiller, components)
@@ -236,9 +243,11 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
             f.write(json.dumps(row) + "\n")
         print(f"{name} step {step}: " + " ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "step"), flush=True)
 
-    train_s = 0.0
+    train_s = study_checkpoint.restore(state, distiller, engines) if start else 0.0
     initial = WORK / f"initial-{config.mode}{plan_tag(config)}-{images}.json"  # shared by the recipes of one plan
-    if init_from is not None:
+    if start:
+        print(f"{name}: resumed from update {start}", flush=True)
+    elif init_from is not None:
         evaluate(0, train_s)
     elif initial.is_file():
         with curve.open("a") as f:
@@ -246,7 +255,7 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
     else:
         evaluate(0, train_s)
         initial.write_text(curve.read_text().splitlines()[0])
-    for step in range(steps):
+    for step in range(start, steps):
         t0 = time.perf_counter()
         batch = next(data)
         train_iteration(distiller, *engines, batch, IterationRNG(seed, step, 0, batch_size), step)
@@ -255,6 +264,7 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
             print(f"{name} step {step + 1}/{steps}: {train_s / (step + 1):.2f} s/step", flush=True)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             evaluate(step + 1, train_s)
+            study_checkpoint.save(checkpoint, step + 1, train_s, distiller, engines)
         if step + 1 in export_at and step + 1 < steps:
             # the EMA student midway, for diagnostics on a shorter run's student (the runs are deterministic per seed
             # and update, so it is the student a run of that length exports: its validation row says whether it is)
@@ -266,6 +276,7 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
                                               "batch_size": batch_size, "num_steps": config.num_steps, "mode": config.mode,
                                               "uses_training_images": uses_training_images(config, init_from),
                                               **pair_record(config)}))
+    checkpoint.unlink()  # the export and the record hold what is kept of a finished run
     if test_images:
         score_test(name, test_images)
     return curve
