@@ -18,7 +18,8 @@ def small_run(tmp_path, monkeypatch, folder: str, stop_after: int | None = None)
     monkeypatch.setattr(study, "WORK", tmp_path / folder / "work")
     monkeypatch.setattr(study, "RECORDS", tmp_path / folder / "records")
     # 20 reference features instead of the 1000 validation images' Inception pass: the metrics' values do not matter
-    monkeypatch.setattr(study, "validation_reference", lambda inception: torch.randn(20, 2048, generator=torch.Generator().manual_seed(0)))
+    reference = torch.randn(20, 2048, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(study, "validation_reference", lambda inception: reference)
     save = study_checkpoint.save
 
     def save_then_stop(path, step, *args):
