@@ -266,8 +266,8 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
             evaluate(step + 1, train_s)
             study_checkpoint.save(checkpoint, step + 1, train_s, distiller, engines)
         if step + 1 in export_at and step + 1 < steps:
-            # the EMA student midway, for diagnostics on a shorter run's student (the runs are deterministic per seed
-            # and update, so it is the student a run of that length exports: its validation row says whether it is)
+            # the EMA student midway, for diagnostics on a shorter run's student: the same training as a run of that
+            # length, though not bit for bit across sessions (docs/method.md); its validation row shows how close
             TiUEPipeline.from_distiller(distiller, components).save_pretrained(out / f"export@{step + 1}",
                                                                                safe_serialization=True)
     pipe = TiUEPipeline.from_distiller(distiller, components)
@@ -276,7 +276,7 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
                                               "batch_size": batch_size, "num_steps": config.num_steps, "mode": config.mode,
                                               "uses_training_images": uses_training_images(config, init_from),
                                               **pair_record(config)}))
-    checkpoint.unlink()  # the export and the record hold what is kept of a finished run
+    checkpoint.unlink(missing_ok=True)  # the export and the record keep a finished run (--steps 0 saved none)
     if test_images:
         score_test(name, test_images)
     return curve

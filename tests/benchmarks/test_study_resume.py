@@ -28,7 +28,7 @@ def small_run(tmp_path, monkeypatch, folder: str, stop_after: int | None = None)
             raise Stop
 
     monkeypatch.setattr(study_checkpoint, "save", save_then_stop)
-    return lambda: study.run("paper", seed=3, steps=4, eval_every=2, images=6, batch_size=2, test_images=0)
+    return lambda steps=4: study.run("paper", seed=3, steps=steps, eval_every=2, images=6, batch_size=2, test_images=0)
 
 
 def unet_weights(tmp_path, folder: str) -> dict:
@@ -56,3 +56,11 @@ def test_resume_step_needs_the_checkpoints_evaluation_in_the_record():
     assert study_checkpoint.resume_step(rows, {"step": 500}) == 500  # a later row (written, not checkpointed) is dropped
     assert study_checkpoint.resume_step(rows, None) == 0
     assert study_checkpoint.resume_step([{"step": 0}], {"step": 500}) == 0  # a record started over: so does the run
+
+
+def test_a_run_of_zero_updates_the_initial_students_row_exports_without_a_checkpoint(tmp_path, monkeypatch):
+    small_run(tmp_path, monkeypatch, "init")(steps=0)  # the study's `init` row is run this way
+    work = tmp_path / "init" / "work" / "paper-s3"
+    assert (work / "export" / "model_index.json").is_file() and not (work / study_checkpoint.NAME).exists()
+    rows = (tmp_path / "init" / "records" / "paper-s3.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in rows] == [0]
