@@ -74,14 +74,16 @@ def sweep(loaded, args: argparse.Namespace) -> Work:
 
 def evaluate(job, args: argparse.Namespace) -> Work:
     from loopfree_platform.evaluate.driver import run_evaluate
+    from loopfree_platform.jobfile import JobError
 
     def summary(out, seconds: float) -> str:
         results, files, run_id = out
         return (files["markdown"].read_text() + f"{len(results)} systems in {duration(seconds)}; results: "
                 f"{files['markdown']} and {files['csv']}" + (f"; MLflow run {run_id}" if run_id else ""))
 
+    # JobError: what the job file asks for that shows only once its prompts are read (their seeds' range)
     return Work(LogFile.under(str(job.out_dir()), "evaluate.log", name=job.name),
-                lambda bar: run_evaluate(job, address=args.address), summary, unit="img")
+                lambda bar: run_evaluate(job, address=args.address), summary, unit="img", expected=(JobError,))
 
 
 def generate(job, args: argparse.Namespace) -> Work:

@@ -24,7 +24,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from loopfree.config import RENAMED, ConfigError, DistillConfig
 from loopfree.exports import student_unet_dir
-from loopfree.seeds import MAX_SEED
+from loopfree.seeds import MAX_SEED, SEED_RANGE, is_seed, span_error
 from loopfree_platform import storage
 from loopfree_platform.jobfile import NAME_PATTERN, JobError, Section, validate_file
 from loopfree_platform.reference import ReferenceSection
@@ -126,6 +126,9 @@ class SamplingSection(Section):
     def _seeds(self):
         if self.seeds is not None and len(self.seeds) != len(self.prompts):
             raise ValueError("sampling.seeds must hold one seed per sampling prompt")
+        for i, seed in enumerate(self.seeds or ()):
+            if not is_seed(seed):
+                raise ValueError(f"sampling.seeds[{i}]: must be an integer in {SEED_RANGE}, got {seed!r}")
         return self
 
 
@@ -155,6 +158,8 @@ class EvaluationSection(Section):
         if self.nearest_k >= self.num_images:  # precision/recall need k neighbours among the generated images
             raise ValueError(f"evaluation.nearest_k ({self.nearest_k}) must be below evaluation.num_images "
                              f"({self.num_images})")
+        if error := span_error("evaluation.seed", self.seed, self.num_images):
+            raise ValueError(error)
         return self
 
     def local_paths(self) -> list[tuple[str, str | None]]:

@@ -8,10 +8,12 @@ import contextlib
 from pathlib import Path
 
 from loopfree.evaldata import read_prompts, select
+from loopfree.seeds import span_error
 from loopfree_platform.console import active, say
 from loopfree_platform.evaluate.job import EvaluateJob
 from loopfree_platform.evaluate.report import log_results, open_run, write_tables
 from loopfree_platform.evaluate.stages import SystemResult, evaluate_system, reference
+from loopfree_platform.jobfile import JobError
 from loopfree_platform.runtime import ensure_ray
 
 
@@ -19,6 +21,8 @@ def run_evaluate(job: EvaluateJob, address: str | None = None) -> tuple[list[Sys
     """Evaluate every system of the job; returns (results, written files, MLflow run id or None)."""
     job = job.with_absolute_paths()
     prompts = select(read_prompts(job.prompts.path, job.prompts.format), job.prompts.limit, job.prompts.seed)
+    if error := span_error("seed", job.seed, len(prompts)):  # image i of every system uses seed + i
+        raise JobError(error)
     if job.metrics.clip_dir is None:
         say("CLIP score skipped: no metrics.clip_dir (a local transformers CLIPModel folder) was given")
     run = open_run(job)  # before Ray: a tracking server that does not answer fails here

@@ -53,6 +53,15 @@ def test_bad_jobs_name_file_and_key(write_job, change, message):
     assert str(path) in str(err.value) and message.replace("Value error, ", "") in str(err.value)
 
 
+def test_a_seed_whose_last_images_pass_2_to_the_32_is_refused_before_ray_starts(write_job):
+    from loopfree_platform.evaluate.driver import run_evaluate
+
+    job = load_eval_job(write_job(minimal(seed=2**32 - 1, prompts={"path": str(ROOT / "data" / "PartiPrompts.tsv"),
+                                                                     "format": "parti", "limit": 2})))
+    with pytest.raises(JobError, match=r"seed: images use seeds 4294967295 to 4294967296, which must stay in \[0, 2\*\*32\)"):
+        run_evaluate(job)  # image 1 would draw seed 0's noise; refused before MLflow or Ray is touched
+
+
 def test_reference_cache_key_follows_content_and_selection(tmp_path):
     for i in range(4):
         PIL.Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / f"{i}.png")
