@@ -21,14 +21,22 @@ class FaultProxy:
     """proxy = FaultProxy(endpoint); proxy.url is the endpoint to use; set proxy.every (fail every Nth
     request, 0: none), proxy.mode ("503", "cut", or a tuple of them taken in turn: "503", "cut", "503", ...)
     and proxy.methods (which HTTP methods may be picked). proxy.injected counts the faults injected,
-    proxy.by_kind counts them per kind and method ("cut PUT": 2), proxy.requests the requests seen."""
+    proxy.by_kind counts them per kind and method ("cut PUT": 2), proxy.requests the requests seen and
+    proxy.per_method them per method.
+
+    by_method=True counts the Nth request and takes the modes in turn for each method on its own, so which
+    faults a test meets does not depend on how concurrent requests interleave: the 10th GET is cut whatever
+    HEADs and PUTs came between. A test that asserts on kinds ("cut GET") needs it: counted over all
+    requests, one run's picks fell on HEADs and it saw no cut GET."""
 
     def __init__(self, target: str, every: int = 0, mode: str | tuple[str, ...] = "503",
-                 methods: tuple[str, ...] = ("GET", "PUT", "POST")):
+                 methods: tuple[str, ...] = ("GET", "PUT", "POST"), by_method: bool = False):
         self.target = urllib.parse.urlsplit(target)
-        self.every, self.mode, self.methods = every, mode, methods
-        self.requests = self.injected = self._picked = 0
+        self.every, self.mode, self.methods, self.by_method = every, mode, methods, by_method
+        self.requests = self.injected = 0
         self.by_kind: dict[str, int] = {}
+        self.per_method: dict[str, int] = {}  # requests per method
+        self._picked: dict[str, int] = {}  # faults picked per method ("": all, without by_method)
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -46,10 +54,13 @@ class FaultProxy:
     def _pick(self, method: str) -> str | None:
         with self._lock:
             self.requests += 1
-            if method in self.methods and self.every and self.requests % self.every == 0:
+            self.per_method[method] = self.per_method.get(method, 0) + 1
+            seen = self.per_method[method] if self.by_method else self.requests
+            if method in self.methods and self.every and seen % self.every == 0:
                 modes = (self.mode,) if isinstance(self.mode, str) else self.mode
-                self._picked += 1
-                return modes[(self._picked - 1) % len(modes)]
+                key = method if self.by_method else ""
+                self._picked[key] = self._picked.get(key, 0) + 1
+                return modes[(self._picked[key] - 1) % len(modes)]
         return None
 
     def _injected(self, fault: str, method: str) -> None:

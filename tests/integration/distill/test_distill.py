@@ -226,10 +226,10 @@ def test_s3_smoke_job_with_bad_records_and_a_nan_step_through_an_endpoint_that_t
     storage.upload_dir(tmp_path / "teacher", "s3://loopfree-test/models/tiny-teacher")
     data["model"] = {"teacher_dir": "s3://loopfree-test/models/tiny-teacher"}
     data["tracking"] = {"mlflow_uri": f"sqlite:///{tmp_path}/mlflow.db"}  # not the default ./runs of the repo
-    with FaultProxy(s3_endpoint, every=7, mode=("503", "cut")) as proxy:
+    with FaultProxy(s3_endpoint, every=7, mode=("503", "cut"), by_method=True) as proxy:
         data["storage"] = {"path": "s3://loopfree-test/runs", "endpoint_url": proxy.url}
         result = run_distill(DistillJob.model_validate(data))
-    print(f"faults injected: {proxy.by_kind} in {proxy.requests} requests")
+    print(f"faults injected: {proxy.by_kind} in {proxy.per_method} requests")
     assert proxy.injected >= 10, (proxy.injected, proxy.requests)  # faults were met all along the run
     assert {"cut GET", "cut PUT", "503 GET", "503 PUT"} <= set(proxy.by_kind), proxy.by_kind
     assert result.corpus["empty"] == 2 and result.corpus["unique"] == len(set(lines))
