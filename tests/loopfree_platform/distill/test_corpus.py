@@ -77,9 +77,9 @@ def test_reads_from_s3_the_same_prompts_as_from_a_local_file_also_when_downloads
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     s3.put_object(Bucket="loopfree-test", Key="corpus/jdb/part-0.jsonl", Body="\n".join(journeydb_lines()[:10]).encode())
     s3.put_object(Bucket="loopfree-test", Key="corpus/jdb/part-1.jsonl", Body="\n".join(journeydb_lines()[10:]).encode())
-    with FaultProxy(s3_endpoint, every=2, mode="cut", methods=("GET",)) as proxy:
+    with FaultProxy(s3_endpoint, every=2, mode="cut", methods=("GET",), by_method=True) as proxy:
         ordered, stats = prepare_corpus(["s3://loopfree-test/corpus/jdb"], "journeydb", endpoint_url=proxy.url)
-    assert proxy.by_kind.get("cut GET", 0) >= 1, proxy.by_kind
+    assert proxy.by_kind.get("cut GET", 0) >= 1, (proxy.by_kind, proxy.per_method)
     assert stats.unique == 21 and stats.bad == 3
     (tmp_path / "local.jsonl").write_text("\n".join(journeydb_lines()))
     local, _ = prepare_corpus([str(tmp_path / "local.jsonl")], "journeydb")
