@@ -17,6 +17,7 @@ from loopfree.schedule import MODES, SPACINGS, check_timesteps
 
 FAKE_SCORES = ("lora", "full")
 RENOISE = ("mirrored_z", "fresh")  # the noise that re-noises a refined regression pair's student sample (loopfree.pairs)
+VSD_T_TOP, FAKE_SCORE_T_TOP = 980, 999  # the whole ranges' highest timesteps: vsd_t_max's and fake_score_t_max's defaults
 # Keys renamed because they train the fake score whether it is a LoRA or a full copy (docs/jobs.md).
 RENAMED = {"lora_lr": "fake_score_lr", "lora_warmup_steps": "fake_score_warmup_steps",
            "lora_adam_betas": "fake_score_adam_betas", "lora_t_min": "fake_score_t_min",
@@ -44,7 +45,11 @@ class DistillConfig:
     # 0: the fake score's unconditional prediction (Zero-CFG), < 0: negative guidance (Anti-CFG)
     vsd_weighting: str = "one_minus_alpha_bar"  # paper's w(t) = 1 - a_t, or "x0_error" (DMD/SiD normalisation)
     vsd_t_min: int = 20
-    vsd_t_max: int = 980
+    vsd_t_max: int = VSD_T_TOP
+    # An annealed noise schedule (ProlificDreamer, DreamTime; docs/method.md): before this update VSD and the fake
+    # score use their whole ranges (up to 980 and 999: the layout), from it on vsd_t_max and fake_score_t_max (the
+    # detail). 0: the configured maxima from the first update.
+    vsd_t_max_from_step: int = 0
     lambda_kl: float = 0.1
     kl_reduction: str = "sum"  # paper parity; "mean" keeps the weight independent of K*B
     # fake score (3.5): the paper's LoRA on the shared base UNet, or a full trainable copy of the teacher
@@ -54,7 +59,7 @@ class DistillConfig:
     lora_alpha: float = 108.0
     lora_target_modules: tuple[str, ...] = ("to_q", "to_v")
     fake_score_t_min: int = 0
-    fake_score_t_max: int = 999
+    fake_score_t_max: int = FAKE_SCORE_T_TOP
     fake_score_prompt_dropout: float = 0.1
     # DMD's regression loss (docs/method.md, "Keeping the teacher's diversity"): the student's x0 for a fixed set of
     # (noise, prompt) pairs is pulled towards the teacher's multi-step sample from the same noise. 0 = off.
@@ -139,6 +144,11 @@ class DistillConfig:
         # Any finite scale: 0 is SiD's Zero-CFG fake branch, below 0 its Anti-CFG (docs/method.md).
         if self.fake_guidance_scale is not None and not _is_number(self.fake_guidance_scale):
             yield f"fake_guidance_scale must be a finite number or null, got {self.fake_guidance_scale!r}"
+        if not _is_int(self.vsd_t_max_from_step) or self.vsd_t_max_from_step < 0:
+            yield f"vsd_t_max_from_step must be an integer >= 0, got {self.vsd_t_max_from_step!r}"
+        elif self.vsd_t_max_from_step > 0 and (self.vsd_t_max, self.fake_score_t_max) == (VSD_T_TOP, FAKE_SCORE_T_TOP):
+            yield (f"vsd_t_max_from_step {self.vsd_t_max_from_step} changes nothing: vsd_t_max and fake_score_t_max are "
+                   f"already the whole ranges ({VSD_T_TOP}, {FAKE_SCORE_T_TOP}); lower one of them")
         for lo, hi in (("vsd_t_min", "vsd_t_max"), ("fake_score_t_min", "fake_score_t_max")):
             a, b = getattr(self, lo), getattr(self, hi)
             if not (_is_int(a) and _is_int(b) and 0 <= a <= b <= 999):

@@ -19,7 +19,7 @@ from diffusers import UNet2DConditionModel
 from peft import LoraConfig
 from torch import nn
 
-from loopfree.config import DistillConfig
+from loopfree.config import FAKE_SCORE_T_TOP, VSD_T_TOP, DistillConfig
 from loopfree.gan import DiscriminatorHead, bottleneck
 from loopfree.losses import (
     add_noise,
@@ -195,7 +195,15 @@ class Distiller(nn.Module):
         e_u, e_c = unet(x_t.repeat(2, 1, 1, 1), t.repeat(2), encoder_hidden_states=torch.cat([uncond, text])).sample.chunk(2)
         return cfg(e_u, e_c, scale)
 
-    def student_turn(self, batch: dict, rng: IterationRNG) -> StudentTurn:
+    def noise_maxima(self, step: int) -> tuple[int, int]:
+        """(VSD's, the fake score's) highest timestep at update `step`: the whole ranges before vsd_t_max_from_step
+        (the layout first), the configured maxima from it on (docs/method.md, the annealed noise schedule)."""
+        cfg_ = self.config
+        if step < cfg_.vsd_t_max_from_step:
+            return max(cfg_.vsd_t_max, VSD_T_TOP), FAKE_SCORE_T_TOP
+        return cfg_.vsd_t_max, cfg_.fake_score_t_max
+
+    def student_turn(self, batch: dict, rng: IterationRNG, step: int = 0) -> StudentTurn:
         """Steps 1-3: x0 from the student, VSD against teacher vs fake score, KL on eps_all."""
         cfg_ = self.config
         text = self.text_states(batch)  # (B, 77, D)
@@ -204,7 +212,7 @@ class Distiller(nn.Module):
         z = rng.randn(self._latent_shape(), device)  # (B, C, H, W)
         x0, eps_all = self.student(z.to(dtype), text.to(dtype))  # (B, C, H, W) fp32, (K, B, C, H, W)
 
-        t = rng.randint(cfg_.vsd_t_min, cfg_.vsd_t_max, device)  # (B,)
+        t = rng.randint(cfg_.vsd_t_min, self.noise_maxima(step)[0], device)  # (B,)
         noise = rng.randn(x0.shape[1:], device)  # (B, C, H, W)
         match_loss = self._sid if cfg_.student_loss == "sid" else self._vsd
         loss_match, logs = match_loss(x0, noise, t, text)
@@ -281,7 +289,7 @@ class Distiller(nn.Module):
         z = rng.randn(self._latent_shape(), self.alphas_cumprod.device)  # (B, C, H, W)
         return self.student(z.to(dtype), self.text_states(batch).to(dtype))[0]
 
-    def fake_score_turn(self, x0_detached: torch.Tensor, batch: dict, rng: IterationRNG):
+    def fake_score_turn(self, x0_detached: torch.Tensor, batch: dict, rng: IterationRNG, step: int = 0):
         """Step 5: denoising loss of the fake score on stopgrad(x0); the whole batch drops to the empty
         prompt with probability fake_score_prompt_dropout. Gradients reach only the fake score's weights."""
         cfg_ = self.config
@@ -289,7 +297,7 @@ class Distiller(nn.Module):
         if rng.shared_uniform() < cfg_.fake_score_prompt_dropout:
             text = self.uncond_text.expand_as(text)
         device = self.alphas_cumprod.device
-        t = rng.randint(cfg_.fake_score_t_min, cfg_.fake_score_t_max, device)
+        t = rng.randint(cfg_.fake_score_t_min, self.noise_maxima(step)[1], device)
         alpha_bar_t = self.alphas_cumprod[t]
         eps = rng.randn(x0_detached.shape[1:], device)
         fake = self.fake_score

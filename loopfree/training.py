@@ -85,7 +85,7 @@ def train_iteration(distiller: Distiller, student_engine: Engine, fake_score_eng
     student_engine.set_lr(warmup_lr(cfg.student_lr, step, cfg.student_warmup_steps))
     fake_score_engine.set_lr(warmup_lr(cfg.fake_score_lr, step, cfg.fake_score_warmup_steps))
     # 1-3. student turn: x0 and eps_all with gradient; VSD (teacher vs fake score, both no-grad) + KL
-    turn = distiller.student_turn(batch, rng)
+    turn = distiller.student_turn(batch, rng, step)
     # 4. student update
     student_engine.backward(turn.loss)
     student = student_engine.step()
@@ -94,7 +94,7 @@ def train_iteration(distiller: Distiller, student_engine: Engine, fake_score_eng
     fake_skipped, fake_overflow, fake_logs = 0.0, 0.0, {}
     for i in range(cfg.fake_score_updates):
         x0 = turn.x0.detach() if i == 0 else distiller.sample_x0(batch, rng)
-        fake_loss, fake_logs = distiller.fake_score_turn(x0, batch, rng)
+        fake_loss, fake_logs = distiller.fake_score_turn(x0, batch, rng, step)
         fake_score_engine.backward(fake_loss)
         fake = fake_score_engine.step()
         fake_skipped += fake["skipped"]
