@@ -24,7 +24,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from loopfree.config import RENAMED, ConfigError, DistillConfig
 from loopfree.exports import student_unet_dir
-from loopfree.seeds import MAX_SEED, SEED_RANGE, is_seed, span_error
+from loopfree.seeds import MAX_SEED, span_error
 from loopfree_platform import storage
 from loopfree_platform.jobfile import NAME_PATTERN, JobError, Section, validate_file
 from loopfree_platform.reference import ReferenceSection
@@ -120,15 +120,12 @@ class SamplingSection(Section):
     every_steps: int = Field(100, ge=1)
     prompts: list[str] = Field(default_factory=lambda: ["a photo of a cat", "a red sneaker", "a lighthouse at dusk",
                                                         "a bowl of fruit"], min_length=1)
-    seeds: list[int] | None = None
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] | None = None  # each below 2**32, as every image seed
 
     @model_validator(mode="after")
     def _seeds(self):
         if self.seeds is not None and len(self.seeds) != len(self.prompts):
             raise ValueError("sampling.seeds must hold one seed per sampling prompt")
-        for i, seed in enumerate(self.seeds or ()):
-            if not is_seed(seed):
-                raise ValueError(f"sampling.seeds[{i}]: must be an integer in {SEED_RANGE}, got {seed!r}")
         return self
 
 

@@ -46,7 +46,8 @@ def test_shipped_job_files_validate(monkeypatch):
          "evaluation.seed"),  # would draw seed 0's noise
         (lambda d: d.update(evaluation={"every_steps": 2, "seed": 2**32 - 100, "reference": {"stats": "s.npz"}}),
          "evaluation.seed: images use seeds 4294967196 to 4294967395"),  # 200 images: the last 100 past 2**32 - 1
-        (lambda d: d["sampling"].update(prompts=["a", "b"], seeds=[0, 2**32]), "sampling.seeds[1]: must be an integer"),
+        (lambda d: d["sampling"].update(prompts=["a", "b"], seeds=[0, 2**32]),
+         "sampling.seeds.1: Input should be less than or equal to 4294967295"),
         (lambda d: d.update(evaluation={"every_steps": 2, "num_images": 4, "reference": {"stats": "s.npz"}}),
          "evaluation.nearest_k (5) must be below evaluation.num_images (4)"),
     ],
