@@ -113,16 +113,23 @@ class DistillConfig:
             raise ConfigError(errors)
 
     def _errors(self):
+        for group in (self._key_errors, self._sampler_errors, self._noise_range_errors, self._fake_score_errors,
+                      self._diversity_errors, self._optimiser_errors):
+            yield from group()
+
+    def _key_errors(self):
         for old in sorted(set(self.extra) & set(RENAMED)):
             yield f"{old} was renamed: use {RENAMED[old]}"
         if set(self.extra) - set(RENAMED):
             yield f"unknown keys {sorted(set(self.extra) - set(RENAMED))}"
+
+    def _sampler_errors(self):
+        """The student's map: mode, spacing and its timesteps (docs/method.md, the closed-form DDIM map)."""
         if self.mode not in MODES:
             yield f"mode must be one of {MODES}, got {self.mode!r}"
         if self.spacing not in (*SPACINGS, "custom"):
             yield f"spacing must be one of {(*SPACINGS, 'custom')}, got {self.spacing!r}"
-        if not _is_int(self.num_steps) or self.num_steps < 1:
-            yield f"num_steps must be an integer >= 1, got {self.num_steps!r}"
+        yield from self._integers(("num_steps",), 1)
         if self.spacing == "custom":
             try:
                 check_timesteps(list(self.timesteps or []))
@@ -131,33 +138,41 @@ class DistillConfig:
             else:
                 if self.mode == "tiue" and len(self.timesteps) != self.num_steps:
                     yield f"timesteps: {len(self.timesteps)} listed but num_steps is {self.num_steps}; they must agree"
-        if self.fake_score not in FAKE_SCORES:
-            yield f"fake_score must be one of {FAKE_SCORES}, got {self.fake_score!r}"
-        if self.vsd_weighting not in VSD_WEIGHTINGS:
-            yield f"vsd_weighting must be one of {VSD_WEIGHTINGS}, got {self.vsd_weighting!r}"
-        for name in ("fake_score_updates",):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
-                yield f"{name} must be an integer >= 1, got {getattr(self, name)!r}"
-        for name in ("student_warmup_steps", "fake_score_warmup_steps"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
-                yield f"{name} must be an integer >= 0, got {getattr(self, name)!r}"
-        # Any finite scale: 0 is SiD's Zero-CFG fake branch, below 0 its Anti-CFG (docs/method.md).
-        if self.fake_guidance_scale is not None and not _is_number(self.fake_guidance_scale):
-            yield f"fake_guidance_scale must be a finite number or null, got {self.fake_guidance_scale!r}"
+
+    def _noise_range_errors(self):
+        for lo, hi in (("vsd_t_min", "vsd_t_max"), ("fake_score_t_min", "fake_score_t_max")):
+            a, b = getattr(self, lo), getattr(self, hi)
+            if not (_is_int(a) and _is_int(b) and 0 <= a <= b <= 999):
+                yield f"{lo}/{hi} must be integers with 0 <= {lo} <= {hi} <= 999, got {a!r}/{b!r}"
         if not _is_int(self.vsd_t_max_from_step) or self.vsd_t_max_from_step < 0:
             yield f"vsd_t_max_from_step must be an integer >= 0, got {self.vsd_t_max_from_step!r}"
         elif self.vsd_t_max_from_step > 0 and (self.vsd_t_max, self.fake_score_t_max) == (VSD_T_TOP, FAKE_SCORE_T_TOP):
             yield (f"vsd_t_max_from_step {self.vsd_t_max_from_step} changes nothing: vsd_t_max and fake_score_t_max are "
                    f"already the whole ranges ({VSD_T_TOP}, {FAKE_SCORE_T_TOP}); lower one of them")
-        for lo, hi in (("vsd_t_min", "vsd_t_max"), ("fake_score_t_min", "fake_score_t_max")):
-            a, b = getattr(self, lo), getattr(self, hi)
-            if not (_is_int(a) and _is_int(b) and 0 <= a <= b <= 999):
-                yield f"{lo}/{hi} must be integers with 0 <= {lo} <= {hi} <= 999, got {a!r}/{b!r}"
-        if not _is_number(self.regression_weight) or self.regression_weight < 0:
-            yield f"regression_weight must be a number >= 0, got {self.regression_weight!r}"
-        for name in ("regression_pairs", "regression_teacher_steps", "regression_pool"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
-                yield f"{name} must be an integer >= 1, got {getattr(self, name)!r}"
+
+    def _fake_score_errors(self):
+        if self.fake_score not in FAKE_SCORES:
+            yield f"fake_score must be one of {FAKE_SCORES}, got {self.fake_score!r}"
+        yield from self._integers(("fake_score_updates", "lora_rank"), 1)
+        if not self.lora_target_modules:
+            yield "lora_target_modules must name at least one module"
+        # Any finite scale: 0 is SiD's Zero-CFG fake branch, below 0 its Anti-CFG (docs/method.md).
+        if self.fake_guidance_scale is not None and not _is_number(self.fake_guidance_scale):
+            yield f"fake_guidance_scale must be a finite number or null, got {self.fake_guidance_scale!r}"
+        p = self.fake_score_prompt_dropout
+        if not (_is_number(p) and 0 <= p <= 1):
+            yield f"fake_score_prompt_dropout must be a number in [0, 1], got {p!r}"
+
+    def _diversity_errors(self):
+        """The student's loss and the options that keep the teacher's diversity (docs/method.md)."""
+        if self.vsd_weighting not in VSD_WEIGHTINGS:
+            yield f"vsd_weighting must be one of {VSD_WEIGHTINGS}, got {self.vsd_weighting!r}"
+        if self.kl_reduction not in KL_REDUCTIONS:
+            yield f"kl_reduction must be one of {KL_REDUCTIONS}, got {self.kl_reduction!r}"
+        yield from self._numbers(("guidance_scale", "lambda_kl", "regression_weight", "mode_seeking_weight",
+                                  "gan_weight", "gan_disc_weight"), minimum=0)
+        yield from self._integers(("regression_pairs", "regression_teacher_steps", "regression_pool",
+                                   "gan_head_channels"), 1)
         if self.regression_finish_from is not None and not (
                 _is_int(self.regression_finish_from) and 1 <= self.regression_finish_from <= 999):
             yield f"regression_finish_from must be an integer timestep in 1..999 or null, got {self.regression_finish_from!r}"
@@ -168,11 +183,6 @@ class DistillConfig:
         if self.regression_guidance_scale is not None and (
                 not _is_number(self.regression_guidance_scale) or self.regression_guidance_scale < 1):
             yield f"regression_guidance_scale must be a number >= 1 or null, got {self.regression_guidance_scale!r}"
-        if not _is_number(self.mode_seeking_weight) or self.mode_seeking_weight < 0:
-            yield f"mode_seeking_weight must be a number >= 0, got {self.mode_seeking_weight!r}"
-        for name in ("gan_weight", "gan_disc_weight"):
-            if not _is_number(getattr(self, name)) or getattr(self, name) < 0:
-                yield f"{name} must be a number >= 0, got {getattr(self, name)!r}"
         if self.divergence not in DIVERGENCES:
             yield f"divergence must be one of {DIVERGENCES}, got {self.divergence!r}"
         elif _is_number(self.gan_weight) and self.uses_real_images and self.gan_disc_weight == 0:
@@ -184,27 +194,30 @@ class DistillConfig:
             yield "student_loss sid cannot take a divergence other than reverse_kl: f-distill's weights scale VSD's gradient"
         if not _is_number(self.sid_alpha):
             yield f"sid_alpha must be a finite number, got {self.sid_alpha!r}"
-        if not _is_int(self.gan_head_channels) or self.gan_head_channels < 1:
-            yield f"gan_head_channels must be an integer >= 1, got {self.gan_head_channels!r}"
-        if self.kl_reduction not in KL_REDUCTIONS:
-            yield f"kl_reduction must be one of {KL_REDUCTIONS}, got {self.kl_reduction!r}"
-        if not 0 <= self.fake_score_prompt_dropout <= 1:
-            yield f"fake_score_prompt_dropout must be in [0, 1], got {self.fake_score_prompt_dropout!r}"
-        if not 0 <= self.ema_decay < 1:
-            yield f"ema_decay must be in [0, 1), got {self.ema_decay!r}"
-        if not _is_int(self.lora_rank) or self.lora_rank < 1:
-            yield f"lora_rank must be an integer >= 1, got {self.lora_rank!r}"
-        if not self.lora_target_modules:
-            yield "lora_target_modules must name at least one module"
+
+    def _optimiser_errors(self):
+        yield from self._integers(("student_warmup_steps", "fake_score_warmup_steps"), 0)
         for name in ("student_lr", "fake_score_lr", "adam_eps", "grad_clip", "lora_alpha"):
-            if not isinstance(getattr(self, name), (int, float)) or getattr(self, name) <= 0:
+            if not _is_number(getattr(self, name)) or getattr(self, name) <= 0:
                 yield f"{name} must be a positive number, got {getattr(self, name)!r}"
-        if self.lambda_kl < 0 or self.weight_decay < 0 or self.guidance_scale < 0:
-            yield "lambda_kl, weight_decay and guidance_scale must be >= 0"
+        yield from self._numbers(("weight_decay",), minimum=0)
+        if not (_is_number(self.ema_decay) and 0 <= self.ema_decay < 1):
+            yield f"ema_decay must be a number in [0, 1), got {self.ema_decay!r}"
         for name in ("student_adam_betas", "fake_score_adam_betas"):
             betas = getattr(self, name)
             if not isinstance(betas, tuple) or len(betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in betas):
                 yield f"{name} must be two numbers in [0, 1), got {betas!r}"
+
+    def _integers(self, names: tuple[str, ...], minimum: int):
+        for name in names:
+            if not _is_int(getattr(self, name)) or getattr(self, name) < minimum:
+                yield f"{name} must be an integer >= {minimum}, got {getattr(self, name)!r}"
+
+    def _numbers(self, names: tuple[str, ...], minimum: float):
+        """Finite numbers >= minimum: a NaN or infinite guidance or weight would poison every loss silently."""
+        for name in names:
+            if not _is_number(getattr(self, name)) or getattr(self, name) < minimum:
+                yield f"{name} must be a number >= {minimum}, got {getattr(self, name)!r}"
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "DistillConfig":

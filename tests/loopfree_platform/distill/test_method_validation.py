@@ -50,6 +50,8 @@ def test_a_method_the_distiller_refuses_fails_the_dry_run_naming_method(tiny, sm
     ({"regression_renoise": "flip"}, "method.regression_renoise: must be one of mirrored_z, fresh, got 'flip'"),
     ({"regression_renoise": "fresh"}, "method.regression_renoise: 'fresh' needs regression_finish_from"),
     ({"gan_weight": -0.01}, "method.gan_weight: must be a number >= 0, got -0.01"),
+    ({"guidance_scale": float("nan")}, "method.guidance_scale: must be a number >= 0, got nan"),  # YAML .nan
+    ({"student_lr": float("inf")}, "method.student_lr: must be a positive number, got inf"),  # YAML .inf
     ({"gan_weight": 0.01}, "method.gan_weight: DMD2's GAN term needs real training images"),  # study-only for now
     ({"divergence": "js"}, "method.divergence: an f-divergence other than reverse_kl needs the discriminator's real"),
     ({"divergence": "hellinger"}, "method.divergence: must be one of"),
