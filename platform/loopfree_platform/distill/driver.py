@@ -129,15 +129,10 @@ def run_distill(job: DistillJob, address: str | None = None, progress: Progress 
 
 
 def _run_distill(job: DistillJob, address: str | None, progress: Progress | None) -> DistillResult:
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     from loopfree_platform.distill.callbacks import MetricsFeed, MetricsLog, read_metrics
-    from loopfree_platform.distill.corpus import RankShards, prepare_corpus
+    from loopfree_platform.distill.corpus import prepare_corpus
     from loopfree_platform.distill.pairs import prepare_teacher_pairs
-    from loopfree_platform.distill.process_group import NodeAddressTorchConfig
     from loopfree_platform.distill.tracking import MLflowTracking, describe_run, register_model, start_run
-    from loopfree_platform.distill.train import train_loop_per_worker
 
     progress = progress or Progress("distill", enabled=False)
     if job.tracking.enabled:
@@ -160,24 +155,9 @@ def _run_distill(job: DistillJob, address: str | None, progress: Progress | None
     if tracked:
         describe_run(job, tracked)
     prepare_teacher_pairs(job, ordered, stats.unique, progress)  # method.regression_weight > 0 only
-    fs, storage_path = storage.filesystem(job.storage.path, endpoint)
     callbacks = [MetricsLog(job.run_dir(), endpoint), *([MLflowTracking(job, tracked)] if tracked else [])]
     backfill_trackers(job, callbacks)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"job": job},  # the validated job itself: the workers re-derive nothing
-        torch_config=NodeAddressTorchConfig(),  # torch's rendezvous store on the node's address, not on '::'
-        scaling_config=ScalingConfig(num_workers=job.scaling.num_workers, use_gpu=job.scaling.use_gpu,
-                                     resources_per_worker={"CPU": job.scaling.cpus_per_worker}),
-        run_config=RunConfig(name=job.name, storage_path=storage_path,
-                             storage_filesystem=fs if storage.is_s3(job.storage.path) else None,
-                             failure_config=FailureConfig(max_failures=job.checkpoint.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=job.checkpoint.num_to_keep),
-                             callbacks=callbacks),
-        datasets={"train": ordered},
-        # Each worker streams only its own slice of every global batch (corpus.py, "Sharding").
-        dataset_config=RankShards(job.scaling.batch_per_worker, job.scaling.global_batch_size, steps),
-    )
+    trainer = _trainer(job, ordered, callbacks)
     progress.phase("starting the workers")
     metrics_uri = storage.join(job.run_dir(), "metrics.jsonl")
     logged = max((int(r["step"]) for r in read_metrics(metrics_uri, endpoint)), default=0)
@@ -194,6 +174,33 @@ def _run_distill(job: DistillJob, address: str | None, progress: Progress | None
     return DistillResult(run_dir=job.run_dir(), export_dir=export_dir, steps=steps, corpus=stats.as_dict(),
                          metrics=dict(result.metrics or {}), samples=samples, mlflow_run_id=tracked.run_id if tracked else None,
                          mlflow_page=tracked.page() if tracked else None, model_version=version)
+
+
+def _trainer(job: DistillJob, ordered, callbacks: list):
+    """Ray Train's trainer for the run: the workers, their storage and failure policy, the corpus's rank shards."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from loopfree_platform.distill.corpus import RankShards
+    from loopfree_platform.distill.process_group import NodeAddressTorchConfig
+    from loopfree_platform.distill.train import train_loop_per_worker
+
+    fs, storage_path = storage.filesystem(job.storage.path, job.storage.endpoint_url)
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": job},  # the validated job itself: the workers re-derive nothing
+        torch_config=NodeAddressTorchConfig(),  # torch's rendezvous store on the node's address, not on '::'
+        scaling_config=ScalingConfig(num_workers=job.scaling.num_workers, use_gpu=job.scaling.use_gpu,
+                                     resources_per_worker={"CPU": job.scaling.cpus_per_worker}),
+        run_config=RunConfig(name=job.name, storage_path=storage_path,
+                             storage_filesystem=fs if storage.is_s3(job.storage.path) else None,
+                             failure_config=FailureConfig(max_failures=job.checkpoint.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=job.checkpoint.num_to_keep),
+                             callbacks=callbacks),
+        datasets={"train": ordered},
+        # Each worker streams only its own slice of every global batch (corpus.py, "Sharding").
+        dataset_config=RankShards(job.scaling.batch_per_worker, job.scaling.global_batch_size, job.training.max_steps),
+    )
 
 
 def _list(uri: str, endpoint: str | None) -> list[str]:
