@@ -27,7 +27,8 @@ class JobError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # allow_inf_nan: YAML's .nan and .inf are floats, and a NaN passes no bound yet fails every later check silently
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class StrictLoader(yaml.SafeLoader):

@@ -88,3 +88,18 @@ def test_set_overrides_that_name_a_key_twice_exit_2_naming_it(capsys, sets, mess
     args = [arg for item in sets for arg in ("--set", item)]
     assert main(["distill", str(ROOT / "jobs" / "smoke.yaml"), "--dry-run", *args]) == 2
     assert capsys.readouterr().err.splitlines() == [f"error: {message}"]
+
+
+@pytest.mark.parametrize("command, shipped, key", [
+    ("serve", "serve.yaml", "serving.autoscaling.target_ongoing_requests"),  # bounded below only: .inf passed
+    ("serve", "serve.yaml", "console.every_s"),
+    ("evaluate", "evaluate.yaml", "systems.0.guidance_scale"),
+])
+@pytest.mark.parametrize("value", [".nan", ".inf"])
+def test_a_non_finite_number_in_any_job_exits_2_naming_the_key(capsys, command, shipped, key, value):
+    if key.startswith("systems."):  # an item of a list: --set replaces the whole list
+        overrides = ["--set", "systems=[{name: teacher, kind: teacher, guidance_scale: " + value + "}]"]
+    else:
+        overrides = ["--set", f"{key}={value}"]
+    assert main([command, str(ROOT / "jobs" / shipped), "--dry-run", *overrides]) == 2
+    assert f"{key}: Input should be a finite number" in capsys.readouterr().err
