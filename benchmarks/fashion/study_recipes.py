@@ -155,6 +155,16 @@ RECIPES: dict[str, dict] = {
                                                                     "regression_weight": float(w), "regression_pool": 2,
                                                                     "regression_finish_from": 481}
        for w in ("0.25", "1")},
+    # The teacher's own 50-step pairs (guidance 2, the VSD teacher's), compared as 2 x 2 block means of the 8 x 8
+    # latent, on the choice. The choice's recall is lost mostly in layouts (the per-class split: footwear drawn as
+    # boots, benchmarks/results/class_recall.md), which t <= 299 leaves to the initial map, and the teacher's layouts
+    # are the ones to keep (its 50-step recall at guidance 2: 0.402). Whole, those pairs carry detail the one-pass
+    # map cannot predict from (z, c) (latent MSE 0.68 for the initial student) and cost FID; pooled, only the layout
+    # is pulled and VSD keeps the detail. Not measured before: the pooled pairs were the initial student's own
+    # (rp481m-lp2), whose layouts are the ones that lose recall. Weight 1: the layout pull must be strong enough to
+    # move layouts that VSD below t = 300 does not.
+    "full-ttur5-guid2-1-x0err-tmax299-fst299-lp2-reg1": {**BEST, "vsd_t_max": 299, "fake_score_t_max": 299,
+                                                         "regression_weight": 1.0, "regression_pool": 2},
     # A larger global batch (32 instead of the CLI's 8, set in BATCH_SIZES): the fake score sees four times as many of
     # the student's samples per update, so its model of the student's distribution is less noisy.
     "full-ttur5-guid2-1-x0err-b32": BEST,
