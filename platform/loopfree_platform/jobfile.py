@@ -27,7 +27,8 @@ class JobError(ValueError):
 
 
 class Section(BaseModel):
-    # allow_inf_nan: YAML's .nan and .inf are floats, and a NaN passes no bound yet fails every later check silently
+    # allow_inf_nan off: YAML's .nan and .inf are floats, the fields' bounds let a NaN through (measured: gt=0 took
+    # .nan) and .inf passes every lower bound; either would reach the run and fail it late or not at all
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
