@@ -27,8 +27,8 @@ class JobError(ValueError):
 
 
 class Section(BaseModel):
-    # allow_inf_nan off: YAML's .nan and .inf are floats, the fields' bounds let a NaN through (measured: gt=0 took
-    # .nan) and .inf passes every lower bound; either would reach the run and fail it late or not at all
+    # allow_inf_nan off: YAML's .nan and .inf are floats, and .inf passes every lower bound (console.every_s: .inf was
+    # a console that never reports); a NaN is refused by any bound, and now by a field without one too
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
