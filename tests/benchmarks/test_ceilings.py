@@ -5,11 +5,10 @@ the batch it is split into."""
 import torch
 
 from benchmarks.fashion.ceilings import vae_round_trip
-from loopfree.presets import preset
 
 
-def test_the_round_trip_is_the_vaes_deterministic_forward_clipped_in_any_batch_size():
-    vae = preset("tiny").build(seed=0).vae.eval()
+def test_the_round_trip_is_the_vaes_deterministic_forward_clipped_in_any_batch_size(tiny_components):
+    vae = tiny_components.vae  # the session's tiny model (conftest.py), read only
     images = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     with torch.no_grad():
         reference = vae(images, sample_posterior=False).sample.clamp(-1, 1)  # diffusers' AutoencoderKL.forward

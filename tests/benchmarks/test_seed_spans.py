@@ -21,6 +21,10 @@ def low_bits_span(seeds) -> range:
     return range(first, last + 1)
 
 
+def overlap(x: range, y: range) -> bool:
+    return not (x.stop <= y.start or y.stop <= x.start)
+
+
 def consecutive(seeds: tuple[int, ...]) -> tuple[int, ...]:
     assert seeds == tuple(range(seeds[0], seeds[0] + len(seeds))), "not one run of consecutive seeds"
     return seeds
@@ -29,8 +33,8 @@ def consecutive(seeds: tuple[int, ...]) -> tuple[int, ...]:
 SPANS = {
     "test (1000 images)": consecutive(study.test_set(1000).seeds),
     "validation (the reference's 1000)": consecutive(study.validation_set(1000).seeds),
-    "recall spread and class recall": consecutive(study.validation_set(IMAGES, SEED0).seeds),
-    "refine ceiling's fresh re-noising": tuple(NOISE_SEED0 + s for s in consecutive(study.validation_set(IMAGES, SEED0).seeds)),
+    "recall spread and class recall": (spread := consecutive(study.validation_set(IMAGES, SEED0).seeds)),
+    "refine ceiling's fresh re-noising": tuple(NOISE_SEED0 + s for s in spread),
     "pair-noise check's unseen noise": tuple(range(UNSEEN_FROM, UNSEEN_FROM + 1000)),
     # pair seeds are one linear numbering (loopfree.pairs.pair_seeds): the first and the last pair bound them all
     "regression pairs (all of them)": (pair_seeds(0, 1)[0], pair_seeds(MAX_PAIRS - 1, 1)[0]),
@@ -40,10 +44,9 @@ SPANS = {
 @pytest.mark.parametrize("a, b", list(itertools.combinations(SPANS, 2)))
 def test_two_noise_spans_share_no_seed_in_the_low_32_bits(a, b):
     x, y = low_bits_span(SPANS[a]), low_bits_span(SPANS[b])
-    assert x.stop <= y.start or y.stop <= x.start, f"{a} {x} and {b} {y} overlap"
+    assert not overlap(x, y), f"{a} {x} and {b} {y} overlap"
 
 
 def test_the_check_sees_the_collision_that_seeds_2_40_plus_i_made():
     # the regression pairs' old seeds, 2**40 + i, drew test image i's noise (docs/method.md)
-    x, y = low_bits_span((2**40, 2**40 + 1023)), low_bits_span(SPANS["test (1000 images)"])
-    assert not (x.stop <= y.start or y.stop <= x.start)
+    assert overlap(low_bits_span((2**40, 2**40 + 1023)), low_bits_span(SPANS["test (1000 images)"]))
