@@ -18,6 +18,7 @@ runs/fashion-study/pair-fit-<pairs>@<steps>-s<seed>/export, which the study can 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import sys
 import time
@@ -154,9 +155,17 @@ def load_rows() -> list[dict]:
 
 
 def record(result: dict, command: str) -> None:
-    """Add one measured row (replacing a row of the same name) to pair_fit.json and rewrite the table from it."""
-    rows = [r for r in load_rows() if r["system"] != result["system"]] + [{**result, "command": command}]
-    OUT.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    """Add one measured row (replacing a row of the same name) to pair_fit.json and rewrite the table from it; under
+    a lock, so that two seeds run side by side keep each other's rows."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    with open(WORK / "pair_fit.lock", "w") as lock:  # under runs/: not a result
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = [r for r in load_rows() if r["system"] != result["system"]] + [{**result, "command": command}]
+        OUT.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+        write_table(rows)
+
+
+def write_table(rows: list[dict]) -> None:
     keys = ("train_mse", "heldout_mse", "fid", "precision", "recall", "coverage", "alignment")
     table = ["| system | " + " | ".join(keys) + " | command |", "|---" * (len(keys) + 2) + "|"]
     table += ["| " + r["system"] + " | " + " | ".join(f"{r[k]:.3f}" if k in r else "-" for k in keys)

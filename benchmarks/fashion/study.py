@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.fashion import study_checkpoint
-from benchmarks.fashion.study_recipes import BASE, BATCH_SIZES, RECIPES
+from benchmarks.fashion.study_recipes import BASE, BATCH_SIZES, RECIPES, STARTS
 
 WORK = Path("runs/fashion-study")  # caches and exports (large, not committed)
 # Each run's record (validation curve, final test row) is a result: small, committed, and what --report reads.
@@ -201,7 +201,8 @@ def run(recipe: str, seed: int, steps: int, eval_every: int, images: int, batch_
     from loopfree.rng import IterationRNG
     from loopfree.training import local_engines, train_iteration
 
-    label = recipe if init_from is None else transfer_label(recipe, init_from, num_steps)
+    label = recipe if num_steps is None else transfer_label(recipe, init_from, num_steps)
+    init_from = init_from or (f"{STARTS[recipe]}-s{seed}" if recipe in STARTS else None)
     name = run_name(label, seed, steps)
     out = WORK / name
     curve = RECORDS / f"{name}.jsonl"
@@ -397,6 +398,8 @@ def main() -> None:
         parser.error("--recipe is required (or --report, or --teacher-steps)")
     if (args.init_from is None) != (args.num_steps is None):
         parser.error("--init-from and --num-steps go together")
+    if args.init_from and args.recipe in STARTS:
+        parser.error(f"recipe {args.recipe} starts from its own student ({STARTS[args.recipe]}, STARTS): no --init-from")
     fixed = BATCH_SIZES.get(args.recipe)
     if fixed is not None and args.batch_size not in (None, fixed):
         parser.error(f"--batch-size {args.batch_size}: recipe {args.recipe} trains at its own global batch {fixed} (BATCH_SIZES)")

@@ -15,6 +15,9 @@ BEST = {"fake_score": "full", "fake_score_lr": 1e-4, "fake_score_updates": 5, "g
         "fake_guidance_scale": 1.0, "vsd_weighting": "x0_error"}
 # Recipes whose global batch is not the default 8 (a study setting, not a DistillConfig key); --batch-size may not contradict it.
 BATCH_SIZES: dict[str, int] = {"full-ttur5-guid2-1-x0err-b32": 32}
+# Recipes whose student starts from a regression-only student of the same seed (benchmarks/fashion/pair_fit.py, run
+# `pair-fit-<pairs>@<updates>-s<seed>`) instead of the teacher's UNet: a study setting, like the batch.
+STARTS: dict[str, str] = {"pf8192-full-ttur5-guid2-1-x0err-tmax299-fst299": "pair-fit-8192@4000"}
 RECIPES: dict[str, dict] = {
     "init": {},  # run with --steps 0: the initial student (the teacher's UNet in the TiUE pipeline)
     "paper": {},
@@ -87,6 +90,10 @@ RECIPES: dict[str, dict] = {
     # The same for t <= 299, the recipe with the most coverage (test 0.0715, above the 50-step teacher's 0.068). The
     # study's choice at 4000 updates (--steps 4000): FID 111.68, coverage 0.097, recall 0.150 (0.163 at 2000).
     "full-ttur5-guid2-1-x0err-tmax299-fst299": {**BEST, "vsd_t_max": 299, "fake_score_t_max": 299},
+    # The choice from a regression-only student (STARTS): fitted to 8192 of the teacher's 50-step pairs alone, it follows
+    # the teacher's map from noise on noise it never saw (benchmarks/results/pair_fit.md), so its layouts are the
+    # teacher's; VSD below t = 300 then sharpens their details.
+    "pf8192-full-ttur5-guid2-1-x0err-tmax299-fst299": {**BEST, "vsd_t_max": 299, "fake_score_t_max": 299},
     # The end of the noise-range knob: t <= 749, 499, 299 gave test recall 0.097, 0.147, 0.158 (0.163 with the fake
     # score there too) at 2000 updates. t <= 199 leaves still more of the layout to the initial map (whose sandal and
     # sneaker layouts are already boot-like, benchmarks/results/class_recall.md): does recall keep rising? Measured

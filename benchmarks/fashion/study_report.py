@@ -146,7 +146,7 @@ def replace_block(readme: Path, block: str) -> None:
 
 def report_lines(runs: list[Run], groups: dict[str, Group], choice: Choice, targets: list[str],
                  recipes: dict) -> list[str]:
-    from benchmarks.fashion.study_recipes import BATCH_SIZES
+    from benchmarks.fashion.study_recipes import BATCH_SIZES, STARTS
 
     used = sorted({r.group.split("@")[0] for r in runs} & set(recipes))
     return ["# Distillation study on the Fashion-MNIST teacher", "",
@@ -161,7 +161,9 @@ def report_lines(runs: list[Run], groups: dict[str, Group], choice: Choice, targ
             "## Validation curves", "", "![FID over updates](fashion_study.png)", "", *validation_table(runs), "",
             "## Recipes (DistillConfig overrides of the study's base)", "",
             *(f"- `{name}`: {json.dumps(recipes[name]) if recipes[name] else 'the base (paper) recipe'}"
-              + (f", global batch {BATCH_SIZES[name]}" if name in BATCH_SIZES else "") for name in used),
+              + (f", global batch {BATCH_SIZES[name]}" if name in BATCH_SIZES else "")
+              + (f", starting from the regression-only student {STARTS[name]} (pair_fit.md)" if name in STARTS else "")
+              for name in used),
             ""]
 
 
