@@ -154,7 +154,7 @@ RECIPES: dict[str, dict] = {
        for t in (481, 681)},
     # The same pairs compared as 2 x 2 block means (regression_pool 2): rp481m-reg0.25 raised test recall (0.163 ->
     # 0.199, its first measurement) and cost validation FID (143.6 -> 154.9), coverage and alignment, since the
-    # full-resolution target carries detail the student cannot predict from (z, c). Pooled, the pairs hand over the
+    # full-resolution target carries detail the initial student does not predict from (z, c). Pooled, the pairs hand over the
     # layout only and leave the detail to VSD. Measured (600-update screens, seed 1): validation FID 167.9 at 0.25
     # and 176.1 at 1, against 163.0 and 170.2 compared whole: the layout pull is what costs fidelity, not the
     # detail.
@@ -165,8 +165,8 @@ RECIPES: dict[str, dict] = {
     # The teacher's own 50-step pairs (guidance 2, the VSD teacher's), compared as 2 x 2 block means of the 8 x 8
     # latent, on the choice. The choice's recall is lost mostly in layouts (the per-class split: footwear drawn as
     # boots, benchmarks/results/class_recall.md), which t <= 299 leaves to the initial map, and the teacher's layouts
-    # are the ones to keep (its 50-step recall at guidance 2: 0.402). Whole, those pairs carry detail the one-pass
-    # map cannot predict from (z, c) (latent MSE 0.68 for the initial student) and cost FID; pooled, only the layout
+    # are the ones to keep (its 50-step recall at guidance 2: 0.402). Whole, those pairs carry detail the initial
+    # student does not predict from (z, c) (latent MSE 0.68) and cost FID; pooled, only the layout
     # is pulled and VSD keeps the detail. Not measured before: the pooled pairs were the initial student's own
     # (rp481m-lp2), whose layouts are the ones that lose recall. Weight 1: the layout pull must be strong enough to
     # move layouts that VSD below t = 300 does not. Measured (2000 updates, seeds 1 and 2): test FID 133.44, recall
