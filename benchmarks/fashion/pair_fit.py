@@ -30,19 +30,18 @@ from benchmarks.fashion.recall_spread import IMAGES, SEED0, row
 from benchmarks.fashion.study import CLASSIFIER, TEACHER, WORK, validation_reference, validation_set
 
 OUT = Path("benchmarks/results/pair_fit.md")
-STEPS, GUIDANCE = 50, 2.0  # the pairs' teacher sampler: the regression recipes' default
 
 
 def fit(student, pairs, text_of, steps: int, batch_size: int, lr: float, seed: int, report=None) -> list[float]:
     """Adam on mean((student(z, prompt) - x0_teacher)^2) over pairs drawn at random: the whole map, no VSD, no EMA.
-    `text_of(input_ids)` gives the frozen text states; `report(step)` is called every 500 updates and at the end.
+    `text_of(pair indices)` gives their frozen text states; `report(step)` is called every 500 updates and at the end.
     Returns the loss of every update."""
     opt = torch.optim.Adam(student.parameters(), lr=lr)
     draw = torch.Generator().manual_seed(seed)
     losses = []
     for step in range(steps):
         idx = torch.randint(len(pairs), (batch_size,), generator=draw)
-        x0, _ = student(pairs.noise[idx], text_of(pairs.input_ids[idx]))  # (B, C, h, w)
+        x0, _ = student(pairs.noise[idx], text_of(idx))  # (B, C, h, w)
         loss = ((x0 - pairs.x0[idx]) ** 2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -54,13 +53,13 @@ def fit(student, pairs, text_of, steps: int, batch_size: int, lr: float, seed: i
     return losses
 
 
-def text_cache(text_encoder, input_ids: torch.Tensor):
-    """input_ids (N, 77) -> a function giving their text states, each distinct prompt encoded once."""
-    unique, inverse = torch.unique(input_ids, dim=0, return_inverse=True)
+def pair_text(text_encoder, input_ids: torch.Tensor):
+    """The pairs' input_ids (N, 77) -> a function from pair indices to their text states, each distinct prompt
+    encoded once."""
+    unique, inverse = torch.unique(input_ids, dim=0, return_inverse=True)  # (U, 77), (N,)
     with torch.no_grad():
         states = text_encoder(unique)[0]  # (U, 77, D)
-    rows = {tuple(ids.tolist()): i for i, ids in enumerate(unique)}
-    return lambda ids: states[torch.tensor([rows[tuple(r.tolist())] for r in ids])]
+    return lambda idx: states[inverse[idx]]
 
 
 @torch.no_grad()
@@ -112,10 +111,11 @@ def main() -> None:
     teacher.set_progress_bar_config(disable=True)
     held = validation_set(IMAGES, SEED0)
     held_noise, held_text = teacher.prepare_latents(list(held.seeds)), teacher.encode_prompt(list(held.prompts))
-    held_x0 = teacher.sample_multistep(list(held.prompts), num_inference_steps=STEPS, guidance_scale=GUIDANCE,
+    steps, cfg = config.regression_teacher_steps, config.pair_cfg  # the pairs' sampler, for the held-out targets
+    held_x0 = teacher.sample_multistep(list(held.prompts), num_inference_steps=steps, guidance_scale=cfg,
                                        seeds=list(held.seeds), batch_size=100, output_type="latent").images
-    text_of = text_cache(components.text_encoder, pairs.input_ids)
-    seen = (pairs.noise[:IMAGES], text_of(pairs.input_ids[:IMAGES]), pairs.x0[:IMAGES])
+    text_of = pair_text(components.text_encoder, pairs.input_ids)
+    seen = (pairs.noise[:IMAGES], text_of(torch.arange(IMAGES)), pairs.x0[:IMAGES])
 
     def errors(pipe) -> dict:
         return {"train_mse": mse(pipe.student, *seen), "heldout_mse": mse(pipe.student, held_noise, held_text, held_x0)}
@@ -126,7 +126,7 @@ def main() -> None:
     done = {r["system"] for r in load_rows()}
     if "initial student" not in done:
         record({**row("initial student", teacher, inception, classifier, classes, ref), **errors(teacher)}, command)
-    target = f"teacher {STEPS} steps cfg {GUIDANCE:g} (the pairs' sampler)"
+    target = f"teacher {steps} steps cfg {cfg:g} (the pairs' sampler)"
     if target not in done:
         record(row(target, Latents(teacher, held_x0, held.seeds), inception, classifier, classes, ref), command)
     name = f"pair-fit-{args.pairs}@{args.steps}-s{args.seed}"
