@@ -12,7 +12,8 @@ the teacher's own samples from those noises. The pairs are the study's (`study_p
 2**31 + i), so they are cached and shared with the regression recipes.
     .venv/bin/python -m benchmarks.fashion.pair_fit --pairs 8192 --steps 4000
 adds its rows to benchmarks/results/pair_fit.md (and .json) and exports the student to
-runs/fashion-study/pair-fit-<pairs>@<steps>-s<seed>/export, which the study can start a recipe from (--init-from).
+runs/fashion-study/pair-fit-<pairs>@<steps>-s<seed>/export, which a study recipe can start from (STARTS in
+study_recipes.py).
 """
 
 from __future__ import annotations
@@ -109,11 +110,7 @@ def main() -> None:
     pairs = study_pairs(config, components)  # the teacher's 50 steps at guidance 2 (config.pair_cfg)
     teacher = TiUEPipeline.from_components(components)  # also the initial student (K = 4, leading)
     teacher.set_progress_bar_config(disable=True)
-    held = validation_set(IMAGES, SEED0)
-    held_noise, held_text = teacher.prepare_latents(list(held.seeds)), teacher.encode_prompt(list(held.prompts))
-    steps, cfg = config.regression_teacher_steps, config.pair_cfg  # the pairs' sampler, for the held-out targets
-    held_x0 = teacher.sample_multistep(list(held.prompts), num_inference_steps=steps, guidance_scale=cfg,
-                                       seeds=list(held.seeds), batch_size=100, output_type="latent").images
+    held, held_noise, held_text, held_x0 = held_out(teacher, config)
     text_of = pair_text(components.text_encoder, pairs.input_ids)
     seen = (pairs.noise[:IMAGES], text_of(torch.arange(IMAGES)), pairs.x0[:IMAGES])
 
@@ -126,7 +123,7 @@ def main() -> None:
     done = {r["system"] for r in load_rows()}
     if "initial student" not in done:
         record({**row("initial student", teacher, inception, classifier, classes, ref), **errors(teacher)}, command)
-    target = f"teacher {steps} steps cfg {cfg:g} (the pairs' sampler)"
+    target = f"teacher {config.regression_teacher_steps} steps cfg {config.pair_cfg:g} (the pairs' sampler)"
     if target not in done:
         record(row(target, Latents(teacher, held_x0, held.seeds), inception, classifier, classes, ref), command)
     name = f"pair-fit-{args.pairs}@{args.steps}-s{args.seed}"
@@ -141,13 +138,29 @@ def main() -> None:
     student.unet.train()
     fit(student.student, pairs, text_of, args.steps, args.batch_size, args.lr, args.seed, report)
     student.unet.eval()
-    student.save_pretrained(WORK / name / "export", safe_serialization=True)  # what --init-from starts from
-    (WORK / name / "run.json").write_text(json.dumps({"recipe": name, "seed": args.seed, "steps": args.steps,
-                                                      "init_from": None, "batch_size": args.batch_size, "num_steps": 4,
-                                                      "mode": "tiue", "uses_training_images": False}))
+    export(student, name, args)
     result = row(f"regression only: {args.pairs} pairs, {args.steps} updates of {args.batch_size}, seed {args.seed}",
                  student, inception, classifier, classes, ref)
     record({**result, **curve[-1], "curve": curve}, command)
+
+
+def held_out(teacher, config):
+    """The held-out protocol (recall_spread.py's 1000 prompts and seeds), its noises and text states, and the
+    teacher's samples from them with the pairs' own sampler (config.regression_teacher_steps, config.pair_cfg)."""
+    held = validation_set(IMAGES, SEED0)
+    noise, text = teacher.prepare_latents(list(held.seeds)), teacher.encode_prompt(list(held.prompts))
+    x0 = teacher.sample_multistep(list(held.prompts), num_inference_steps=config.regression_teacher_steps,
+                                  guidance_scale=config.pair_cfg, seeds=list(held.seeds), batch_size=100,
+                                  output_type="latent").images  # (1000, C, h, w)
+    return held, noise, text, x0
+
+
+def export(student, name: str, args) -> None:
+    """The fitted student as a study run's export and record: what a recipe in STARTS (study_recipes.py) starts from."""
+    student.save_pretrained(WORK / name / "export", safe_serialization=True)
+    (WORK / name / "run.json").write_text(json.dumps({"recipe": name, "seed": args.seed, "steps": args.steps,
+                                                      "init_from": None, "batch_size": args.batch_size, "num_steps": 4,
+                                                      "mode": "tiue", "uses_training_images": False}))
 
 
 def load_rows() -> list[dict]:
