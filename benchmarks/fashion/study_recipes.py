@@ -17,7 +17,9 @@ BEST = {"fake_score": "full", "fake_score_lr": 1e-4, "fake_score_updates": 5, "g
 BATCH_SIZES: dict[str, int] = {"full-ttur5-guid2-1-x0err-b32": 32}
 # Recipes whose student starts from a regression-only student of the same seed (benchmarks/fashion/pair_fit.py, run
 # `pair-fit-<pairs>@<updates>-s<seed>`) instead of the teacher's UNet: a study setting, like the batch.
-STARTS: dict[str, str] = {"pf8192-full-ttur5-guid2-1-x0err-tmax299-fst299": "pair-fit-8192@4000"}
+STARTS: dict[str, str] = {"pf8192-full-ttur5-guid2-1-x0err-tmax299-fst299": "pair-fit-8192@4000",
+                          **{f"pf8192-full-ttur5-guid2-1-x0err-tmax299-fst299-reg{w}-pairs8192": "pair-fit-8192@4000"
+                             for w in ("1", "4")}}
 RECIPES: dict[str, dict] = {
     "init": {},  # run with --steps 0: the initial student (the teacher's UNet in the TiUE pipeline)
     "paper": {},
@@ -95,6 +97,12 @@ RECIPES: dict[str, dict] = {
     # teacher's; VSD below t = 300 then sharpens their details. Measured (4000 updates, seeds 1 and 2): test FID 107.69,
     # recall 0.119, coverage 0.119 against 111.68, 0.150 and 0.097 from the teacher's UNet: VSD narrows the layouts.
     "pf8192-full-ttur5-guid2-1-x0err-tmax299-fst299": {**BEST, "vsd_t_max": 299, "fake_score_t_max": 299},
+    # The same with the regression on the fit's own 8192 pairs kept beside VSD: from the teacher's UNet the pull had to
+    # move the map against VSD (reg0.25-reg4 above: recall did not rise); from the fitted start the map already follows
+    # the pairs (held-out MSE 0.12), so the pull only has to hold the layouts VSD took within 500 updates.
+    **{f"pf8192-full-ttur5-guid2-1-x0err-tmax299-fst299-reg{w}-pairs8192": {
+        **BEST, "vsd_t_max": 299, "fake_score_t_max": 299, "regression_weight": float(w), "regression_pairs": 8192}
+       for w in ("1", "4")},
     # The end of the noise-range knob: t <= 749, 499, 299 gave test recall 0.097, 0.147, 0.158 (0.163 with the fake
     # score there too) at 2000 updates. t <= 199 leaves still more of the layout to the initial map (whose sandal and
     # sneaker layouts are already boot-like, benchmarks/results/class_recall.md): does recall keep rising? Measured
