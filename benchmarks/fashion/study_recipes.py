@@ -212,6 +212,13 @@ RECIPES: dict[str, dict] = {
     # K = 8 transfer that keeps the K = 4 student's first timestep (751, where the encoder runs once) and its four
     # decoder timesteps, adding four between them; leading spacing would move the encoder to 876.
     "k8-from751": {**BEST, "num_steps": 8, "spacing": "custom", "timesteps": (751, 626, 501, 376, 251, 167, 84, 1)},
+    # The K transfer's fine-tune recipes for a student of the pf8192-...-reg1-pairs8192 recipe: that recipe without its
+    # start (a K-transfer run starts from --init-from), for K = 2 (leading) and for K = 8 on the plan above.
+    "full-ttur5-guid2-1-x0err-tmax299-fst299-reg1-pairs8192": {
+        **BEST, "vsd_t_max": 299, "fake_score_t_max": 299, "regression_weight": 1.0, "regression_pairs": 8192},
+    "k8-from751-tmax299-fst299-reg1-pairs8192": {
+        **BEST, "num_steps": 8, "spacing": "custom", "timesteps": (751, 626, 501, 376, 251, 167, 84, 1),
+        "vsd_t_max": 299, "fake_score_t_max": 299, "regression_weight": 1.0, "regression_pairs": 8192},
     "sb-paper": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0},
     # SwiftBrush's map run at an earlier timestep than 999. At t = 999 the 1-step map divides the teacher's noise
     # error by sqrt(alpha_bar) = 0.07, and the initial student scores validation FID 281 and never recovers; TiUE's
