@@ -92,10 +92,11 @@ RECIPES: dict[str, dict] = {
     # The same for t <= 299, the recipe with the most coverage (test 0.0715, above the 50-step teacher's 0.068). The
     # study's choice at 4000 updates (--steps 4000): FID 111.68, coverage 0.097, recall 0.150 (0.163 at 2000).
     "full-ttur5-guid2-1-x0err-tmax299-fst299": {**BEST, "vsd_t_max": 299, "fake_score_t_max": 299},
-    # The previous choice, from a regression-only student (STARTS): fitted to 8192 of the teacher's 50-step pairs alone, it follows
-    # the teacher's map from noise on noise it never saw (benchmarks/results/pair_fit.md), so its layouts are the
-    # teacher's; VSD below t = 300 then sharpens their details. Measured (4000 updates, seeds 1 and 2): test FID 107.69,
-    # recall 0.119, coverage 0.119 against 111.68, 0.150 and 0.097 from the teacher's UNet: VSD narrows the layouts.
+    # The previous choice, from a regression-only student (STARTS): fitted to 8192 of the teacher's 50-step pairs
+    # alone, it follows the teacher's map from noise on noise it never saw (benchmarks/results/pair_fit.md), so its
+    # layouts are the teacher's; VSD below t = 300 then sharpens their details. Measured (4000 updates, seeds 1 and
+    # 2): test FID 107.69, recall 0.119, coverage 0.119 against 111.68, 0.150 and 0.097 from the teacher's UNet: VSD
+    # narrows the layouts.
     "pf8192-full-ttur5-guid2-1-x0err-tmax299-fst299": {**BEST, "vsd_t_max": 299, "fake_score_t_max": 299},
     # The same with the regression on the fit's own 8192 pairs kept beside VSD: from the teacher's UNet the pull had to
     # move the map against VSD (reg0.25-reg4 above: recall did not rise); from the fitted start the map already follows
