@@ -15,11 +15,6 @@ BEST = {"fake_score": "full", "fake_score_lr": 1e-4, "fake_score_updates": 5, "g
         "fake_guidance_scale": 1.0, "vsd_weighting": "x0_error"}
 # Recipes whose global batch is not the default 8 (a study setting, not a DistillConfig key); --batch-size may not contradict it.
 BATCH_SIZES: dict[str, int] = {"full-ttur5-guid2-1-x0err-b32": 32}
-# Recipes whose student starts from a regression-only student of the same seed (benchmarks/fashion/pair_fit.py, run
-# `pair-fit-<pairs>@<updates>-s<seed>`) instead of the teacher's UNet: a study setting, like the batch.
-STARTS: dict[str, str] = {"pf8192-full-ttur5-guid2-1-x0err-tmax299-fst299": "pair-fit-8192@4000",
-                          **{f"pf8192-full-ttur5-guid2-1-x0err-tmax299-fst299-reg{w}-pairs8192": "pair-fit-8192@4000"
-                             for w in ("1", "4")}}
 RECIPES: dict[str, dict] = {
     "init": {},  # run with --steps 0: the initial student (the teacher's UNet in the TiUE pipeline)
     "paper": {},
@@ -232,3 +227,7 @@ RECIPES: dict[str, dict] = {
                               "fake_score_lr": 1e-4, "fake_score_updates": 5, "guidance_scale": 2.0, "fake_guidance_scale": 1.0},
     "sb-full-ttur5-guid2-1-x0err": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0, **BEST},
 }
+# Recipes whose student starts from a regression-only student of the same seed (benchmarks/fashion/pair_fit.py, run
+# `pair-fit-<pairs>@<updates>-s<seed>`) instead of the teacher's UNet: a study setting, like the batch, read from the
+# name's `pf8192-` prefix so that a recipe cannot say one start and get another.
+STARTS: dict[str, str] = {name: "pair-fit-8192@4000" for name in RECIPES if name.startswith("pf8192-")}
