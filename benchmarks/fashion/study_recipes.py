@@ -104,6 +104,9 @@ RECIPES: dict[str, dict] = {
     # 0.049 (FID / recall / coverage). Weights 4 and 1 gave the same recall at 500 updates, so the pull is saturated
     # at 1 and the window, if there is one, lies lower: 0.25 (DMD's regression weight) and 0.1 are started on seed 1,
     # the one with the better validation FID among those whose validation recall holds at 500 updates goes on to seed 2.
+    # At 500 updates (validation FID / recall; weight 0: 139.6 / 0.286, weight 1: 177.9 / 0.584): weight 0.1 gave
+    # 154.3 / 0.391 and weight 0.25 gave 163.9 / 0.451. Neither reached the 50-step teacher's 0.470; 0.25 came
+    # nearest, 0.1 had lost most of the start's recall (0.503), so 0.1 was stopped (not recorded) and 0.25 went on.
     **{f"pf8192-full-ttur5-guid2-1-x0err-tmax299-fst299-reg{w}-pairs8192": {
         **BEST, "vsd_t_max": 299, "fake_score_t_max": 299, "regression_weight": float(w), "regression_pairs": 8192}
        for w in ("0.1", "0.25", "1", "4")},
