@@ -90,6 +90,26 @@ def test_choice_on_validation_and_target_lines(tmp_path):
     assert len(rows) == 1 + 4 + 2 + 1 + 2  # teachers, TiUE recipes, SwiftBrush, K = 2 and K = 8
 
 
+def test_d5_judges_only_transfers_from_the_chosen_recipe(tmp_path):
+    _study(tmp_path / "records")
+    for seed in (1, 2):  # better on validation than diverse's K = 2 transfer, but from sharp, which is not chosen
+        _record(tmp_path / "records", f"k2ft-sharp@300-s{seed}", _metrics(120.0, 0.5), _metrics(90.0, 0.4), steps=300)
+    report, _ = _report(tmp_path)
+    assert "K = 2: k2ft-diverse@300 FID 140.00, 1.037 x its start's" in report and "K = 2: k2ft-sharp" not in report
+    assert "| TiUE K=2 k2ft-sharp@300 |" in report  # still a row of the final table
+
+
+def test_d5_not_measured_when_no_transfer_starts_from_the_choice(tmp_path):
+    records = tmp_path / "records"
+    _study(records)
+    for path in records.glob("k*ft-diverse*"):
+        path.rename(path.with_name(path.name.replace("-diverse", "-sharp")))
+    for path in records.glob("k8ft-sharp*.test.json"):  # its record names its start
+        path.write_text(path.read_text().replace('"diverse-s', '"sharp-s'))
+    report, _ = _report(tmp_path)
+    assert "- **D5 NOT MEASURED**" in report and "no K = 2 student from the chosen K = 4 recipe" in report
+
+
 def test_targets_not_measured_without_records(tmp_path):
     _record(tmp_path / "records", "diverse-s1", _metrics(160.0, 0.55), _metrics(135.0, 0.45))
     report, _ = _report(tmp_path)
