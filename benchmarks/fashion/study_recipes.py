@@ -219,16 +219,6 @@ RECIPES: dict[str, dict] = {
     # K = 8 transfer that keeps the K = 4 student's first timestep (751, where the encoder runs once) and its four
     # decoder timesteps, adding four between them; leading spacing would move the encoder to 876.
     "k8-from751": {**BEST, "num_steps": 8, "spacing": "custom", "timesteps": (751, 626, 501, 376, 251, 167, 84, 1)},
-    # K transfer from the study's choice (D5 asks for the best K = 4 student; the rows above start from a 300-update
-    # one): the choice's own losses (VSD and the fake score below t = 300, the kept regression on the fit's 8192 pairs
-    # at weight 1) on the two plans measured above, K = 2 leading (--num-steps 2) and K = 8 from 751. Fixed before
-    # any run: 300 updates, seeds 1 and 2, both from the choice's seed-3 run (a new seed of that recipe, scored on
-    # test once like its seeds 1 and 2, because the earlier sessions' exports are not kept).
-    **{name: {**BEST, **plan, "vsd_t_max": 299, "fake_score_t_max": 299, "regression_weight": 1.0,
-              "regression_pairs": 8192}
-       for name, plan in (("full-ttur5-guid2-1-x0err-tmax299-fst299-reg1-pairs8192", {}),
-                          ("k8-from751-tmax299-fst299-reg1-pairs8192", {
-                              "num_steps": 8, "spacing": "custom", "timesteps": (751, 626, 501, 376, 251, 167, 84, 1)}))},
     "sb-paper": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0},
     # SwiftBrush's map run at an earlier timestep than 999. At t = 999 the 1-step map divides the teacher's noise
     # error by sqrt(alpha_bar) = 0.07, and the initial student scores validation FID 281 and never recovers; TiUE's
@@ -246,6 +236,15 @@ RECIPES: dict[str, dict] = {
                               "fake_score_lr": 1e-4, "fake_score_updates": 5, "guidance_scale": 2.0, "fake_guidance_scale": 1.0},
     "sb-full-ttur5-guid2-1-x0err": {"mode": "one_step", "num_steps": 1, "lambda_kl": 0.0, **BEST},
 }
+# K transfer from the study's choice (D5 asks for the best K = 4 student; k8-from751 and the source recipe's own K = 2
+# start from a 300-update one): the choice's own losses, read from its recipe, on the two plans measured there, K = 2
+# leading (--num-steps 2) and K = 8 from 751. Fixed before any run: 300 updates, seeds 1 and 2, both from the choice's
+# seed-3 run (a new seed of that recipe, scored on test once like its seeds 1 and 2, because the earlier sessions'
+# exports are not kept). Named without the `pf8192-` prefix: their student is the transferred one, not a pair fit.
+_CHOICE = RECIPES["pf8192-full-ttur5-guid2-1-x0err-tmax299-fst299-reg1-pairs8192"]
+RECIPES["full-ttur5-guid2-1-x0err-tmax299-fst299-reg1-pairs8192"] = dict(_CHOICE)
+RECIPES["k8-from751-tmax299-fst299-reg1-pairs8192"] = {**_CHOICE, **{key: RECIPES["k8-from751"][key] for key in (
+    "num_steps", "spacing", "timesteps")}}
 # Recipes whose student starts from a regression-only student of the same seed (benchmarks/fashion/pair_fit.py, run
 # `pair-fit-<pairs>@<updates>-s<seed>`) instead of the teacher's UNet: a study setting, like the batch, read from the
 # name's `pf8192-` prefix so that a recipe cannot say one start and get another.

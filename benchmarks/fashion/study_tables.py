@@ -125,9 +125,14 @@ def _d3_d4(c: Choice) -> list[str]:
     return out
 
 
+def _sources(g: Group, runs: dict[str, Run]) -> list[Run | None]:
+    """The K = 4 run each run of a K-transfer group started from (None: not among the records)."""
+    return [runs.get(transfer_source(g, r)) for r in g.runs]
+
+
 def _transfer_ratio(g: Group, runs: dict[str, Run]) -> float | None:
     """Mean FID of a K-transfer group over the mean FID of the K = 4 runs it started from (the same seeds)."""
-    sources = [runs.get(transfer_source(g, r)) for r in g.runs]
+    sources = _sources(g, runs)
     if any(s is None or s.test is None for s in sources):
         return None
     return g.test("fid") / (sum(s.test["fid"] for s in sources) / len(sources))
@@ -136,8 +141,7 @@ def _transfer_ratio(g: Group, runs: dict[str, Run]) -> float | None:
 def _from_choice(g: Group, runs: dict[str, Run], choice: Choice) -> bool:
     """Every run of a K-transfer group started from a run of the chosen TiUE recipe (the issue's "best K = 4
     student"); transfers from other K = 4 runs stay in the final table but do not judge D5."""
-    sources = [runs.get(transfer_source(g, r)) for r in g.runs]
-    return choice.tiue is not None and all(s is not None and s.group == choice.tiue.name for s in sources)
+    return choice.tiue is not None and all(s is not None and s.group == choice.tiue.name for s in _sources(g, runs))
 
 
 def _d5(groups: dict[str, Group], runs: dict[str, Run], choice: Choice) -> list[str]:
